@@ -1,0 +1,27 @@
+// Subcommand registration for the fedpers CLI. Each Register* adds one
+// subcommand (with its options and callback) to `app`; the callback returns
+// the process exit code through CLI::RuntimeError.
+#ifndef FEDPERS_CLI_COMMANDS_H_
+#define FEDPERS_CLI_COMMANDS_H_
+
+#include "CLI/CLI.hpp"
+
+namespace fedpers::cli {
+
+// Options every subcommand sees.
+struct GlobalOptions {
+  int threads = 0;  // 0: every available core
+  bool quiet = false;
+};
+
+void RegisterPretrain(CLI::App& app, const GlobalOptions& global);
+void RegisterFinetune(CLI::App& app, const GlobalOptions& global);
+void RegisterBench(CLI::App& app, const GlobalOptions& global);
+void RegisterData(CLI::App& app, const GlobalOptions& global);
+
+// Prints "error: <message>" to stderr and exits the subcommand with code 1.
+[[noreturn]] void Fail(const std::string& message);
+
+}  // namespace fedpers::cli
+
+#endif  // FEDPERS_CLI_COMMANDS_H_

@@ -1,0 +1,43 @@
+// fedpers: federated personalization of language models. Wiring only: every
+// subcommand calls into a library.
+#include <cstdio>
+
+#include "CLI/CLI.hpp"
+#include "cli/commands.h"
+#include "common/model/runtime.h"
+
+namespace fedpers::cli {
+
+void Fail(const std::string& message) {
+  throw CLI::RuntimeError("error: " + message, 1);
+}
+
+}  // namespace fedpers::cli
+
+int main(int argc, char** argv) {
+  using namespace fedpers::cli;
+  CLI::App app{
+      "fedpers: federated personalization of language models.\n"
+      "Clients fine-tune LoRA adapters on private text; a coordinator keeps a global adapter\n"
+      "and a per-user residual. Run `fedpers <command> --help` for each command."};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "fedpers 0.1.0");
+  GlobalOptions global;
+  app.add_option("--threads", global.threads, "Compute threads (0: every available core)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("-q,--quiet", global.quiet, "No progress bars");
+  app.parse_complete_callback([&] { fedpers::InitTorchRuntime(global.threads, /*warn=*/true); });
+  RegisterPretrain(app, global);
+  RegisterFinetune(app, global);
+  RegisterBench(app, global);
+  RegisterData(app, global);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::RuntimeError& e) {
+    if (e.what()[0] != '\0') std::fprintf(stderr, "%s\n", e.what());
+    return e.get_exit_code();
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  return 0;
+}

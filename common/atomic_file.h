@@ -1,0 +1,28 @@
+// Whole-file reads and crash-safe whole-file writes.
+#ifndef FEDPERS_COMMON_ATOMIC_FILE_H_
+#define FEDPERS_COMMON_ATOMIC_FILE_H_
+
+#include "absl/strings/string_view.h"
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace fedpers {
+
+// Reads the whole file at `path`. NotFound when it does not exist; the error
+// message names the path. Refuses files larger than `max_bytes`.
+absl::StatusOr<std::string> ReadFileToString(
+    const std::string& path, size_t max_bytes = size_t{1} << 36);
+
+// Writes `contents` to `path` so that a crash at any point leaves either the
+// old file or the complete new one: writes a temporary file in the same
+// directory, fsyncs it, renames it over `path` and fsyncs the directory.
+// Creates missing parent directories. Thread-compatible.
+absl::Status WriteFileAtomically(const std::string& path,
+                                 absl::string_view contents);
+
+}  // namespace fedpers
+
+#endif  // FEDPERS_COMMON_ATOMIC_FILE_H_

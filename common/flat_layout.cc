@@ -1,0 +1,176 @@
+#include "common/flat_layout.h"
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status.h"
+
+namespace fedpers {
+
+int64_t TensorSpec::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+absl::StatusOr<FlatLayout> FlatLayout::Create(std::vector<TensorSpec> tensors) {
+  FlatLayout layout;
+  std::set<std::string> names;
+  for (const TensorSpec& t : tensors) {
+    if (t.name.empty()) return absl::InvalidArgumentError("layout: empty tensor name");
+    if (!names.insert(t.name).second) {
+      return absl::InvalidArgumentError(absl::StrCat("layout: tensor '", t.name, "' listed twice"));
+    }
+    if (t.shape.empty()) return absl::InvalidArgumentError(absl::StrCat("layout: tensor '", t.name, "' has no shape"));
+    for (int64_t d : t.shape) {
+      if (d <= 0) {
+        return absl::InvalidArgumentError(absl::StrCat("layout: tensor '", t.name,
+                                                       "' has a non-positive dimension"));
+      }
+    }
+    layout.offsets_.push_back(layout.total_size_);
+    layout.total_size_ += t.numel();
+  }
+  layout.tensors_ = std::move(tensors);
+  return layout;
+}
+
+absl::StatusOr<size_t> FlatLayout::IndexOf(const std::string& name) const {
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    if (tensors_[i].name == name) return i;
+  }
+  return absl::NotFoundError(absl::StrCat("layout has no tensor '", name, "'"));
+}
+
+uint64_t FlatLayout::Fingerprint() const {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  auto mix = [&h](const void* data, size_t n) {
+    const unsigned char* p = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < n; ++i) {
+      h ^= p[i];
+      h *= 0x100000001b3ULL;
+    }
+  };
+  for (const TensorSpec& t : tensors_) {
+    mix(t.name.data(), t.name.size() + 0);
+    const char sep = 0;
+    mix(&sep, 1);
+    for (int64_t d : t.shape) {
+      uint64_t le = static_cast<uint64_t>(d);
+      unsigned char b[8];
+      for (int i = 0; i < 8; ++i) b[i] = static_cast<unsigned char>(le >> (8 * i));
+      mix(b, 8);
+    }
+  }
+  return h;
+}
+
+absl::StatusOr<std::vector<float>> FlatLayout::Flatten(
+    const std::map<std::string, std::span<const float>>& tensors) const {
+  if (tensors.size() != tensors_.size()) {
+    for (const auto& [name, data] : tensors) {
+      if (!IndexOf(name).ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("flatten: tensor '", name, "' is not in the layout"));
+      }
+    }
+  }
+  std::vector<float> flat(static_cast<size_t>(total_size_));
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    auto it = tensors.find(tensors_[i].name);
+    if (it == tensors.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("flatten: tensor '", tensors_[i].name, "' is missing"));
+    }
+    if (static_cast<int64_t>(it->second.size()) != tensors_[i].numel()) {
+      return absl::InvalidArgumentError(absl::StrCat("flatten: tensor '", tensors_[i].name, "' has ",
+                                                     it->second.size(), " elements, expected ",
+                                                     tensors_[i].numel()));
+    }
+    std::memcpy(flat.data() + offsets_[i], it->second.data(), it->second.size() * sizeof(float));
+  }
+  return flat;
+}
+
+absl::StatusOr<std::vector<std::span<const float>>> FlatLayout::Unflatten(
+    std::span<const float> flat) const {
+  if (static_cast<int64_t>(flat.size()) != total_size_) {
+    return absl::InvalidArgumentError(absl::StrCat("unflatten: vector has ", flat.size(),
+                                                   " elements, the layout needs ", total_size_));
+  }
+  std::vector<std::span<const float>> out;
+  out.reserve(tensors_.size());
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    out.push_back(flat.subspan(static_cast<size_t>(offsets_[i]), static_cast<size_t>(tensors_[i].numel())));
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> FlatLayout::ToSafetensors(std::span<const float> flat) const {
+  FEDPERS_ASSIGN_OR_RETURN(std::vector<std::span<const float>> parts, Unflatten(flat));
+  SafetensorsWriter writer;
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    FEDPERS_RETURN_IF_ERROR(writer.AddFloat(tensors_[i].name, tensors_[i].shape, parts[i]));
+  }
+  writer.SetMetadata("fedpers_layout_fingerprint", absl::StrCat(Fingerprint()));
+  return writer.Serialize();
+}
+
+absl::StatusOr<std::vector<float>> FlatLayout::FromSafetensors(const SafetensorsFile& file) const {
+  std::vector<float> flat(static_cast<size_t>(total_size_));
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    FEDPERS_ASSIGN_OR_RETURN(std::vector<float> t, file.ReadAsFloat(tensors_[i].name, tensors_[i].shape));
+    std::copy(t.begin(), t.end(), flat.begin() + offsets_[i]);
+  }
+  return flat;
+}
+
+std::string LoraParamName(int64_t layer, const std::string& target, absl::string_view factor) {
+  return absl::StrCat("transformer.h.", layer, ".", target, ".", factor);
+}
+
+namespace {
+
+bool Targeted(const LoraConfig& lora, const char* target) {
+  return std::find(lora.targets.begin(), lora.targets.end(), target) != lora.targets.end();
+}
+
+}  // namespace
+
+absl::StatusOr<FlatLayout> GlobalAdapterLayout(const ModelConfig& model, const LoraConfig& lora) {
+  FEDPERS_RETURN_IF_ERROR(model.Validate());
+  FEDPERS_RETURN_IF_ERROR(lora.Validate());
+  std::vector<TensorSpec> specs;
+  if (lora.global_enabled) {
+    for (int64_t l = 0; l < model.n_layer; ++l) {
+      for (const char* t : kLoraTargets) {
+        if (!Targeted(lora, t)) continue;
+        auto [in, out] = TargetDims(model, t);
+        specs.push_back({LoraParamName(l, t, "lora_B_global"), {out, lora.global_rank}});
+      }
+    }
+  }
+  if (specs.empty()) return absl::FailedPreconditionError("the global LoRA branch is off: no global adapter");
+  return FlatLayout::Create(std::move(specs));
+}
+
+absl::StatusOr<FlatLayout> ResidualAdapterLayout(const ModelConfig& model, const LoraConfig& lora) {
+  FEDPERS_RETURN_IF_ERROR(model.Validate());
+  FEDPERS_RETURN_IF_ERROR(lora.Validate());
+  std::vector<TensorSpec> specs;
+  if (lora.residual_enabled) {
+    for (int64_t l = 0; l < model.n_layer; ++l) {
+      for (const char* t : kLoraTargets) {
+        if (!Targeted(lora, t)) continue;
+        auto [in, out] = TargetDims(model, t);
+        specs.push_back({LoraParamName(l, t, "lora_A_residual"), {lora.residual_rank, in}});
+        specs.push_back({LoraParamName(l, t, "lora_B_residual"), {out, lora.residual_rank}});
+      }
+    }
+  }
+  if (specs.empty()) return absl::FailedPreconditionError("the residual LoRA branch is off: no residual adapter");
+  return FlatLayout::Create(std::move(specs));
+}
+
+}  // namespace fedpers

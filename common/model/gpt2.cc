@@ -1,0 +1,411 @@
+#include "common/model/gpt2.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/model/gelu_kernels.h"
+#include "common/portable_prg.h"
+#include "common/tokenizer.h"
+
+namespace fedpers {
+namespace {
+
+torch::Tensor FromFloats(const std::vector<float>& v, std::vector<int64_t> shape) {
+  return torch::from_blob(const_cast<float*>(v.data()), shape, torch::kFloat32).clone();
+}
+
+bool IsTargeted(const LoraConfig& lora, const std::string& target) {
+  return std::find(lora.targets.begin(), lora.targets.end(), target) != lora.targets.end();
+}
+
+}  // namespace
+
+LoraConv1DImpl::LoraConv1DImpl(int64_t in, int64_t out, const std::string& full_name,
+                               const LoraConfig& lora, bool targeted)
+    : full_name_(full_name), in_(in), out_(out) {
+  weight = register_parameter("weight", torch::zeros({in, out}));
+  bias = register_parameter("bias", torch::zeros({out}));
+  if (targeted && lora.global_enabled) {
+    global_scale_ = lora.global_scale();
+    lora_A_global = register_buffer(
+        "lora_A_global",
+        FromFloats(DeriveLoraA(lora.global_seed, full_name + ".lora_A_global", lora.global_rank, in),
+                   {lora.global_rank, in}));
+    lora_B_global = register_parameter("lora_B_global", torch::zeros({out, lora.global_rank}));
+    global_on_ = true;
+  }
+  if (targeted && lora.residual_enabled) {
+    residual_scale_ = lora.residual_scale();
+    lora_A_residual = register_parameter("lora_A_residual", torch::zeros({lora.residual_rank, in}));
+    lora_B_residual = register_parameter("lora_B_residual", torch::zeros({out, lora.residual_rank}));
+    ResetResidual(0);
+    residual_on_ = true;
+  }
+}
+
+bool LoraConv1DImpl::has_branch(LoraBranch b) const {
+  return b == LoraBranch::kGlobal ? lora_B_global.defined() : lora_B_residual.defined();
+}
+
+void LoraConv1DImpl::set_branch_enabled(LoraBranch b, bool enabled) {
+  TORCH_CHECK(!merged_, "cannot switch LoRA branches of a merged module; unmerge first");
+  if (!has_branch(b)) return;
+  (b == LoraBranch::kGlobal ? global_on_ : residual_on_) = enabled;
+}
+
+bool LoraConv1DImpl::branch_enabled(LoraBranch b) const {
+  return has_branch(b) && (b == LoraBranch::kGlobal ? global_on_ : residual_on_);
+}
+
+// y = x W_eff + b with W_eff = W + s_g (B_g A_g)^T + s_u (B_u A_u)^T formed
+// once per call (in*out*r FLOPs, against N*(in+out)*r for the separate
+// branch products). One GEMM forward, one backward for the input gradient,
+// and thin products for the LoRA factors' gradients: no extra passes over
+// the [N, out] activations. Base weights are frozen on this path.
+class FusedLoraFunction : public torch::autograd::Function<FusedLoraFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor weight,
+                               torch::Tensor bias, torch::Tensor a_g, torch::Tensor b_g, torch::Tensor a_u,
+                               torch::Tensor b_u, double s_g, double s_u) {
+    // A switched-off branch arrives as an empty tensor (autograd functions
+    // take no undefined inputs).
+    torch::Tensor w = weight.clone();
+    if (b_g.numel() > 0) w.addmm_(a_g.t(), b_g.t(), 1.0, s_g);
+    if (b_u.numel() > 0) w.addmm_(a_u.t(), b_u.t(), 1.0, s_u);
+    ctx->save_for_backward({x, w, a_g, b_g, a_u, b_u});
+    ctx->saved_data["s_g"] = s_g;
+    ctx->saved_data["s_u"] = s_u;
+    return torch::addmm(bias, x, w);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const torch::Tensor &x = saved[0], &w = saved[1], &a_g = saved[2], &b_g = saved[3], &a_u = saved[4],
+                        &b_u = saved[5];
+    const double s_g = ctx->saved_data["s_g"].toDouble(), s_u = ctx->saved_data["s_u"].toDouble();
+    const torch::Tensor& gy = grads[0];
+    torch::Tensor gx, gb_g, ga_u, gb_u;
+    if (ctx->needs_input_grad(0)) gx = gy.mm(w.t());
+    if (b_g.numel() > 0 && ctx->needs_input_grad(4)) gb_g = gy.t().mm(x.mm(a_g.t())).mul_(s_g);
+    if (b_u.numel() > 0 && (ctx->needs_input_grad(5) || ctx->needs_input_grad(6))) {
+      if (ctx->needs_input_grad(6)) gb_u = gy.t().mm(x.mm(a_u.t())).mul_(s_u);
+      if (ctx->needs_input_grad(5)) ga_u = gy.mm(b_u).t().mm(x).mul_(s_u);
+    }
+    return {gx, torch::Tensor(), torch::Tensor(), torch::Tensor(), gb_g, ga_u, gb_u, torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
+torch::Tensor LoraConv1DImpl::forward(const torch::Tensor& x) {
+  auto out_shape = x.sizes().vec();
+  out_shape.back() = out_;
+  torch::Tensor x2 = x.reshape({-1, in_});
+  torch::Tensor y;
+  const bool any_branch = !merged_ && (global_on_ || residual_on_);
+  if (!any_branch || weight.requires_grad() || bias.requires_grad()) {
+    // Plain path (pretraining, merged inference), and the unfused branch
+    // products when base weights are trainable too.
+    y = torch::addmm(bias, x2, weight);
+    if (!merged_ && global_on_) {
+      y = torch::addmm(y, x2.mm(lora_A_global.t()), lora_B_global.t(), 1.0, global_scale_);
+    }
+    if (!merged_ && residual_on_) {
+      y = torch::addmm(y, x2.mm(lora_A_residual.t()), lora_B_residual.t(), 1.0, residual_scale_);
+    }
+  } else {
+    static const torch::Tensor kOff = torch::empty({0});
+    y = FusedLoraFunction::apply(x2, weight, bias, global_on_ ? lora_A_global : kOff,
+                                 global_on_ ? lora_B_global : kOff, residual_on_ ? lora_A_residual : kOff,
+                                 residual_on_ ? lora_B_residual : kOff, global_scale_, residual_scale_);
+  }
+  return y.view(out_shape);
+}
+
+torch::Tensor LoraConv1DImpl::EffectiveWeight() const {
+  torch::NoGradGuard no_grad;
+  if (merged_) return weight.detach().clone();
+  torch::Tensor w = weight.detach().clone();
+  if (global_on_) w.add_(lora_B_global.mm(lora_A_global).t(), global_scale_);
+  if (residual_on_) w.add_(lora_B_residual.mm(lora_A_residual).t(), residual_scale_);
+  return w;
+}
+
+void LoraConv1DImpl::Merge() {
+  if (merged_) return;
+  torch::NoGradGuard no_grad;
+  unmerged_weight_ = weight.detach().clone();
+  weight.copy_(EffectiveWeight());
+  merged_ = true;
+}
+
+void LoraConv1DImpl::Unmerge() {
+  if (!merged_) return;
+  torch::NoGradGuard no_grad;
+  weight.copy_(unmerged_weight_);
+  unmerged_weight_ = torch::Tensor();
+  merged_ = false;
+}
+
+void LoraConv1DImpl::ResetResidual(uint64_t seed) {
+  if (!lora_A_residual.defined()) return;
+  torch::NoGradGuard no_grad;
+  const int64_t r = lora_A_residual.size(0);
+  lora_A_residual.copy_(
+      FromFloats(DeriveLoraA(seed, full_name_ + ".lora_A_residual", r, in_), {r, in_}));
+  lora_B_residual.zero_();
+}
+
+void LoraConv1DImpl::ResetGlobalB() {
+  if (!lora_B_global.defined()) return;
+  torch::NoGradGuard no_grad;
+  lora_B_global.zero_();
+}
+
+Gpt2AttentionImpl::Gpt2AttentionImpl(const ModelConfig& c, const LoraConfig& lora, int64_t layer)
+    : n_head_(c.n_head), n_embd_(c.n_embd) {
+  const std::string prefix = absl::StrCat("transformer.h.", layer, ".");
+  c_attn = register_module("c_attn", LoraConv1D(c.n_embd, 3 * c.n_embd, prefix + "attn.c_attn",
+                                                lora, IsTargeted(lora, "attn.c_attn")));
+  c_proj = register_module("c_proj", LoraConv1D(c.n_embd, c.n_embd, prefix + "attn.c_proj", lora,
+                                                IsTargeted(lora, "attn.c_proj")));
+  causal_bias_ = torch::full({c.n_positions, c.n_positions}, -INFINITY).triu(1);
+}
+
+torch::Tensor Gpt2AttentionImpl::forward(const torch::Tensor& x) {
+  const int64_t B = x.size(0), T = x.size(1), C = n_embd_, H = n_head_, D = C / H;
+  torch::Tensor qkv = c_attn(x);  // [B, T, 3C]
+  auto heads = [&](const torch::Tensor& t) {
+    return t.view({B, T, H, D}).transpose(1, 2).reshape({B * H, T, D});
+  };
+  std::vector<torch::Tensor> parts = qkv.split(C, -1);
+  torch::Tensor q = heads(parts[0]), k = heads(parts[1]), v = heads(parts[2]);
+  namespace idx = torch::indexing;
+  torch::Tensor bias = causal_bias_.index({idx::Slice(0, T), idx::Slice(0, T)});
+  torch::Tensor scores = torch::baddbmm(bias, q, k.transpose(1, 2), 1.0, 1.0 / std::sqrt(double(D)));
+  torch::Tensor att = torch::softmax(scores, -1);
+  torch::Tensor y = torch::bmm(att, v).view({B, H, T, D}).transpose(1, 2).reshape({B, T, C});
+  return c_proj(y);
+}
+
+Gpt2MlpImpl::Gpt2MlpImpl(const ModelConfig& c, const LoraConfig& lora, int64_t layer)
+    : activation_(c.activation) {
+  const std::string prefix = absl::StrCat("transformer.h.", layer, ".");
+  c_fc = register_module("c_fc", LoraConv1D(c.n_embd, c.inner_dim(), prefix + "mlp.c_fc", lora,
+                                            IsTargeted(lora, "mlp.c_fc")));
+  c_proj = register_module("c_proj", LoraConv1D(c.inner_dim(), c.n_embd, prefix + "mlp.c_proj",
+                                                lora, IsTargeted(lora, "mlp.c_proj")));
+}
+
+// GELU (tanh form) on the project's vectorized kernels, split over the
+// intra-op threads.
+class GeluTanhFunction : public torch::autograd::Function<GeluTanhFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x) {
+    torch::Tensor xc = x.contiguous();
+    torch::Tensor y = torch::empty_like(xc);
+    const float* px = xc.data_ptr<float>();
+    float* py = y.data_ptr<float>();
+    at::parallel_for(0, xc.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
+      GeluTanhForward(px + begin, py + begin, end - begin);
+    });
+    ctx->save_for_backward({xc});
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    torch::Tensor x = ctx->get_saved_variables()[0];
+    torch::Tensor gy = grads[0].contiguous();
+    torch::Tensor gx = torch::empty_like(x);
+    const float* px = x.data_ptr<float>();
+    const float* pgy = gy.data_ptr<float>();
+    float* pgx = gx.data_ptr<float>();
+    at::parallel_for(0, x.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
+      GeluTanhBackward(px + begin, pgy + begin, pgx + begin, end - begin);
+    });
+    return {gx};
+  }
+};
+
+torch::Tensor Gpt2MlpImpl::forward(const torch::Tensor& x) {
+  torch::Tensor h = c_fc(x);
+  if (activation_ == Activation::kGeluTanh && h.scalar_type() == torch::kFloat32) {
+    h = GeluTanhFunction::apply(h);
+  } else {
+    h = torch::gelu(h, activation_ == Activation::kGeluTanh ? "tanh" : "none");
+  }
+  return c_proj(h);
+}
+
+Gpt2BlockImpl::Gpt2BlockImpl(const ModelConfig& c, const LoraConfig& lora, int64_t layer) {
+  auto ln = torch::nn::LayerNormOptions({c.n_embd}).eps(c.layer_norm_epsilon);
+  ln_1 = register_module("ln_1", torch::nn::LayerNorm(ln));
+  attn = register_module("attn", Gpt2Attention(c, lora, layer));
+  ln_2 = register_module("ln_2", torch::nn::LayerNorm(ln));
+  mlp = register_module("mlp", Gpt2Mlp(c, lora, layer));
+}
+
+torch::Tensor Gpt2BlockImpl::forward(const torch::Tensor& x) {
+  torch::Tensor h = x + attn(ln_1(x));
+  return h + mlp(ln_2(h));
+}
+
+Gpt2TransformerImpl::Gpt2TransformerImpl(const ModelConfig& c, const LoraConfig& lora) {
+  wte = register_module("wte", torch::nn::Embedding(c.vocab_size, c.n_embd));
+  wpe = register_module("wpe", torch::nn::Embedding(c.n_positions, c.n_embd));
+  h = register_module("h", torch::nn::ModuleList());
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    blocks.push_back(Gpt2Block(c, lora, l));
+    h->push_back(blocks.back());
+  }
+  ln_f = register_module(
+      "ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.n_embd}).eps(c.layer_norm_epsilon)));
+}
+
+torch::Tensor Gpt2TransformerImpl::forward(const torch::Tensor& ids) {
+  const int64_t T = ids.size(1);
+  torch::Tensor pos = torch::arange(T, torch::kLong);
+  torch::Tensor x = wte(ids) + wpe(pos);
+  for (Gpt2Block& b : blocks) x = b(x);
+  return ln_f(x);
+}
+
+Gpt2LmHeadImpl::Gpt2LmHeadImpl(const ModelConfig& config, const LoraConfig& lora)
+    : config_(config), lora_(lora) {
+  transformer = register_module("transformer", Gpt2Transformer(config, lora));
+  for (Gpt2Block& b : transformer->blocks) {
+    for (LoraConv1D m : {b->attn->c_attn, b->attn->c_proj, b->mlp->c_fc, b->mlp->c_proj}) {
+      if (m->has_branch(LoraBranch::kGlobal) || m->has_branch(LoraBranch::kResidual)) {
+        lora_modules_.push_back(m);
+      }
+    }
+  }
+  if (lora.global_enabled) global_layout_ = GlobalAdapterLayout(config, lora).value();
+  if (lora.residual_enabled) residual_layout_ = ResidualAdapterLayout(config, lora).value();
+  SetBaseTrainable(false);
+}
+
+torch::Tensor Gpt2LmHeadImpl::forward(const torch::Tensor& ids) {
+  torch::Tensor h = transformer(ids);
+  return torch::matmul(h, transformer->wte->weight.t());
+}
+
+torch::Tensor Gpt2LmHeadImpl::Loss(const torch::Tensor& ids, const torch::Tensor& targets) {
+  torch::Tensor logits = forward(ids);
+  return torch::nn::functional::cross_entropy(
+      logits.view({-1, logits.size(-1)}), targets.reshape({-1}),
+      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(ByteTokenizer::kPad));
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> Gpt2LmHeadImpl::BaseParameters() {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& item : named_parameters(/*recurse=*/true)) {
+    if (item.key().find(".lora_") != std::string::npos) continue;
+    out.emplace_back(item.key(), item.value());
+  }
+  return out;
+}
+
+void Gpt2LmHeadImpl::SetBaseTrainable(bool trainable) {
+  for (auto& [name, p] : BaseParameters()) p.set_requires_grad(trainable);
+}
+
+void Gpt2LmHeadImpl::InitBaseWeights() {
+  torch::NoGradGuard no_grad;
+  const double proj_std = 0.02 / std::sqrt(2.0 * static_cast<double>(config_.n_layer));
+  for (auto& [name, p] : BaseParameters()) {
+    const bool is_ln = name.find(".ln_") != std::string::npos || name.find("ln_f.") != std::string::npos;
+    if (is_ln) {
+      if (name.ends_with(".weight")) p.fill_(1.0);
+      else p.zero_();
+    } else if (name.ends_with(".bias")) {
+      p.zero_();
+    } else if (name.ends_with("c_proj.weight")) {
+      p.normal_(0.0, proj_std);
+    } else {
+      p.normal_(0.0, 0.02);
+    }
+  }
+}
+
+void Gpt2LmHeadImpl::SetBranchEnabled(LoraBranch b, bool enabled) {
+  for (LoraConv1D& m : lora_modules_) m->set_branch_enabled(b, enabled);
+}
+
+std::vector<torch::Tensor> Gpt2LmHeadImpl::BranchParameters(LoraBranch b) {
+  std::vector<torch::Tensor> out;
+  for (LoraConv1D& m : lora_modules_) {
+    if (!m->has_branch(b)) continue;
+    if (b == LoraBranch::kGlobal) {
+      out.push_back(m->lora_B_global);
+    } else {
+      out.push_back(m->lora_A_residual);
+      out.push_back(m->lora_B_residual);
+    }
+  }
+  return out;
+}
+
+const FlatLayout& Gpt2LmHeadImpl::BranchLayout(LoraBranch b) const {
+  return b == LoraBranch::kGlobal ? global_layout_ : residual_layout_;
+}
+
+std::vector<float> Gpt2LmHeadImpl::FlattenBranch(LoraBranch b) {
+  std::vector<float> flat;
+  flat.reserve(static_cast<size_t>(BranchLayout(b).total_size()));
+  for (const torch::Tensor& t : BranchParameters(b)) {
+    torch::Tensor c = t.detach().contiguous();
+    const float* p = c.data_ptr<float>();
+    flat.insert(flat.end(), p, p + c.numel());
+  }
+  return flat;
+}
+
+absl::Status Gpt2LmHeadImpl::LoadBranch(LoraBranch b, std::span<const float> flat) {
+  const FlatLayout& layout = BranchLayout(b);
+  if (layout.num_tensors() == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the ", b == LoraBranch::kGlobal ? "global" : "residual", " LoRA branch is not configured"));
+  }
+  if (static_cast<int64_t>(flat.size()) != layout.total_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("adapter vector has ", flat.size(),
+                                                   " values; this model's layout needs ",
+                                                   layout.total_size()));
+  }
+  for (float v : flat) {
+    if (!std::isfinite(v)) return absl::InvalidArgumentError("adapter vector holds NaN or Inf");
+  }
+  torch::NoGradGuard no_grad;
+  size_t offset = 0;
+  for (torch::Tensor& t : BranchParameters(b)) {
+    const auto n = static_cast<size_t>(t.numel());
+    t.copy_(torch::from_blob(const_cast<float*>(flat.data() + offset), t.sizes(), torch::kFloat32));
+    offset += n;
+  }
+  return absl::OkStatus();
+}
+
+void Gpt2LmHeadImpl::ResetResidual(uint64_t seed) {
+  for (LoraConv1D& m : lora_modules_) m->ResetResidual(seed);
+}
+
+void Gpt2LmHeadImpl::ResetGlobal() {
+  for (LoraConv1D& m : lora_modules_) m->ResetGlobalB();
+}
+
+void Gpt2LmHeadImpl::Merge() {
+  for (LoraConv1D& m : lora_modules_) m->Merge();
+}
+
+void Gpt2LmHeadImpl::Unmerge() {
+  for (LoraConv1D& m : lora_modules_) m->Unmerge();
+}
+
+absl::StatusOr<Gpt2LmHead> CreateGpt2(const ModelConfig& config, const LoraConfig& lora) {
+  if (absl::Status s = config.Validate(); !s.ok()) return s;
+  if (absl::Status s = lora.Validate(); !s.ok()) return s;
+  return Gpt2LmHead(config, lora);
+}
+
+}  // namespace fedpers

@@ -1,0 +1,255 @@
+#include "common/model_config.h"
+
+#include <algorithm>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "nlohmann/json.hpp"
+
+namespace fedpers {
+namespace {
+
+using Json = nlohmann::json;
+
+absl::StatusOr<Json> ParseObject(const std::string& text, absl::string_view what) {
+  Json j = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(what, " is not valid JSON"));
+  if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(what, " is not a JSON object"));
+  return j;
+}
+
+absl::StatusOr<int64_t> PositiveInt(const Json& j, const std::string& key) {
+  if (!j.is_number_integer() || j.get<int64_t>() <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("config key '", key,
+                                                   "' must be a positive integer, got ", j.dump()));
+  }
+  return j.get<int64_t>();
+}
+
+}  // namespace
+
+int64_t ModelConfig::NumParameters() const {
+  const int64_t d = n_embd, f = inner_dim();
+  const int64_t per_layer = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d);
+  return vocab_size * d + n_positions * d + n_layer * per_layer + 2 * d;
+}
+
+absl::Status ModelConfig::Validate() const {
+  auto positive = [](int64_t v, absl::string_view key) -> absl::Status {
+    if (v <= 0) return absl::InvalidArgumentError(absl::StrCat(key, " must be positive, got ", v));
+    return absl::OkStatus();
+  };
+  for (auto [v, key] : {std::pair{n_embd, "n_embd"}, {n_layer, "n_layer"}, {n_head, "n_head"},
+                        {n_positions, "n_positions"}, {vocab_size, "vocab_size"}}) {
+    if (auto s = positive(v, key); !s.ok()) return s;
+  }
+  if (n_embd % n_head != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("n_embd (", n_embd, ") must be divisible by n_head (", n_head, ")"));
+  }
+  if (n_inner < 0) return absl::InvalidArgumentError("n_inner must be >= 0");
+  if (!(layer_norm_epsilon > 0)) return absl::InvalidArgumentError("layer_norm_epsilon must be > 0");
+  if (tokenizer == "byte" && vocab_size < 259) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the byte tokenizer needs vocab_size >= 259, got ", vocab_size));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ModelConfig> NamedModelConfig(const std::string& name) {
+  ModelConfig c;
+  if (name == "tiny") return c;
+  if (name == "small") {
+    c.n_layer = 6;
+    c.n_embd = 384;
+    c.n_head = 6;
+    c.n_positions = 256;
+    return c;
+  }
+  if (name == "gpt2") {
+    c.n_layer = 12;
+    c.n_embd = 768;
+    c.n_head = 12;
+    c.n_positions = 1024;
+    c.vocab_size = 50257;
+    c.tokenizer = "";
+    return c;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown model config '", name, "' (known: tiny, small, gpt2)"));
+}
+
+absl::StatusOr<ModelConfig> ParseModelConfigJson(const std::string& json_text) {
+  absl::StatusOr<Json> parsed = ParseObject(json_text, "model config");
+  if (!parsed.ok()) return parsed.status();
+  const Json& j = *parsed;
+  // Keys that do not change the forward pass.
+  static const std::set<std::string> kIgnored = {
+      "_name_or_path", "architectures", "attn_pdrop", "embd_pdrop", "resid_pdrop",
+      "summary_activation", "summary_first_dropout", "summary_proj_to_labels",
+      "summary_type", "summary_use_proj", "task_specific_params", "initializer_range",
+      "torch_dtype", "transformers_version", "use_cache", "bos_token_id", "eos_token_id",
+      "pad_token_id", "id2label", "label2id", "reorder_and_upcast_attn", "output_past",
+      "n_ctx", "gradient_checkpointing"};
+  ModelConfig c;
+  c.tokenizer = "";
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& key = it.key();
+    const Json& v = it.value();
+    auto set_int = [&](int64_t& field) -> absl::Status {
+      absl::StatusOr<int64_t> value = PositiveInt(v, key);
+      if (!value.ok()) return value.status();
+      field = *value;
+      return absl::OkStatus();
+    };
+    absl::Status s;
+    if (key == "n_embd") s = set_int(c.n_embd);
+    else if (key == "n_layer") s = set_int(c.n_layer);
+    else if (key == "n_head") s = set_int(c.n_head);
+    else if (key == "n_positions") s = set_int(c.n_positions);
+    else if (key == "vocab_size") s = set_int(c.vocab_size);
+    else if (key == "n_inner") {
+      if (v.is_null()) c.n_inner = 0;
+      else s = set_int(c.n_inner);
+    } else if (key == "layer_norm_epsilon") {
+      if (!v.is_number() || !(v.get<double>() > 0)) {
+        s = absl::InvalidArgumentError("config key 'layer_norm_epsilon' must be a positive number");
+      } else {
+        c.layer_norm_epsilon = v.get<double>();
+      }
+    } else if (key == "activation_function") {
+      std::string a = v.is_string() ? v.get<std::string>() : "";
+      if (a == "gelu_new" || a == "gelu_pytorch_tanh") c.activation = Activation::kGeluTanh;
+      else if (a == "gelu") c.activation = Activation::kGeluExact;
+      else s = absl::UnimplementedError(absl::StrCat("activation_function ", v.dump(),
+                                                     " is not supported (gelu_new, gelu)"));
+    } else if (key == "model_type") {
+      if (v != "gpt2") {
+        s = absl::InvalidArgumentError(absl::StrCat("model_type ", v.dump(), " is not gpt2"));
+      }
+    } else if (key == "fedpers_tokenizer") {
+      if (!v.is_string() || (v != "byte" && v != "")) {
+        s = absl::InvalidArgumentError(absl::StrCat("fedpers_tokenizer ", v.dump(), " is not 'byte'"));
+      } else {
+        c.tokenizer = v.get<std::string>();
+      }
+    } else if (key == "tie_word_embeddings" || key == "scale_attn_weights") {
+      if (v != true) s = absl::UnimplementedError(absl::StrCat(key, "=false is not supported"));
+    } else if (key == "scale_attn_by_inverse_layer_idx" || key == "add_cross_attention") {
+      if (v != false) s = absl::UnimplementedError(absl::StrCat(key, "=true is not supported"));
+    } else if (kIgnored.count(key) == 0) {
+      s = absl::InvalidArgumentError(absl::StrCat("unknown model config key '", key, "'"));
+    }
+    if (!s.ok()) return s;
+  }
+  if (j.contains("n_ctx") && j["n_ctx"].is_number_integer() && !j.contains("n_positions")) {
+    c.n_positions = j["n_ctx"].get<int64_t>();
+  }
+  if (absl::Status s = c.Validate(); !s.ok()) return s;
+  return c;
+}
+
+std::string ModelConfigToJson(const ModelConfig& c) {
+  nlohmann::ordered_json j;
+  j["architectures"] = {"GPT2LMHeadModel"};
+  j["model_type"] = "gpt2";
+  j["n_embd"] = c.n_embd;
+  j["n_layer"] = c.n_layer;
+  j["n_head"] = c.n_head;
+  j["n_positions"] = c.n_positions;
+  j["n_ctx"] = c.n_positions;
+  j["vocab_size"] = c.vocab_size;
+  j["n_inner"] = c.n_inner > 0 ? Json(c.n_inner) : Json(nullptr);
+  j["layer_norm_epsilon"] = c.layer_norm_epsilon;
+  j["activation_function"] = c.activation == Activation::kGeluTanh ? "gelu_new" : "gelu";
+  j["attn_pdrop"] = 0.0;
+  j["embd_pdrop"] = 0.0;
+  j["resid_pdrop"] = 0.0;
+  j["tie_word_embeddings"] = true;
+  j["scale_attn_weights"] = true;
+  if (c.tokenizer == "byte") {
+    j["fedpers_tokenizer"] = "byte";
+    j["bos_token_id"] = 256;
+    j["eos_token_id"] = 257;
+    j["pad_token_id"] = 258;
+  }
+  return j.dump(2) + "\n";
+}
+
+absl::Status LoraConfig::Validate() const {
+  if (!global_enabled && !residual_enabled) {
+    return absl::InvalidArgumentError("LoRA: both the global and the residual branch are off");
+  }
+  if (targets.empty()) return absl::InvalidArgumentError("LoRA: no target modules");
+  std::set<std::string> seen;
+  for (const std::string& t : targets) {
+    bool known = std::any_of(std::begin(kLoraTargets), std::end(kLoraTargets),
+                             [&](const char* k) { return t == k; });
+    if (!known) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "LoRA: unknown target '", t, "' (known: ", absl::StrJoin(kLoraTargets, ", "), ")"));
+    }
+    if (!seen.insert(t).second) {
+      return absl::InvalidArgumentError(absl::StrCat("LoRA: target '", t, "' listed twice"));
+    }
+  }
+  if (global_enabled && global_rank <= 0) return absl::InvalidArgumentError("LoRA: global_rank must be positive");
+  if (residual_enabled && residual_rank <= 0) return absl::InvalidArgumentError("LoRA: residual_rank must be positive");
+  if (global_rank <= 0 || residual_rank <= 0) return absl::InvalidArgumentError("LoRA: ranks must be positive");
+  if (!(global_alpha > 0) || !(residual_alpha > 0)) return absl::InvalidArgumentError("LoRA: alphas must be positive");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LoraConfig> ParseLoraConfigJson(const std::string& json_text) {
+  absl::StatusOr<Json> parsed = ParseObject(json_text, "LoRA config");
+  if (!parsed.ok()) return parsed.status();
+  const Json& j = *parsed;
+  LoraConfig c;
+  try {
+    for (auto it = j.begin(); it != j.end(); ++it) {
+      const std::string& k = it.key();
+      if (k == "targets") c.targets = it.value().get<std::vector<std::string>>();
+      else if (k == "global_enabled") c.global_enabled = it.value().get<bool>();
+      else if (k == "global_rank") c.global_rank = it.value().get<int64_t>();
+      else if (k == "global_alpha") c.global_alpha = it.value().get<double>();
+      else if (k == "global_seed") c.global_seed = it.value().get<uint64_t>();
+      else if (k == "residual_enabled") c.residual_enabled = it.value().get<bool>();
+      else if (k == "residual_rank") c.residual_rank = it.value().get<int64_t>();
+      else if (k == "residual_alpha") c.residual_alpha = it.value().get<double>();
+      else return absl::InvalidArgumentError(absl::StrCat("unknown LoRA config key '", k, "'"));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("LoRA config has a value of the wrong type: ", e.what()));
+  }
+  std::vector<std::string> ordered;
+  for (const char* t : kLoraTargets) {
+    if (std::find(c.targets.begin(), c.targets.end(), t) != c.targets.end()) ordered.push_back(t);
+  }
+  if (absl::Status s = c.Validate(); !s.ok()) return s;
+  c.targets = ordered;
+  return c;
+}
+
+std::string LoraConfigToJson(const LoraConfig& c) {
+  nlohmann::ordered_json j;
+  j["targets"] = c.targets;
+  j["global_enabled"] = c.global_enabled;
+  j["global_rank"] = c.global_rank;
+  j["global_alpha"] = c.global_alpha;
+  j["global_seed"] = c.global_seed;
+  j["residual_enabled"] = c.residual_enabled;
+  j["residual_rank"] = c.residual_rank;
+  j["residual_alpha"] = c.residual_alpha;
+  return j.dump(2) + "\n";
+}
+
+std::pair<int64_t, int64_t> TargetDims(const ModelConfig& c, const std::string& target) {
+  if (target == "attn.c_attn") return {c.n_embd, 3 * c.n_embd};
+  if (target == "attn.c_proj") return {c.n_embd, c.n_embd};
+  if (target == "mlp.c_fc") return {c.n_embd, c.inner_dim()};
+  if (target == "mlp.c_proj") return {c.inner_dim(), c.n_embd};
+  return {0, 0};
+}
+
+}  // namespace fedpers

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# End-to-end check of the CLI: pretrain (with resume), finetune, exports,
+# JSON output and clear errors on bad input.
+set -euo pipefail
+fedpers="$1"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+cat > "$work/small.json" <<'JSON'
+{"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 32, "vocab_size": 259, "fedpers_tokenizer": "byte"}
+JSON
+corpus="synthetic:users=4,bytes=3000,seed=2"
+
+"$fedpers" -q pretrain --corpus "$corpus" --config "$work/small.json" --out "$work/base" \
+  --steps 6 --batch-size 4 --checkpoint-every 3 --json > "$work/pre.json"
+grep -q '"steps": 6' "$work/pre.json"
+test -f "$work/base/model.safetensors" && test -f "$work/base/config.json"
+test "$(cat "$work/base/latest")" = "checkpoint-6"
+
+# Rerunning with more steps and the same options is refused (the schedule differs) ...
+if "$fedpers" -q pretrain --corpus "$corpus" --config "$work/small.json" --out "$work/base" \
+     --steps 9 --batch-size 4 --checkpoint-every 3 2> "$work/err.txt"; then
+  echo "expected a refusal to resume with other options"; exit 1
+fi
+grep -q "other options" "$work/err.txt"
+# ... and the same run resumes from its last checkpoint.
+"$fedpers" -q pretrain --corpus "$corpus" --config "$work/small.json" --out "$work/base" \
+  --steps 6 --batch-size 4 --checkpoint-every 3 --json > "$work/pre2.json"
+grep -q '"resumed_at_step": 6' "$work/pre2.json"
+
+"$fedpers" -q finetune --base "$work/base" --data "$corpus" --user user0001 --out "$work/ft" \
+  --steps 4 --batch-size 4 > "$work/ft.txt"
+grep -q "before" "$work/ft.txt" && grep -q "after" "$work/ft.txt"
+for f in adapter_global.safetensors adapter_residual.safetensors peft_global/adapter_config.json \
+         peft_global/adapter_model.safetensors peft_global_residual/adapter_config.json finetune_summary.json; do
+  test -f "$work/ft/$f" || { echo "missing $f"; exit 1; }
+done
+
+# Bad input: clear errors, non-zero exit, no crash.
+expect_error() {
+  local pattern="$1"; shift
+  if "$@" > /dev/null 2> "$work/err.txt"; then echo "expected failure: $*"; exit 1; fi
+  grep -q "$pattern" "$work/err.txt" || { echo "wrong error for $*:"; cat "$work/err.txt"; exit 1; }
+}
+expect_error "is not in corpus" "$fedpers" -q finetune --base "$work/base" --data "$corpus" --user nobody --out "$work/x"
+expect_error "model directory" "$fedpers" -q finetune --base "$work/none" --data "$corpus" --user user0001 --out "$work/x"
+expect_error "unknown corpus spec" "$fedpers" -q pretrain --corpus "ftp://x" --out "$work/x"
+expect_error "unknown model config" "$fedpers" -q pretrain --corpus "$corpus" --config huge --out "$work/x"
+expect_error "required" "$fedpers" pretrain --corpus "$corpus"
+head -c 100 "$work/base/model.safetensors" > "$work/trunc.safetensors"
+mkdir -p "$work/trunc" && cp "$work/base/config.json" "$work/trunc/" && mv "$work/trunc.safetensors" "$work/trunc/model.safetensors"
+expect_error "truncated" "$fedpers" -q finetune --base "$work/trunc" --data "$corpus" --user user0001 --out "$work/x"
+"$fedpers" --help | grep -q pretrain
+"$fedpers" bench train --help | grep -q peer
+echo "cli smoke: ok"

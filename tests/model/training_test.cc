@@ -1,0 +1,167 @@
+#include <gtest/gtest.h>
+
+#include "common/corpus.h"
+#include "common/model/trainer.h"
+#include "common/tokenizer.h"
+#include "tests/model/test_util.h"
+
+namespace fedpers {
+namespace {
+
+using testing::RandomModel;
+using testing::TempPath;
+
+struct UserTokens {
+  std::vector<int32_t> train, test;
+};
+
+UserTokens Tokens(const UserText& u) {
+  TextSplit s = SplitTrainTest(u.text, 0.8);
+  return {ByteTokenizer::Encode(s.train), ByteTokenizer::Encode(s.test)};
+}
+
+TrainOptions Fast(int64_t steps) {
+  TrainOptions o;
+  o.steps = steps;
+  o.batch_size = 8;
+  o.learning_rate = 1e-2;
+  o.seed = 4;
+  return o;
+}
+
+std::vector<torch::Tensor> Residual(Gpt2LmHead& m) { return m->BranchParameters(LoraBranch::kResidual); }
+
+// A base model that has seen other users: it knows the shape of the text
+// (words, spaces, sentences) but not Alice's or Bob's vocabulary.
+Gpt2LmHead PretrainedBase() {
+  Gpt2LmHead m = RandomModel();
+  std::vector<int32_t> stream;
+  for (const UserText& u : SyntheticUsers(6, 4000, 77)) {
+    std::vector<int32_t> t = ByteTokenizer::Encode(u.text);
+    stream.insert(stream.end(), t.begin(), t.end());
+  }
+  m->SetBranchEnabled(LoraBranch::kGlobal, false);
+  m->SetBranchEnabled(LoraBranch::kResidual, false);
+  m->SetBaseTrainable(true);
+  std::vector<torch::Tensor> params;
+  for (auto& [name, p] : m->BaseParameters()) params.push_back(p);
+  TrainOptions o = Fast(300);
+  o.learning_rate = 3e-3;
+  auto t = Trainer::Create(m, params, stream, o);
+  EXPECT_TRUE(t.ok() && (*t)->Run(300).ok());
+  m->SetBaseTrainable(false);
+  m->SetBranchEnabled(LoraBranch::kGlobal, true);
+  m->SetBranchEnabled(LoraBranch::kResidual, true);
+  return m;
+}
+
+TEST(TrainingTest, ResidualLowersItsUsersLossAndLeavesOthersAlone) {
+  std::vector<UserText> users = SyntheticUsers(2, 6000, 11);
+  UserTokens alice = Tokens(users[0]), bob = Tokens(users[1]);
+  Gpt2LmHead m = PretrainedBase();
+  m->ResetResidual(1001);
+  const double alice_before = Evaluate(m, alice.test)->loss;
+  const double bob_base = Evaluate(m, bob.test)->loss;
+
+  absl::StatusOr<std::unique_ptr<Trainer>> t = Trainer::Create(m, Residual(m), alice.train, Fast(200));
+  ASSERT_TRUE(t.ok()) << t.status();
+  ASSERT_TRUE((*t)->Run(200).ok());
+  const double alice_after = Evaluate(m, alice.test)->loss;
+  EXPECT_LT(alice_after, 0.7 * alice_before) << "before " << alice_before << " after " << alice_after;
+
+  // Bob's own residual (fresh, B_u = 0): his loss is exactly the base loss.
+  std::vector<float> alice_residual = m->FlattenBranch(LoraBranch::kResidual);
+  m->ResetResidual(2002);
+  EXPECT_EQ(Evaluate(m, bob.test)->loss, bob_base);
+  // And Alice's adapter helps Alice far more than it helps Bob.
+  ASSERT_TRUE(m->LoadBranch(LoraBranch::kResidual, alice_residual).ok());
+  const double bob_with_alice = Evaluate(m, bob.test)->loss;
+  EXPECT_GT(bob_with_alice - alice_after, 0.5) << "bob " << bob_with_alice << " alice " << alice_after;
+}
+
+TEST(TrainingTest, DeterministicUnderASeed) {
+  UserTokens u = Tokens(SyntheticUsers(1, 3000, 3)[0]);
+  std::vector<std::vector<float>> results;
+  for (int run = 0; run < 2; ++run) {
+    Gpt2LmHead m = RandomModel();
+    std::vector<torch::Tensor> params = m->BranchParameters(LoraBranch::kGlobal);
+    for (auto& p : Residual(m)) params.push_back(p);
+    auto t = Trainer::Create(m, params, u.train, Fast(6));
+    ASSERT_TRUE(t.ok());
+    ASSERT_TRUE((*t)->Run(6).ok());
+    std::vector<float> flat = m->FlattenBranch(LoraBranch::kGlobal);
+    std::vector<float> r = m->FlattenBranch(LoraBranch::kResidual);
+    flat.insert(flat.end(), r.begin(), r.end());
+    results.push_back(flat);
+  }
+  EXPECT_EQ(results[0], results[1]);
+}
+
+TEST(TrainingTest, ResumeContinuesExactly) {
+  UserTokens u = Tokens(SyntheticUsers(1, 3000, 5)[0]);
+  Gpt2LmHead straight = RandomModel();
+  auto t = Trainer::Create(straight, Residual(straight), u.train, Fast(8));
+  ASSERT_TRUE((*t)->Run(8).ok());
+
+  Gpt2LmHead first = RandomModel();
+  auto t1 = Trainer::Create(first, Residual(first), u.train, Fast(8));
+  ASSERT_TRUE((*t1)->Run(4).ok());
+  const std::string state = TempPath("optimizer.pt");
+  ASSERT_TRUE((*t1)->SaveState(state).ok());
+  Gpt2LmHead second = RandomModel();
+  ASSERT_TRUE(second->LoadBranch(LoraBranch::kResidual, first->FlattenBranch(LoraBranch::kResidual)).ok());
+  auto t2 = Trainer::Create(second, Residual(second), u.train, Fast(8));
+  ASSERT_TRUE((*t2)->LoadState(state, 4).ok());
+  ASSERT_TRUE((*t2)->Run(8).ok());
+  std::vector<float> a = straight->FlattenBranch(LoraBranch::kResidual);
+  std::vector<float> b = second->FlattenBranch(LoraBranch::kResidual);
+  ASSERT_EQ(a.size(), b.size());
+  double max_diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) max_diff = std::max(max_diff, double(std::abs(a[i] - b[i])));
+  EXPECT_LT(max_diff, 1e-6);
+  EXPECT_EQ((*t2)->LoadState("/nonexistent/state.pt", 0).code(), absl::StatusCode::kNotFound);
+}
+
+TEST(TrainingTest, BadInputsAreErrors) {
+  Gpt2LmHead m = RandomModel();
+  EXPECT_NE(Trainer::Create(m, Residual(m), {}, Fast(1)).status().message().find("empty"), absl::string_view::npos);
+  EXPECT_FALSE(Trainer::Create(m, {}, {1, 2, 3}, Fast(1)).ok());
+  TrainOptions bad = Fast(1);
+  bad.learning_rate = -1;
+  EXPECT_FALSE(Trainer::Create(m, Residual(m), {1, 2, 3}, bad).ok());
+  bad = Fast(1);
+  bad.seq_len = 1000;
+  EXPECT_NE(Trainer::Create(m, Residual(m), {1, 2, 3}, bad).status().message().find("n_positions"),
+            absl::string_view::npos);
+  EXPECT_FALSE(Evaluate(m, {}).ok());
+}
+
+TEST(TrainingTest, EvaluateCountsEveryTokenOnce) {
+  Gpt2LmHead m = RandomModel();
+  std::vector<int32_t> tokens(102);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 7919) % 256);
+  absl::StatusOr<EvalResult> r = Evaluate(m, tokens, 32, 2);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->tokens, 101);
+  EXPECT_NEAR(r->perplexity, std::exp(r->loss), 1e-9);
+  EXPECT_GE(r->accuracy, 0.0);
+  EXPECT_LE(r->accuracy, 1.0);
+  // A random model over 259 tokens is near uniform: loss near ln(259).
+  EXPECT_NEAR(r->loss, std::log(259.0), 0.5);
+}
+
+TEST(TrainingTest, ScheduleWarmsUpThenDecays) {
+  TrainOptions o;
+  o.steps = 100;
+  o.warmup_steps = 10;
+  o.learning_rate = 1.0;
+  o.min_lr_ratio = 0.1;
+  EXPECT_NEAR(ScheduledLearningRate(o, 0), 1.0 / 11, 1e-12);
+  EXPECT_NEAR(ScheduledLearningRate(o, 10), 1.0, 1e-12);
+  EXPECT_NEAR(ScheduledLearningRate(o, 55), 0.55, 1e-12);
+  EXPECT_NEAR(ScheduledLearningRate(o, 100), 0.1, 1e-12);
+  for (int s = 11; s < 100; ++s) EXPECT_LE(ScheduledLearningRate(o, s), ScheduledLearningRate(o, s - 1));
+}
+
+}  // namespace
+}  // namespace fedpers
