@@ -28,6 +28,30 @@ grep -q "other options" "$work/err.txt"
   --steps 6 --batch-size 4 --checkpoint-every 3 --json > "$work/pre2.json"
 grep -q '"resumed_at_step": 6' "$work/pre2.json"
 
+# Interruption: SIGINT writes a checkpoint and says how to resume; SIGKILL
+# loses at most the steps since the last checkpoint; both resume.
+"$fedpers" -q pretrain --corpus "$corpus" --config "$work/small.json" --out "$work/int" \
+  --steps 100000 --batch-size 4 --checkpoint-every 25 2> "$work/int.err" &
+pid=$!
+for _ in $(seq 1 200); do [ -f "$work/int/latest" ] && break; sleep 0.05; done
+kill -INT "$pid"
+if wait "$pid"; then echo "expected a non-zero exit after SIGINT"; exit 1; fi
+grep -q "Run the same command again to resume" "$work/int.err"
+"$fedpers" -q pretrain --corpus "$corpus" --config "$work/small.json" --out "$work/int" \
+  --steps 100000 --batch-size 4 --checkpoint-every 25 > /dev/null 2>&1 &
+pid=$!
+sleep 1
+kill -KILL "$pid"; wait "$pid" || true
+step=$(sed 's/checkpoint-//' "$work/int/latest")
+test "$step" -gt 0
+test -f "$work/int/checkpoint-$step/state.json"
+"$fedpers" pretrain --corpus "$corpus" --config "$work/small.json" --out "$work/int" \
+  --steps 100000 --batch-size 4 --checkpoint-every 25 2> "$work/resume.err" &
+pid=$!
+for _ in $(seq 1 100); do grep -q "resuming from" "$work/resume.err" && break; sleep 0.05; done
+kill -INT "$pid"; wait "$pid" || true
+grep -q "resuming from .*checkpoint-$step at step $step" "$work/resume.err"
+
 "$fedpers" -q finetune --base "$work/base" --data "$corpus" --user user0001 --out "$work/ft" \
   --steps 4 --batch-size 4 > "$work/ft.txt"
 grep -q "before" "$work/ft.txt" && grep -q "after" "$work/ft.txt"

@@ -1,4 +1,6 @@
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -17,6 +19,29 @@ namespace fedpers {
 namespace {
 
 namespace fs = std::filesystem;
+
+std::atomic<bool> g_interrupted{false};
+
+void OnInterrupt(int) { g_interrupted.store(true); }
+
+// Ctrl-C (SIGINT) and SIGTERM stop training at the next step boundary, so the
+// run writes a checkpoint and can resume. Restores the previous handlers.
+class InterruptGuard {
+ public:
+  InterruptGuard() {
+    g_interrupted.store(false);
+    old_int_ = std::signal(SIGINT, OnInterrupt);
+    old_term_ = std::signal(SIGTERM, OnInterrupt);
+  }
+  ~InterruptGuard() {
+    std::signal(SIGINT, old_int_);
+    std::signal(SIGTERM, old_term_);
+  }
+
+ private:
+  void (*old_int_)(int);
+  void (*old_term_)(int);
+};
 
 // The options a checkpoint must share with the run that resumes it.
 nlohmann::json RunIdentity(const PretrainOptions& o, const ModelConfig& c) {
@@ -137,6 +162,7 @@ absl::StatusOr<PretrainResult> RunPretrain(const PretrainOptions& o) {
     }
   }
 
+  InterruptGuard interrupt_guard;
   ProgressBar bar("pretrain", o.steps, "step", stderr, o.progress);
   const auto start = std::chrono::steady_clock::now();
   int64_t tokens_done = 0;
@@ -149,9 +175,15 @@ absl::StatusOr<PretrainResult> RunPretrain(const PretrainOptions& o) {
       result.final_train_loss = s.loss;
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       bar.Update(s.step, absl::StrFormat("loss %.3f | %.0f tok/s", ema_loss, tokens_done / std::max(secs, 1e-9)));
-      return true;
+      return !g_interrupted.load();
     }));
     FEDPERS_RETURN_IF_ERROR(WriteCheckpoint(model, *trainer, o.out, identity, trainer->next_step()));
+    if (g_interrupted.load()) {
+      bar.Finish("interrupted");
+      return absl::CancelledError(absl::StrCat("interrupted at step ", trainer->next_step(), " of ", o.steps,
+                                               "; checkpoint written to '", o.out,
+                                               "'. Run the same command again to resume."));
+    }
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   result.tokens_per_second = tokens_done / std::max(result.seconds, 1e-9);

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sys/wait.h>
 
 #include "common/atomic_file.h"
 #include "common/model/peft_export.h"
@@ -161,6 +162,44 @@ TEST(PeftExportTest, MalformedAdapterChangesNothing) {
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find("expected [4, 64]"), absl::string_view::npos) << s;
   EXPECT_TRUE(torch::equal(before, plain->BaseParameters()[5].second));
+}
+
+}  // namespace
+}  // namespace fedpers
+
+namespace fedpers {
+namespace {
+
+// Cross-implementation check: tests/model/hf_reference.py recomputes the
+// logits with HF GPT-2's and PEFT's forward written in Python PyTorch.
+TEST(HfReferenceTest, PythonReimplementationOfHfAndPeftAgrees) {
+  Gpt2LmHead m = testing::RandomModel();
+  RandomizeAdapters(m);
+  const std::string dir = TempPath("hf_reference");
+  ASSERT_TRUE(SaveBaseModel(m, dir + "/base").ok());
+  ASSERT_TRUE(ExportPeftAdapter(m, PeftExportKind::kGlobalPlusResidual, dir + "/peft", "base").ok());
+  torch::NoGradGuard no_grad;
+  torch::Tensor ids = RandomIds(2, 32);
+  torch::Tensor adapted = m->forward(ids).contiguous();
+  m->SetBranchEnabled(LoraBranch::kGlobal, false);
+  m->SetBranchEnabled(LoraBranch::kResidual, false);
+  torch::Tensor base = m->forward(ids).contiguous();
+  SafetensorsWriter w;
+  ASSERT_TRUE(w.Add("ids", DType::kI64, ids.sizes().vec(),
+                    std::as_bytes(std::span<const int64_t>(ids.data_ptr<int64_t>(), ids.numel())))
+                  .ok());
+  ASSERT_TRUE(w.AddFloat("base_logits", base.sizes().vec(),
+                         std::span<const float>(base.data_ptr<float>(), base.numel()))
+                  .ok());
+  ASSERT_TRUE(w.AddFloat("adapted_logits", adapted.sizes().vec(),
+                         std::span<const float>(adapted.data_ptr<float>(), adapted.numel()))
+                  .ok());
+  ASSERT_TRUE(w.WriteFile(dir + "/case.safetensors").ok());
+  const std::string cmd = std::string("/usr/bin/python3 ") + FEDPERS_SOURCE_DIR +
+                          "/tests/model/hf_reference.py " + dir;
+  const int rc = std::system(cmd.c_str());
+  if (WIFEXITED(rc) && WEXITSTATUS(rc) == 77) GTEST_SKIP() << "python3 with torch is not installed";
+  EXPECT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 0) << cmd;
 }
 
 }  // namespace
