@@ -1,9 +1,11 @@
 #include "common/model/gpt2.h"
 
+#include <cblas.h>
+
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "common/model/gelu_kernels.h"
+#include "common/model/cpu_kernels.h"
 #include "common/portable_prg.h"
 #include "common/tokenizer.h"
 
@@ -69,8 +71,7 @@ class FusedLoraFunction : public torch::autograd::Function<FusedLoraFunction> {
                                torch::Tensor b_u, double s_g, double s_u) {
     // A switched-off branch arrives as an empty tensor (autograd functions
     // take no undefined inputs).
-    torch::Tensor w = weight.clone();
-    if (b_g.numel() > 0) w.addmm_(a_g.t(), b_g.t(), 1.0, s_g);
+    torch::Tensor w = b_g.numel() > 0 ? torch::addmm(weight, a_g.t(), b_g.t(), 1.0, s_g) : weight.clone();
     if (b_u.numel() > 0) w.addmm_(a_u.t(), b_u.t(), 1.0, s_u);
     ctx->save_for_backward({x, w, a_g, b_g, a_u, b_u});
     ctx->saved_data["s_g"] = s_g;
@@ -87,11 +88,18 @@ class FusedLoraFunction : public torch::autograd::Function<FusedLoraFunction> {
     const torch::Tensor& gy = grads[0];
     torch::Tensor gx, gb_g, ga_u, gb_u;
     if (ctx->needs_input_grad(0)) gx = gy.mm(w.t());
-    if (b_g.numel() > 0 && ctx->needs_input_grad(4)) gb_g = gy.t().mm(x.mm(a_g.t())).mul_(s_g);
-    if (b_u.numel() > 0 && (ctx->needs_input_grad(5) || ctx->needs_input_grad(6))) {
-      if (ctx->needs_input_grad(6)) gb_u = gy.t().mm(x.mm(a_u.t())).mul_(s_u);
-      if (ctx->needs_input_grad(5)) ga_u = gy.mm(b_u).t().mm(x).mul_(s_u);
+    const bool want_b_g = b_g.numel() > 0 && ctx->needs_input_grad(4);
+    const bool want_b_u = b_u.numel() > 0 && ctx->needs_input_grad(6);
+    // Both B gradients from one pass over x and one over gy:
+    // [gB_g / s_g | gB_u / s_u] = gy^T (x [A_g; A_u]^T).
+    if (want_b_g || want_b_u) {
+      torch::Tensor a = want_b_g && want_b_u ? torch::cat({a_g, a_u}, 0) : (want_b_g ? a_g : a_u);
+      torch::Tensor gb = gy.t().mm(x.mm(a.t()));
+      const int64_t r_g = want_b_g ? a_g.size(0) : 0;
+      if (want_b_g) gb_g = gb.narrow(1, 0, r_g).mul(s_g);
+      if (want_b_u) gb_u = gb.narrow(1, r_g, a_u.size(0)).mul(s_u);
     }
+    if (b_u.numel() > 0 && ctx->needs_input_grad(5)) ga_u = gy.mm(b_u).t().mm(x).mul_(s_u);
     return {gx, torch::Tensor(), torch::Tensor(), torch::Tensor(), gb_g, ga_u, gb_u, torch::Tensor(),
             torch::Tensor()};
   }
@@ -172,19 +180,90 @@ Gpt2AttentionImpl::Gpt2AttentionImpl(const ModelConfig& c, const LoraConfig& lor
   causal_bias_ = torch::full({c.n_positions, c.n_positions}, -INFINITY).triu(1);
 }
 
+// Causal multi-head attention straight on the fused qkv projection
+// [B, T, 3C]: per (batch, head) pair, S = Q K^T / sqrt(D), P = causal
+// softmax(S), Y = P V, with BLAS reading Q, K, V and writing Y through row
+// strides, so no head is ever copied out or transposed. Pairs are spread over
+// the intra-op threads with single-threaded GEMMs (OpenBLAS runs serially
+// inside an OpenMP region), which beats one multi-threaded GEMM per small
+// head. Backward writes dQ, dK, dV into one [B, T, 3C] gradient. Saves P.
+class CausalAttentionFunction : public torch::autograd::Function<CausalAttentionFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& qkv_in,
+                               int64_t n_head) {
+    torch::Tensor qkv = qkv_in.contiguous();
+    const int64_t B = qkv.size(0), T = qkv.size(1), C = qkv.size(2) / 3, H = n_head, D = C / H;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    torch::Tensor probs = torch::empty({B, H, T, T}, qkv.options());
+    torch::Tensor y = torch::empty({B, T, C}, qkv.options());
+    const float* pqkv = qkv.data_ptr<float>();
+    float* pp = probs.data_ptr<float>();
+    float* py = y.data_ptr<float>();
+    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const int64_t b = bh / H, h = bh % H;
+        const float* q = pqkv + b * T * 3 * C + h * D;
+        float* p = pp + bh * T * T;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, scale, q, 3 * C, q + C, 3 * C, 0.0f, p, T);
+        CausalSoftmaxRows(p, T);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, 1.0f, p, T, q + 2 * C, 3 * C, 0.0f,
+                    py + b * T * C + h * D, C);
+      }
+    });
+    ctx->save_for_backward({qkv, probs});
+    ctx->saved_data["n_head"] = n_head;
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const torch::Tensor& qkv = saved[0];
+    const torch::Tensor& probs = saved[1];
+    const int64_t H = ctx->saved_data["n_head"].toInt();
+    const int64_t B = qkv.size(0), T = qkv.size(1), C = qkv.size(2) / 3, D = C / H;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    torch::Tensor gy = grads[0].contiguous();
+    torch::Tensor gqkv = torch::empty_like(qkv);
+    const float* pqkv = qkv.data_ptr<float>();
+    const float* pp = probs.data_ptr<float>();
+    const float* pgy = gy.data_ptr<float>();
+    float* pg = gqkv.data_ptr<float>();
+    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> ds(static_cast<size_t>(T * T));
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const int64_t b = bh / H, h = bh % H;
+        const int64_t off = b * T * 3 * C + h * D;
+        const float *q = pqkv + off, *k = q + C, *v = q + 2 * C;
+        float *gq = pg + off, *gk = gq + C, *gv = gq + 2 * C;
+        const float* p = pp + bh * T * T;
+        const float* dy = pgy + b * T * C + h * D;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, 1.0f, dy, C, v, 3 * C, 0.0f, ds.data(), T);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, 1.0f, p, T, dy, C, 0.0f, gv, 3 * C);
+        SoftmaxBackwardRows(p, ds.data(), T);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, scale, ds.data(), T, k, 3 * C, 0.0f, gq,
+                    3 * C);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, scale, ds.data(), T, q, 3 * C, 0.0f, gk,
+                    3 * C);
+      }
+    });
+    return {gqkv, torch::Tensor()};
+  }
+};
+
 torch::Tensor Gpt2AttentionImpl::forward(const torch::Tensor& x) {
-  const int64_t B = x.size(0), T = x.size(1), C = n_embd_, H = n_head_, D = C / H;
   torch::Tensor qkv = c_attn(x);  // [B, T, 3C]
+  if (qkv.scalar_type() == torch::kFloat32) return c_proj(CausalAttentionFunction::apply(qkv, n_head_));
+  const int64_t B = x.size(0), T = x.size(1), C = n_embd_, H = n_head_, D = C / H;
   auto heads = [&](const torch::Tensor& t) {
     return t.view({B, T, H, D}).transpose(1, 2).reshape({B * H, T, D});
   };
   std::vector<torch::Tensor> parts = qkv.split(C, -1);
   torch::Tensor q = heads(parts[0]), k = heads(parts[1]), v = heads(parts[2]);
   namespace idx = torch::indexing;
-  torch::Tensor bias = causal_bias_.index({idx::Slice(0, T), idx::Slice(0, T)});
+  torch::Tensor bias = causal_bias_.index({idx::Slice(0, T), idx::Slice(0, T)}).to(qkv.scalar_type());
   torch::Tensor scores = torch::baddbmm(bias, q, k.transpose(1, 2), 1.0, 1.0 / std::sqrt(double(D)));
-  torch::Tensor att = torch::softmax(scores, -1);
-  torch::Tensor y = torch::bmm(att, v).view({B, H, T, D}).transpose(1, 2).reshape({B, T, C});
+  torch::Tensor y = torch::bmm(torch::softmax(scores, -1), v).view({B, H, T, D}).transpose(1, 2).reshape({B, T, C});
   return c_proj(y);
 }
 

@@ -1,6 +1,6 @@
 #include <gtest/gtest.h>
 
-#include "common/model/gelu_kernels.h"
+#include "common/model/cpu_kernels.h"
 #include "common/model/gpt2.h"
 #include "tests/model/test_util.h"
 
