@@ -132,45 +132,42 @@ std::string LoraParamName(int64_t layer, const std::string& target, absl::string
 
 namespace {
 
-bool Targeted(const LoraConfig& lora, const char* target) {
-  return std::find(lora.targets.begin(), lora.targets.end(), target) != lora.targets.end();
+// Layout of one branch: `specs_for(in, out, layer, target)` appends that
+// module's tensors; modules visited layer-major in kLoraTargets order.
+template <typename SpecsFor>
+absl::StatusOr<FlatLayout> BranchLayout(const ModelConfig& model, const LoraConfig& lora, bool enabled,
+                                        absl::string_view branch, SpecsFor specs_for) {
+  FEDPERS_RETURN_IF_ERROR(model.Validate());
+  FEDPERS_RETURN_IF_ERROR(lora.Validate());
+  if (!enabled) {
+    return absl::FailedPreconditionError(absl::StrCat("the ", branch, " LoRA branch is off: no ", branch, " adapter"));
+  }
+  std::vector<TensorSpec> specs;
+  for (int64_t l = 0; l < model.n_layer; ++l) {
+    for (const char* t : kLoraTargets) {
+      if (std::find(lora.targets.begin(), lora.targets.end(), t) == lora.targets.end()) continue;
+      auto [in, out] = TargetDims(model, t);
+      specs_for(in, out, LoraParamName(l, t, ""), specs);
+    }
+  }
+  return FlatLayout::Create(std::move(specs));
 }
 
 }  // namespace
 
 absl::StatusOr<FlatLayout> GlobalAdapterLayout(const ModelConfig& model, const LoraConfig& lora) {
-  FEDPERS_RETURN_IF_ERROR(model.Validate());
-  FEDPERS_RETURN_IF_ERROR(lora.Validate());
-  std::vector<TensorSpec> specs;
-  if (lora.global_enabled) {
-    for (int64_t l = 0; l < model.n_layer; ++l) {
-      for (const char* t : kLoraTargets) {
-        if (!Targeted(lora, t)) continue;
-        auto [in, out] = TargetDims(model, t);
-        specs.push_back({LoraParamName(l, t, "lora_B_global"), {out, lora.global_rank}});
-      }
-    }
-  }
-  if (specs.empty()) return absl::FailedPreconditionError("the global LoRA branch is off: no global adapter");
-  return FlatLayout::Create(std::move(specs));
+  return BranchLayout(model, lora, lora.global_enabled, "global",
+                      [&](int64_t in, int64_t out, const std::string& prefix, std::vector<TensorSpec>& specs) {
+                        specs.push_back({prefix + "lora_B_global", {out, lora.global_rank}});
+                      });
 }
 
 absl::StatusOr<FlatLayout> ResidualAdapterLayout(const ModelConfig& model, const LoraConfig& lora) {
-  FEDPERS_RETURN_IF_ERROR(model.Validate());
-  FEDPERS_RETURN_IF_ERROR(lora.Validate());
-  std::vector<TensorSpec> specs;
-  if (lora.residual_enabled) {
-    for (int64_t l = 0; l < model.n_layer; ++l) {
-      for (const char* t : kLoraTargets) {
-        if (!Targeted(lora, t)) continue;
-        auto [in, out] = TargetDims(model, t);
-        specs.push_back({LoraParamName(l, t, "lora_A_residual"), {lora.residual_rank, in}});
-        specs.push_back({LoraParamName(l, t, "lora_B_residual"), {out, lora.residual_rank}});
-      }
-    }
-  }
-  if (specs.empty()) return absl::FailedPreconditionError("the residual LoRA branch is off: no residual adapter");
-  return FlatLayout::Create(std::move(specs));
+  return BranchLayout(model, lora, lora.residual_enabled, "residual",
+                      [&](int64_t in, int64_t out, const std::string& prefix, std::vector<TensorSpec>& specs) {
+                        specs.push_back({prefix + "lora_A_residual", {lora.residual_rank, in}});
+                        specs.push_back({prefix + "lora_B_residual", {out, lora.residual_rank}});
+                      });
 }
 
 }  // namespace fedpers
