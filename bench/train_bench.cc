@@ -102,7 +102,8 @@ absl::StatusOr<nlohmann::json> RunPeer(const TrainBenchOptions& o, const ModelCo
 }  // namespace
 
 absl::StatusOr<TrainBenchResult> RunTrainBench(const TrainBenchOptions& o) {
-  TorchRuntimeInfo rt = InitTorchRuntime(o.threads, /*warn=*/true);
+  // The CLI already warned about a slow BLAS at start-up.
+  TorchRuntimeInfo rt = InitTorchRuntime(o.threads, /*warn=*/false);
   FEDPERS_ASSIGN_OR_RETURN(ModelConfig config, NamedModelConfig(o.config));
   LoraConfig lora;
   lora.global_rank = o.global_rank;

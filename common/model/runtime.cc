@@ -1,6 +1,6 @@
 #include "common/model/runtime.h"
 
-#include <link.h>
+#include <dlfcn.h>
 #include <malloc.h>
 #include <sched.h>
 
@@ -14,20 +14,27 @@
 namespace fedpers {
 namespace {
 
-int CollectBlas(struct dl_phdr_info* info, size_t, void* data) {
-  auto* out = static_cast<std::string*>(data);
-  if (info->dlpi_name == nullptr) return 0;
-  std::string name = info->dlpi_name;
-  if (name.find("libblas.so") != std::string::npos) {
-    std::error_code ec;
-    std::filesystem::path resolved = std::filesystem::canonical(name, ec);
-    *out = ec ? name : resolved.string();
-    return 1;
-  }
-  return 0;
+// The library that serves sgemm_ to libtorch: the first definition in the
+// process's global symbol scope, which is where libtorch's call binds.
+std::string BlasProvidingSgemm() {
+  void* sym = dlsym(RTLD_DEFAULT, "sgemm_");
+  Dl_info info;
+  if (sym == nullptr || dladdr(sym, &info) == 0 || info.dli_fname == nullptr) return "";
+  std::error_code ec;
+  std::filesystem::path resolved = std::filesystem::canonical(info.dli_fname, ec);
+  return ec ? std::string(info.dli_fname) : resolved.string();
 }
 
 }  // namespace
+
+bool IsReferenceBlas(const std::string& library_path) {
+  if (library_path.empty()) return false;  // unknown: no library serves sgemm_
+  for (const char* optimized : {"openblas", "blis", "mkl", "atlas"}) {
+    if (library_path.find(optimized) != std::string::npos) return false;
+  }
+  // Netlib's reference BLAS (Debian puts it under .../blas/).
+  return true;
+}
 
 int AvailableCores() {
   cpu_set_t set;
@@ -50,13 +57,8 @@ TorchRuntimeInfo InitTorchRuntime(int threads, bool warn) {
   mallopt(M_MMAP_THRESHOLD, 1 << 30);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   mallopt(M_TOP_PAD, 64 << 20);
-  dl_iterate_phdr(CollectBlas, &info.blas_library);
-  // Debian's alternatives put Netlib's reference BLAS under .../blas/.
-  info.reference_blas = !info.blas_library.empty() &&
-                        info.blas_library.find("openblas") == std::string::npos &&
-                        info.blas_library.find("blis") == std::string::npos &&
-                        info.blas_library.find("mkl") == std::string::npos &&
-                        info.blas_library.find("atlas") == std::string::npos;
+  info.blas_library = BlasProvidingSgemm();
+  info.reference_blas = IsReferenceBlas(info.blas_library);
   if (warn && info.reference_blas) {
     std::fprintf(stderr,
                  "warning: libtorch is using the reference BLAS (%s); training runs about 20x "

@@ -8,9 +8,13 @@ namespace fedpers {
 
 struct TorchRuntimeInfo {
   int threads = 1;
-  std::string blas_library;     // resolved path of the loaded libblas.so.3
+  std::string blas_library;     // resolved path of the library serving sgemm_
   bool reference_blas = false;  // Netlib's reference BLAS (about 20x slower here)
 };
+
+// True for a library path that is not a known optimized BLAS (OpenBLAS,
+// BLIS, MKL, ATLAS), e.g. /usr/lib/x86_64-linux-gnu/blas/libblas.so.3.
+bool IsReferenceBlas(const std::string& library_path);
 
 // Cores this process may run on (its CPU affinity mask).
 int AvailableCores();

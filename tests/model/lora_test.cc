@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "common/model/cpu_kernels.h"
+#include "common/model/runtime.h"
 #include "common/model/gpt2.h"
 #include "tests/model/test_util.h"
 
@@ -133,6 +134,23 @@ TEST(LoraTest, GeluKernelMatchesTorch) {
   float nan = std::nanf(""), out;
   GeluTanhForward(&nan, &out, 1);
   EXPECT_TRUE(std::isnan(out));
+}
+
+}  // namespace
+}  // namespace fedpers
+
+namespace fedpers {
+namespace {
+
+TEST(RuntimeTest, DetectsTheReferenceBlas) {
+  EXPECT_TRUE(IsReferenceBlas("/usr/lib/x86_64-linux-gnu/blas/libblas.so.3.11.0"));
+  EXPECT_FALSE(IsReferenceBlas("/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblasp-r0.3.21.so"));
+  EXPECT_FALSE(IsReferenceBlas("/usr/lib/x86_64-linux-gnu/blis-openmp/libblas.so.3"));
+  EXPECT_FALSE(IsReferenceBlas(""));
+  TorchRuntimeInfo info = InitTorchRuntime(0, /*warn=*/false);
+  EXPECT_EQ(info.threads, AvailableCores());
+  EXPECT_EQ(torch::get_num_threads(), AvailableCores());
+  EXPECT_FALSE(info.blas_library.empty()) << "some library serves sgemm_";
 }
 
 }  // namespace
