@@ -34,7 +34,7 @@ struct TrainBenchResult {
   double tokens_per_s = 0;
   double flops_per_step = 0;  // model FLOPs of one step (see FlopsPerLoraStep)
   double achieved_gflops = 0;
-  double gemm_peak_gflops = 0;  // median fp32 2048^3 GEMM, same threads
+  double gemm_peak_gflops = 0;  // best fp32 2048^3 GEMM, same threads, across rounds
   double mfu = 0;
   bool peer_ran = false;
   std::string peer_note;  // why the peer did not run, or its torch version

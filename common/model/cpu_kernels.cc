@@ -98,7 +98,9 @@ void SoftmaxBackwardRows(const float* __restrict p, float* __restrict g, int64_t
 #pragma omp simd reduction(+ : dot)
     for (int64_t j = 0; j <= i; ++j) dot += pr[j] * gr[j];
 #pragma omp simd
-    for (int64_t j = 0; j < t; ++j) gr[j] = pr[j] * (gr[j] - dot);
+    for (int64_t j = 0; j <= i; ++j) gr[j] = pr[j] * (gr[j] - dot);
+    // Above the diagonal P is 0; the caller may not have computed dP there.
+    for (int64_t j = i + 1; j < t; ++j) gr[j] = 0.0f;
   }
 }
 

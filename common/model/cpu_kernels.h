@@ -19,8 +19,9 @@ void GeluTanhBackward(const float* x, const float* dy, float* dx, int64_t n);
 void CausalSoftmaxRows(float* scores, int64_t t);
 
 // Softmax backward in place: on entry `grad` holds dL/dP for probabilities
-// `p` ([t, t], zero above the diagonal); on exit dL/dS, row by row
-// dS = P * (dP - sum(P * dP)).
+// `p` ([t, t], zero above the diagonal; `grad` is read only on and below
+// it); on exit dL/dS, row by row dS = P * (dP - sum(P * dP)), 0 above the
+// diagonal.
 void SoftmaxBackwardRows(const float* p, float* grad, int64_t t);
 
 }  // namespace fedpers

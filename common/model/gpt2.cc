@@ -177,22 +177,25 @@ Gpt2AttentionImpl::Gpt2AttentionImpl(const ModelConfig& c, const LoraConfig& lor
                                                 lora, IsTargeted(lora, "attn.c_attn")));
   c_proj = register_module("c_proj", LoraConv1D(c.n_embd, c.n_embd, prefix + "attn.c_proj", lora,
                                                 IsTargeted(lora, "attn.c_proj")));
-  causal_bias_ = torch::full({c.n_positions, c.n_positions}, -INFINITY).triu(1);
 }
 
 // Causal multi-head attention straight on the fused qkv projection
 // [B, T, 3C]: per (batch, head) pair, S = Q K^T / sqrt(D), P = causal
 // softmax(S), Y = P V, with BLAS reading Q, K, V and writing Y through row
-// strides, so no head is ever copied out or transposed. Pairs are spread over
-// the intra-op threads with single-threaded GEMMs (OpenBLAS runs serially
-// inside an OpenMP region), which beats one multi-threaded GEMM per small
-// head. Backward writes dQ, dK, dV into one [B, T, 3C] gradient. Saves P.
+// strides, so no head is ever copied out or transposed. Rows are taken in
+// two blocks, [0, m) and [m, T): the first only needs keys [0, m), which
+// skips a quarter of the products that the causal mask would discard. Pairs
+// are spread over the intra-op threads with single-threaded GEMMs (OpenBLAS
+// runs serially inside an OpenMP region), which beats one multi-threaded
+// GEMM per small head. Backward writes dQ, dK, dV into one [B, T, 3C]
+// gradient. Saves P (entries above the diagonal are 0).
 class CausalAttentionFunction : public torch::autograd::Function<CausalAttentionFunction> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& qkv_in,
                                int64_t n_head) {
     torch::Tensor qkv = qkv_in.contiguous();
     const int64_t B = qkv.size(0), T = qkv.size(1), C = qkv.size(2) / 3, H = n_head, D = C / H;
+    const int64_t m = T / 2, ld = 3 * C;
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     torch::Tensor probs = torch::empty({B, H, T, T}, qkv.options());
     torch::Tensor y = torch::empty({B, T, C}, qkv.options());
@@ -202,12 +205,17 @@ class CausalAttentionFunction : public torch::autograd::Function<CausalAttention
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t b = bh / H, h = bh % H;
-        const float* q = pqkv + b * T * 3 * C + h * D;
+        const float* q = pqkv + b * T * ld + h * D;
+        const float *k = q + C, *v = q + 2 * C;
         float* p = pp + bh * T * T;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, scale, q, 3 * C, q + C, 3 * C, 0.0f, p, T);
+        float* out = py + b * T * C + h * D;
+        if (m > 0) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, m, D, scale, q, ld, k, ld, 0.0f, p, T);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T - m, T, D, scale, q + m * ld, ld, k, ld, 0.0f,
+                    p + m * T, T);
         CausalSoftmaxRows(p, T);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, 1.0f, p, T, q + 2 * C, 3 * C, 0.0f,
-                    py + b * T * C + h * D, C);
+        if (m > 0) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, m, 1.0f, p, T, v, ld, 0.0f, out, C);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T - m, D, T, 1.0f, p + m * T, T, v, ld, 0.0f,
+                    out + m * C, C);
       }
     });
     ctx->save_for_backward({qkv, probs});
@@ -222,6 +230,7 @@ class CausalAttentionFunction : public torch::autograd::Function<CausalAttention
     const torch::Tensor& probs = saved[1];
     const int64_t H = ctx->saved_data["n_head"].toInt();
     const int64_t B = qkv.size(0), T = qkv.size(1), C = qkv.size(2) / 3, D = C / H;
+    const int64_t m = T / 2, ld = 3 * C;
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     torch::Tensor gy = grads[0].contiguous();
     torch::Tensor gqkv = torch::empty_like(qkv);
@@ -231,40 +240,52 @@ class CausalAttentionFunction : public torch::autograd::Function<CausalAttention
     float* pg = gqkv.data_ptr<float>();
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> ds(static_cast<size_t>(T * T));
+      float* g = ds.data();
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t b = bh / H, h = bh % H;
-        const int64_t off = b * T * 3 * C + h * D;
+        const int64_t off = b * T * ld + h * D;
         const float *q = pqkv + off, *k = q + C, *v = q + 2 * C;
         float *gq = pg + off, *gk = gq + C, *gv = gq + 2 * C;
         const float* p = pp + bh * T * T;
         const float* dy = pgy + b * T * C + h * D;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, 1.0f, dy, C, v, 3 * C, 0.0f, ds.data(), T);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, 1.0f, p, T, dy, C, 0.0f, gv, 3 * C);
-        SoftmaxBackwardRows(p, ds.data(), T);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, scale, ds.data(), T, k, 3 * C, 0.0f, gq,
-                    3 * C);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, scale, ds.data(), T, q, 3 * C, 0.0f, gk,
-                    3 * C);
+        // dP = dY V^T on the causal blocks.
+        if (m > 0) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, m, D, 1.0f, dy, C, v, ld, 0.0f, g, T);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T - m, T, D, 1.0f, dy + m * C, C, v, ld, 0.0f,
+                    g + m * T, T);
+        // dV = P^T dY: the second block reaches every key, the first adds to keys [0, m).
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T - m, 1.0f, p + m * T, T, dy + m * C, C, 0.0f,
+                    gv, ld);
+        if (m > 0) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, D, m, 1.0f, p, T, dy, C, 1.0f, gv, ld);
+        SoftmaxBackwardRows(p, g, T);
+        // dQ = scale dS K, dK = scale dS^T Q, blockwise as above.
+        if (m > 0) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, m, scale, g, T, k, ld, 0.0f, gq, ld);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T - m, D, T, scale, g + m * T, T, k, ld, 0.0f,
+                    gq + m * ld, ld);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T - m, scale, g + m * T, T, q + m * ld, ld, 0.0f,
+                    gk, ld);
+        if (m > 0) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, D, m, scale, g, T, q, ld, 1.0f, gk, ld);
       }
     });
     return {gqkv, torch::Tensor()};
   }
 };
 
-torch::Tensor Gpt2AttentionImpl::forward(const torch::Tensor& x) {
-  torch::Tensor qkv = c_attn(x);  // [B, T, 3C]
-  if (qkv.scalar_type() == torch::kFloat32) return c_proj(CausalAttentionFunction::apply(qkv, n_head_));
-  const int64_t B = x.size(0), T = x.size(1), C = n_embd_, H = n_head_, D = C / H;
+torch::Tensor CausalSelfAttention(const torch::Tensor& qkv, int64_t n_head) {
+  if (qkv.scalar_type() == torch::kFloat32) return CausalAttentionFunction::apply(qkv, n_head);
+  const int64_t B = qkv.size(0), T = qkv.size(1), C = qkv.size(2) / 3, H = n_head, D = C / H;
   auto heads = [&](const torch::Tensor& t) {
     return t.view({B, T, H, D}).transpose(1, 2).reshape({B * H, T, D});
   };
   std::vector<torch::Tensor> parts = qkv.split(C, -1);
   torch::Tensor q = heads(parts[0]), k = heads(parts[1]), v = heads(parts[2]);
   namespace idx = torch::indexing;
-  torch::Tensor bias = causal_bias_.index({idx::Slice(0, T), idx::Slice(0, T)}).to(qkv.scalar_type());
+  torch::Tensor bias = torch::full({T, T}, -INFINITY, qkv.options()).triu(1);
   torch::Tensor scores = torch::baddbmm(bias, q, k.transpose(1, 2), 1.0, 1.0 / std::sqrt(double(D)));
-  torch::Tensor y = torch::bmm(torch::softmax(scores, -1), v).view({B, H, T, D}).transpose(1, 2).reshape({B, T, C});
-  return c_proj(y);
+  return torch::bmm(torch::softmax(scores, -1), v).view({B, H, T, D}).transpose(1, 2).reshape({B, T, C});
+}
+
+torch::Tensor Gpt2AttentionImpl::forward(const torch::Tensor& x) {
+  return c_proj(CausalSelfAttention(c_attn(x), n_head_));
 }
 
 Gpt2MlpImpl::Gpt2MlpImpl(const ModelConfig& c, const LoraConfig& lora, int64_t layer)

@@ -70,6 +70,11 @@ class LoraConv1DImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LoraConv1D);
 
+// Causal multi-head self-attention on a fused projection qkv [B, T, 3C]
+// (queries, keys, values side by side, heads of C / n_head): returns
+// softmax(Q K^T / sqrt(D) + causal mask) V as [B, T, C]. Differentiable.
+torch::Tensor CausalSelfAttention(const torch::Tensor& qkv, int64_t n_head);
+
 class Gpt2AttentionImpl : public torch::nn::Module {
  public:
   Gpt2AttentionImpl(const ModelConfig& c, const LoraConfig& lora, int64_t layer);
@@ -78,7 +83,6 @@ class Gpt2AttentionImpl : public torch::nn::Module {
 
  private:
   int64_t n_head_, n_embd_;
-  torch::Tensor causal_bias_;  // [P, P]: 0 on and below the diagonal, -inf above
 };
 TORCH_MODULE(Gpt2Attention);
 
