@@ -87,13 +87,25 @@ uint64_t FieldInverse(uint64_t a) {
 size_t ShamirChunks(size_t secret_bytes) { return (secret_bytes + kShamirChunkBytes - 1) / kShamirChunkBytes; }
 
 absl::StatusOr<std::vector<ShamirShare>> ShamirSplit(std::span<const uint8_t> secret, uint32_t t, uint32_t n) {
+  if (n >= (uint32_t{1} << 31)) return absl::InvalidArgumentError("Shamir: too many shares");
+  std::vector<uint32_t> xs(n);
+  for (uint32_t i = 0; i < n; ++i) xs[i] = i + 1;
+  return ShamirSplitAt(secret, t, xs);
+}
+
+absl::StatusOr<std::vector<ShamirShare>> ShamirSplitAt(std::span<const uint8_t> secret, uint32_t t,
+                                                       std::span<const uint32_t> xs) {
+  const uint32_t n = static_cast<uint32_t>(xs.size());
   if (secret.empty()) return absl::InvalidArgumentError("Shamir: empty secret");
   if (t < 1 || t > n) return absl::InvalidArgumentError(absl::StrCat("Shamir: threshold ", t, " not in [1, ", n, "]"));
-  if (n >= (uint32_t{1} << 31)) return absl::InvalidArgumentError("Shamir: too many shares");
+  std::set<uint32_t> distinct(xs.begin(), xs.end());
+  if (distinct.size() != xs.size() || distinct.count(0)) {
+    return absl::InvalidArgumentError("Shamir: evaluation points must be distinct and non-zero");
+  }
   const size_t chunks = ShamirChunks(secret.size());
   std::vector<ShamirShare> shares(n);
   for (uint32_t i = 0; i < n; ++i) {
-    shares[i].x = i + 1;
+    shares[i].x = xs[i];
     shares[i].y.resize(chunks);
   }
   std::vector<uint8_t> storage;
@@ -111,7 +123,7 @@ absl::StatusOr<std::vector<ShamirShare>> ShamirSplit(std::span<const uint8_t> se
       coeffs[k] = *r;
     }
     for (uint32_t i = 0; i < n; ++i) {
-      const uint64_t x = i + 1;
+      const uint64_t x = xs[i];
       uint64_t acc = 0;
       for (uint32_t k = t; k-- > 0;) acc = FieldAdd(FieldMul(acc, x), coeffs[k]);
       shares[i].y[c] = acc;

@@ -39,6 +39,11 @@ size_t ShamirChunks(size_t secret_bytes);
 // n < 2^31, or when the secret is empty.
 absl::StatusOr<std::vector<ShamirShare>> ShamirSplit(std::span<const uint8_t> secret, uint32_t t, uint32_t n);
 
+// As ShamirSplit, with the evaluation points given: one share per x in `xs`
+// (distinct, non-zero, below 2^32).
+absl::StatusOr<std::vector<ShamirShare>> ShamirSplitAt(std::span<const uint8_t> secret, uint32_t t,
+                                                       std::span<const uint32_t> xs);
+
 // Recovers a secret of `secret_bytes` bytes from at least `t` shares.
 // InvalidArgument (naming the problem, revealing no share value) for fewer
 // than t shares, x = 0, a repeated x, a value outside the field, a share of
