@@ -32,19 +32,30 @@ absl::StatusOr<SecAggClient> SecAggClient::Create(SecAggParams params, uint32_t 
   if (client_id < 1 || client_id > params.num_clients()) {
     return absl::InvalidArgumentError(absl::StrCat("SecAgg client id ", client_id, " not in [1, ", params.num_clients(), "]"));
   }
-  if (input.size() != params.vector_length()) {
-    return absl::InvalidArgumentError(absl::StrCat("SecAgg input has ", input.size(), " values, the session needs ",
-                                                   params.vector_length()));
-  }
-  const uint64_t limit = uint64_t{1} << params.ring_bits();
-  for (uint32_t v : input) {
-    if (v >= limit) return absl::InvalidArgumentError("SecAgg input holds a value outside the ring");
-  }
   SecAggClient c;
   c.params_ = std::move(params);
   c.id_ = client_id;
-  c.input_ = std::move(input);
+  if (!input.empty()) {
+    if (absl::Status s = c.SetInput(std::move(input)); !s.ok()) return s;
+  }
   return c;
+}
+
+absl::Status SecAggClient::SetInput(std::vector<uint32_t> input) {
+  if (state_ == ClientState::kAwaitingUnmasking || state_ == ClientState::kDone || state_ == ClientState::kAborted) {
+    return absl::FailedPreconditionError("SecAgg input set after the masked-input round");
+  }
+  if (input.size() != params_.vector_length()) {
+    return absl::InvalidArgumentError(absl::StrCat("SecAgg input has ", input.size(), " values, the session needs ",
+                                                   params_.vector_length()));
+  }
+  const uint64_t limit = uint64_t{1} << params_.ring_bits();
+  for (uint32_t v : input) {
+    if (v >= limit) return absl::InvalidArgumentError("SecAgg input holds a value outside the ring");
+  }
+  input_ = std::move(input);
+  has_input_ = true;
+  return absl::OkStatus();
 }
 
 absl::Status SecAggClient::Abort(absl::Status why) {
@@ -180,6 +191,7 @@ absl::StatusOr<SecAggClientMessage> SecAggClient::HandleKeys(const KeysBroadcast
 }
 
 absl::StatusOr<SecAggClientMessage> SecAggClient::HandleShares(const SharesForward& m) {
+  if (!has_input_) return Abort(absl::FailedPreconditionError("no input was set before the masked-input round"));
   if (m.session_id() != ToString(session_id_)) {
     return Abort(absl::InvalidArgumentError("shares from another session"));
   }
@@ -226,7 +238,8 @@ absl::StatusOr<SecAggClientMessage> SecAggClient::HandleShares(const SharesForwa
     if (!seed.ok()) return Abort(seed.status());
     masks.emplace_back(*seed, id_ < peer ? +1 : -1);
   }
-  std::vector<uint32_t> y = input_;
+  std::vector<uint32_t> y = std::move(input_);
+  std::vector<uint32_t>().swap(input_);
   const int bits = static_cast<int>(params_.ring_bits());
   for (size_t start = 0; start < y.size(); start += kChunk) {
     std::span<uint32_t> chunk(y.data() + start, std::min(kChunk, y.size() - start));
@@ -239,7 +252,6 @@ absl::StatusOr<SecAggClientMessage> SecAggClient::HandleShares(const SharesForwa
   mi->set_session_id(ToString(session_id_));
   mi->set_client_id(id_);
   mi->set_packed(ToString(PackBits(y, bits)));
-  std::fill(input_.begin(), input_.end(), 0);
   state_ = ClientState::kAwaitingUnmasking;
   return out;
 }

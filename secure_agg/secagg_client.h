@@ -27,11 +27,15 @@ enum class ClientState { kNew, kAwaitingKeys, kAwaitingShares, kAwaitingUnmaskin
 // and the shares it holds for its neighbours. Not thread-safe.
 class SecAggClient {
  public:
-  // `input` is the client's vector already encoded in Z_(2^b) (m values).
-  // InvalidArgument for bad parameters, an id outside [1, n] or an input of
-  // the wrong length or with values outside the ring.
+  // `input` is the client's vector already encoded in Z_(2^b) (m values),
+  // or empty to provide it later with SetInput (a client can exchange keys
+  // while it still trains). InvalidArgument for bad parameters, an id
+  // outside [1, n] or an input of the wrong length or outside the ring.
   static absl::StatusOr<SecAggClient> Create(fedpers::v1::SecAggParams params, uint32_t client_id,
-                                             std::vector<uint32_t> input);
+                                             std::vector<uint32_t> input = {});
+  // Sets the input before the masked-input round (the SharesForward
+  // message); the same checks as Create. The client frees it once masked.
+  absl::Status SetInput(std::vector<uint32_t> input);
 
   // Round 0: generates the key pairs and returns AdvertiseKeys.
   absl::StatusOr<fedpers::v1::SecAggClientMessage> Start();
@@ -54,6 +58,7 @@ class SecAggClient {
   fedpers::v1::SecAggParams params_;
   uint32_t id_ = 0;
   std::vector<uint32_t> input_;
+  bool has_input_ = false;
   ClientState state_ = ClientState::kNew;
   absl::Status abort_status_;
 

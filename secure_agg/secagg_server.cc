@@ -228,6 +228,19 @@ absl::Status SecAggServer::HandleUnmaskingResponse(const UnmaskingResponse& m) {
   return absl::OkStatus();
 }
 
+size_t SecAggServer::MemoryBytes() const {
+  size_t bytes = sum_.capacity() * sizeof(uint32_t);
+  bytes += keys_.size() * (sizeof(PeerKeys) + 64);
+  for (const auto& [id, v] : shares_) {
+    for (const EncryptedShare& e : v) bytes += sizeof(EncryptedShare) + e.ciphertext().size();
+  }
+  for (const auto& [id, s] : included_) bytes += s.size() * 40;
+  for (const auto* m : {&seed_shares_, &key_shares_}) {
+    for (const auto& [id, v] : *m) bytes += v.size() * (sizeof(ShamirShare) + 8 * ShamirChunks(kSecretBytes));
+  }
+  return bytes;
+}
+
 absl::StatusOr<std::vector<uint32_t>> SecAggServer::Finish() {
   if (state_ != ServerState::kCollectingUnmasking) return absl::FailedPreconditionError("Finish out of order");
   stats_.unmasking_responses = static_cast<uint32_t>(responded_.size());

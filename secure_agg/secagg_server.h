@@ -61,6 +61,9 @@ class SecAggServer {
   const SecAggServerStats& stats() const { return stats_; }
   const std::set<uint32_t>& survivors() const { return submitted_; }
   const fedpers::v1::SecAggParams& params() const { return params_; }
+  // Bytes of state the server holds now: the running sum (4 m) plus keys,
+  // forwarded shares and revealed shares (O(n k)). Approximate.
+  size_t MemoryBytes() const;
 
  private:
   SecAggServer() = default;

@@ -27,34 +27,58 @@ absl::StatusOr<uint64_t> RandomFieldElement(std::span<const uint8_t>& pool, std:
   }
 }
 
-// Lagrange coefficients at 0 for the points xs (distinct, non-zero).
-std::vector<uint64_t> LagrangeAtZero(const std::vector<uint64_t>& xs) {
-  std::vector<uint64_t> out(xs.size());
-  for (size_t i = 0; i < xs.size(); ++i) {
-    uint64_t num = 1, den = 1;
-    for (size_t j = 0; j < xs.size(); ++j) {
-      if (j == i) continue;
-      num = FieldMul(num, xs[j]);
-      den = FieldMul(den, FieldSub(xs[j], xs[i]));
-    }
-    out[i] = FieldMul(num, FieldInverse(den));
+// Inverts every element of `v` (all non-zero) with one field inversion
+// (Montgomery's trick).
+void BatchInvert(std::vector<uint64_t>& v) {
+  std::vector<uint64_t> prefix(v.size());
+  uint64_t acc = 1;
+  for (size_t i = 0; i < v.size(); ++i) {
+    prefix[i] = acc;
+    acc = FieldMul(acc, v[i]);
   }
-  return out;
+  uint64_t inv = FieldInverse(acc);
+  for (size_t i = v.size(); i-- > 0;) {
+    const uint64_t vi = v[i];
+    v[i] = FieldMul(inv, prefix[i]);
+    inv = FieldMul(inv, vi);
+  }
 }
 
-// Value at x of the polynomial through (xs[i], ys[i]) (Lagrange form).
-uint64_t InterpolateAt(const std::vector<uint64_t>& xs, const std::vector<uint64_t>& ys, uint64_t x) {
-  uint64_t sum = 0;
+// Lagrange coefficients at 0 for the points xs (distinct, non-zero).
+std::vector<uint64_t> LagrangeAtZero(const std::vector<uint64_t>& xs) {
+  std::vector<uint64_t> num(xs.size(), 1), den(xs.size(), 1);
   for (size_t i = 0; i < xs.size(); ++i) {
-    uint64_t num = 1, den = 1;
     for (size_t j = 0; j < xs.size(); ++j) {
       if (j == i) continue;
-      num = FieldMul(num, FieldSub(x, xs[j]));
-      den = FieldMul(den, FieldSub(xs[i], xs[j]));
+      num[i] = FieldMul(num[i], xs[j]);
+      den[i] = FieldMul(den[i], FieldSub(xs[j], xs[i]));
     }
-    sum = FieldAdd(sum, FieldMul(ys[i], FieldMul(num, FieldInverse(den))));
   }
-  return sum;
+  BatchInvert(den);
+  for (size_t i = 0; i < xs.size(); ++i) num[i] = FieldMul(num[i], den[i]);
+  return num;
+}
+
+// Lagrange weights at x for the points xs (x not among them): the value at
+// x of the polynomial through (xs[i], y[i]) is sum_i w[i] y[i].
+std::vector<uint64_t> LagrangeAt(const std::vector<uint64_t>& xs, uint64_t x) {
+  const size_t t = xs.size();
+  // w_i = prod_{j != i} (x - x_j) / (x_i - x_j)
+  std::vector<uint64_t> den(t, 1), diff(t);
+  for (size_t i = 0; i < t; ++i) {
+    for (size_t j = 0; j < t; ++j) {
+      if (j != i) den[i] = FieldMul(den[i], FieldSub(xs[i], xs[j]));
+    }
+    diff[i] = FieldSub(x, xs[i]);
+  }
+  uint64_t all = 1;
+  for (uint64_t d : diff) all = FieldMul(all, d);
+  std::vector<uint64_t> inv(t);
+  for (size_t i = 0; i < t; ++i) inv[i] = FieldMul(den[i], diff[i]);
+  BatchInvert(inv);
+  std::vector<uint64_t> w(t);
+  for (size_t i = 0; i < t; ++i) w[i] = FieldMul(all, inv[i]);  // all / (den_i * (x - x_i))
+  return w;
 }
 
 }  // namespace
@@ -161,6 +185,9 @@ absl::StatusOr<std::vector<uint8_t>> ShamirReconstruct(std::span<const ShamirSha
   std::vector<uint64_t> xs(t);
   for (uint32_t i = 0; i < t; ++i) xs[i] = shares[i].x;
   const std::vector<uint64_t> lambda = LagrangeAtZero(xs);
+  // Weights at every extra share's point, shared by all chunks.
+  std::vector<std::vector<uint64_t>> extra_weights;
+  for (size_t e = t; e < shares.size(); ++e) extra_weights.push_back(LagrangeAt(xs, shares[e].x));
   std::vector<uint8_t> secret(secret_bytes);
   std::vector<uint64_t> ys(t);
   for (size_t c = 0; c < chunks; ++c) {
@@ -171,7 +198,9 @@ absl::StatusOr<std::vector<uint8_t>> ShamirReconstruct(std::span<const ShamirSha
     }
     // Extra shares must lie on the same polynomial.
     for (size_t e = t; e < shares.size(); ++e) {
-      if (InterpolateAt(xs, ys, shares[e].x) != shares[e].y[c]) {
+      uint64_t predicted = 0;
+      for (uint32_t i = 0; i < t; ++i) predicted = FieldAdd(predicted, FieldMul(extra_weights[e - t][i], ys[i]));
+      if (predicted != shares[e].y[c]) {
         return absl::InvalidArgumentError("Shamir: shares are inconsistent (a share is corrupted or forged)");
       }
     }
