@@ -1,0 +1,167 @@
+#include "secure_agg/dp_mechanisms.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/portable_prg.h"
+
+namespace fedpers::dp {
+namespace {
+
+bool IsPowerOfTwo(size_t n) { return n > 0 && (n & (n - 1)) == 0; }
+
+void Fwht(std::span<float> v) {
+  for (size_t h = 1; h < v.size(); h <<= 1) {
+    for (size_t i = 0; i < v.size(); i += 2 * h) {
+      for (size_t j = i; j < i + h; ++j) {
+        const float a = v[j], b = v[j + h];
+        v[j] = a + b;
+        v[j + h] = a - b;
+      }
+    }
+  }
+}
+
+// The public random signs of the rotation (portable PRG: every party derives the same).
+void ApplySigns(std::span<float> v, uint64_t seed) {
+  PortablePrg prg(seed, "fedpers hadamard signs");
+  uint64_t bits = 0;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i % 64 == 0) bits = prg.Next();
+    if ((bits >> (i % 64)) & 1) v[i] = -v[i];
+  }
+}
+
+}  // namespace
+
+absl::Status DistributedDpConfig::Validate() const {
+  if (!(noise_multiplier >= 0) || !std::isfinite(noise_multiplier)) {
+    return absl::InvalidArgumentError(absl::StrCat("noise multiplier ", noise_multiplier, " must be >= 0"));
+  }
+  if (min_clients < 1) return absl::InvalidArgumentError("the minimum number of clients must be at least 1");
+  return absl::OkStatus();
+}
+
+double DistributedDpConfig::ClientSigma(const secagg::RingConfig& ring) const {
+  return noise_multiplier * ring.clip_norm * ring.scale / std::sqrt(static_cast<double>(min_clients));
+}
+
+size_t RotatedLength(size_t d, const DistributedDpConfig& config) {
+  if (!config.rotate) return d;
+  size_t p = 1;
+  while (p < d) p <<= 1;
+  return p;
+}
+
+absl::Status ValidateRingForNoise(const secagg::RingConfig& ring, const DistributedDpConfig& config) {
+  if (absl::Status s = config.Validate(); !s.ok()) return s;
+  const double n = static_cast<double>(ring.max_summands);
+  const double bound = n * (std::floor(ring.clip_norm * ring.scale) + 1) + 8 * config.ClientSigma(ring) * std::sqrt(n);
+  const double half = std::ldexp(1.0, ring.bits - 1);
+  if (!(bound < half)) {
+    return absl::InvalidArgumentError(absl::StrCat("the noised sum of ", ring.max_summands, " clients can reach ", bound,
+                                                   ", not below 2^(b-1) = ", half,
+                                                   "; lower the scale or raise the ring bits"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RotateForward(std::span<float> v, uint64_t seed) {
+  if (!IsPowerOfTwo(v.size())) return absl::InvalidArgumentError("rotation needs a power-of-two length");
+  ApplySigns(v, seed);
+  Fwht(v);
+  const float norm = 1.0f / std::sqrt(static_cast<float>(v.size()));
+  for (float& x : v) x *= norm;
+  return absl::OkStatus();
+}
+
+absl::Status RotateInverse(std::span<float> v, uint64_t seed) {
+  if (!IsPowerOfTwo(v.size())) return absl::InvalidArgumentError("rotation needs a power-of-two length");
+  Fwht(v);
+  const float norm = 1.0f / std::sqrt(static_cast<float>(v.size()));
+  for (float& x : v) x *= norm;
+  ApplySigns(v, seed);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<uint32_t>> PrivatizeForSecAgg(std::span<const float> update,
+                                                         const secagg::RingConfig& ring,
+                                                         const DistributedDpConfig& config, RandomSource& rng) {
+  if (absl::Status s = ring.Validate(); !s.ok()) return s;
+  if (absl::Status s = ValidateRingForNoise(ring, config); !s.ok()) return s;
+  std::vector<float> v(RotatedLength(update.size(), config), 0.0f);
+  std::copy(update.begin(), update.end(), v.begin());
+  // Clip before rotating: the rotation is orthonormal, so the norm bound holds after it.
+  absl::StatusOr<double> norm = secagg::ClipL2(v, ring.clip_norm);
+  if (!norm.ok()) return norm.status();
+  if (config.rotate) {
+    if (absl::Status s = RotateForward(v, config.rotation_seed); !s.ok()) return s;
+    // Float rounding in the transform can nudge the norm above S: clip again.
+    if (absl::StatusOr<double> n2 = secagg::ClipL2(v, ring.clip_norm); !n2.ok()) return n2.status();
+  }
+  absl::StatusOr<std::vector<uint32_t>> encoded = secagg::EncodeToRing(v, ring);
+  if (!encoded.ok()) return encoded.status();
+  const double sigma = config.ClientSigma(ring);
+  if (sigma > 0) {
+    absl::StatusOr<DiscreteGaussianSampler> sampler = DiscreteGaussianSampler::Create(sigma);
+    if (!sampler.ok()) return sampler.status();
+    const uint64_t mask = ring.modulus_mask();
+    for (uint32_t& x : *encoded) {
+      x = static_cast<uint32_t>((static_cast<uint64_t>(x) + static_cast<uint64_t>(sampler->Sample(rng))) & mask);
+    }
+  }
+  return encoded;
+}
+
+absl::StatusOr<std::vector<float>> DecodeAggregate(std::span<const uint32_t> ring_sum, const secagg::RingConfig& ring,
+                                                   const DistributedDpConfig& config, size_t d) {
+  if (ring_sum.size() != RotatedLength(d, config)) {
+    return absl::InvalidArgumentError(absl::StrCat("aggregate has ", ring_sum.size(), " values, expected ",
+                                                   RotatedLength(d, config)));
+  }
+  std::vector<float> v = secagg::DecodeFromRing(ring_sum, ring);
+  if (config.rotate) {
+    if (absl::Status s = RotateInverse(v, config.rotation_seed); !s.ok()) return s;
+  }
+  v.resize(d);
+  return v;
+}
+
+absl::Status AddCentralGaussianNoise(std::span<float> sum, double z, double clip_norm, RandomSource& rng) {
+  if (!(z >= 0) || !(clip_norm > 0)) return absl::InvalidArgumentError("central noise needs z >= 0 and a positive clip norm");
+  const double sd = z * clip_norm;
+  for (float& x : sum) x = static_cast<float>(x + sd * StandardNormal(rng));
+  return absl::OkStatus();
+}
+
+absl::Status AdaptiveClipping::Validate() const {
+  if (!(target_quantile >= 0 && target_quantile <= 1)) return absl::InvalidArgumentError("target quantile must be in [0, 1]");
+  if (!(learning_rate > 0)) return absl::InvalidArgumentError("clip learning rate must be positive");
+  if (!(count_stddev >= 0)) return absl::InvalidArgumentError("count noise must be >= 0");
+  return absl::OkStatus();
+}
+
+double ClipIndicator(double update_norm, double clip_norm) { return (update_norm <= clip_norm ? 1.0 : 0.0) - 0.5; }
+
+absl::StatusOr<double> UpdatedClipNorm(double clip_norm, double noisy_indicator_sum, int64_t clients,
+                                       const AdaptiveClipping& config) {
+  if (absl::Status s = config.Validate(); !s.ok()) return s;
+  if (clients < 1) return absl::InvalidArgumentError("adaptive clipping needs at least one client");
+  if (!(clip_norm > 0)) return absl::InvalidArgumentError("clip norm must be positive");
+  const double b_bar = std::clamp(noisy_indicator_sum / static_cast<double>(clients) + 0.5, 0.0, 1.0);
+  return clip_norm * std::exp(-config.learning_rate * (b_bar - config.target_quantile));
+}
+
+absl::StatusOr<double> AdjustedNoiseMultiplier(double z, double count_stddev) {
+  if (!(z > 0)) return absl::InvalidArgumentError("noise multiplier must be positive");
+  if (!(count_stddev > 0)) return absl::InvalidArgumentError("count noise must be positive");
+  const double rest = 1 / (z * z) - 1 / (4 * count_stddev * count_stddev);
+  if (!(rest > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("the count noise ", count_stddev,
+                                                   " uses the whole privacy budget of noise multiplier ", z));
+  }
+  return 1 / std::sqrt(rest);
+}
+
+}  // namespace fedpers::dp

@@ -1,0 +1,84 @@
+// Differential-privacy mechanisms of the update pipeline.
+//
+// Distributed mode (no trusted coordinator; Kairouz, Liu, Steinke 2021): each
+// client clips its update to L2 norm S, optionally rotates it with a random-
+// sign Walsh-Hadamard transform (spreading it over coordinates so that
+// quantization and wrap-around hurt less), scales and stochastically rounds it
+// into the SecAgg ring and adds its share of discrete Gaussian noise, so that
+// the securely summed vector of n clients carries noise of standard
+// deviation z S (in update units). Central mode (trusted coordinator): the
+// coordinator adds N(0, (z S)^2) to the decoded sum.
+// Adaptive clipping (Andrew et al. 2021) moves S toward a target quantile
+// of update norms from a noised count.
+#ifndef FEDPERS_SECURE_AGG_DP_MECHANISMS_H_
+#define FEDPERS_SECURE_AGG_DP_MECHANISMS_H_
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "secure_agg/discrete_gaussian.h"
+#include "secure_agg/ring_encoding.h"
+
+namespace fedpers::dp {
+
+struct DistributedDpConfig {
+  double noise_multiplier = 1.0;  // z: aggregate noise std / clip norm
+  int64_t min_clients = 1;        // n: the noise is split so that n clients' shares reach z S
+  bool rotate = true;             // random-sign Hadamard rotation before quantization
+  uint64_t rotation_seed = 0;     // public, shared by the clients of a round
+
+  // InvalidArgument for z < 0 or n < 1.
+  absl::Status Validate() const;
+  // Per-client discrete Gaussian sigma in ring steps.
+  double ClientSigma(const secagg::RingConfig& ring) const;
+};
+
+// Length after padding for the rotation (next power of two), or d.
+size_t RotatedLength(size_t d, const DistributedDpConfig& config);
+
+// Checks that n_max summands of clipped, rounded, noised vectors cannot wrap
+// the ring except with probability below 2^-40 per coordinate: n (S scale +
+// 1) + 8 sigma_c sqrt(n) < 2^(b-1). InvalidArgument naming the excess.
+absl::Status ValidateRingForNoise(const secagg::RingConfig& ring, const DistributedDpConfig& config);
+
+// The client side: clip to ring.clip_norm, rotate, encode into the ring and add
+// N_Z(0, sigma_c^2) per coordinate. Returns RotatedLength(d) ring values.
+absl::StatusOr<std::vector<uint32_t>> PrivatizeForSecAgg(std::span<const float> update,
+                                                         const secagg::RingConfig& ring,
+                                                         const DistributedDpConfig& config, RandomSource& rng);
+
+// The server side: decode a ring sum and undo the rotation; returns d floats.
+absl::StatusOr<std::vector<float>> DecodeAggregate(std::span<const uint32_t> ring_sum, const secagg::RingConfig& ring,
+                                                   const DistributedDpConfig& config, size_t d);
+
+// In-place orthonormal random-sign Hadamard rotation of a power-of-two
+// length vector, and its inverse.
+absl::Status RotateForward(std::span<float> v, uint64_t seed);
+absl::Status RotateInverse(std::span<float> v, uint64_t seed);
+
+// Central mode: adds N(0, (z S)^2) to every coordinate of a decoded sum.
+absl::Status AddCentralGaussianNoise(std::span<float> sum, double noise_multiplier, double clip_norm,
+                                     RandomSource& rng);
+
+// Adaptive clipping (Andrew et al. 2021, as in TF-Federated).
+struct AdaptiveClipping {
+  double target_quantile = 0.5;  // gamma
+  double learning_rate = 0.2;    // eta
+  double count_stddev = 0;       // sigma_b; 0: 0.05 * expected clients, set by the caller
+  absl::Status Validate() const;
+};
+// Each client's report: 1[norm <= C] - 0.5.
+double ClipIndicator(double update_norm, double clip_norm);
+// b_bar = clamp((sum of indicators + noise) / m + 0.5, 0, 1); C' = C exp(-eta (b_bar - gamma)).
+absl::StatusOr<double> UpdatedClipNorm(double clip_norm, double noisy_indicator_sum, int64_t clients,
+                                       const AdaptiveClipping& config);
+// The update's noise multiplier when part of the budget goes to the count:
+// z_delta = (z^-2 - (2 sigma_b)^-2)^(-1/2). InvalidArgument when the count's
+// noise alone exceeds the budget.
+absl::StatusOr<double> AdjustedNoiseMultiplier(double z, double count_stddev);
+
+}  // namespace fedpers::dp
+
+#endif  // FEDPERS_SECURE_AGG_DP_MECHANISMS_H_

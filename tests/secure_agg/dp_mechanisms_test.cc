@@ -1,0 +1,169 @@
+#include "secure_agg/dp_mechanisms.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "secure_agg/secagg_client.h"
+#include "secure_agg/secagg_server.h"
+#include "tests/secure_agg/secagg_harness.h"
+
+namespace fedpers::dp {
+namespace {
+
+double Norm(std::span<const float> v) {
+  double s = 0;
+  for (float x : v) s += static_cast<double>(x) * x;
+  return std::sqrt(s);
+}
+
+TEST(DpMechanismsTest, RotationIsOrthonormalAndInvertible) {
+  std::vector<float> v(256);
+  std::mt19937 gen(3);
+  std::normal_distribution<float> normal;
+  for (float& x : v) x = normal(gen);
+  std::vector<float> r = v;
+  ASSERT_TRUE(RotateForward(r, 42).ok());
+  EXPECT_NEAR(Norm(r), Norm(v), 1e-4 * Norm(v));
+  ASSERT_TRUE(RotateInverse(r, 42).ok());
+  for (size_t i = 0; i < v.size(); ++i) EXPECT_NEAR(r[i], v[i], 1e-5);
+  std::vector<float> odd(100);
+  EXPECT_FALSE(RotateForward(odd, 1).ok());
+}
+
+// Without noise, ||decode(encode(x))|| <= S + sqrt(d) / scale: clipping
+// bounds the norm by S and stochastic rounding moves each coordinate by less
+// than one ring step.
+TEST(DpMechanismsTest, EncodedNormNeverExceedsClipPlusRoundingBound) {
+  secagg::RingConfig ring;
+  ring.bits = 24;
+  ring.clip_norm = 1.0;
+  ring.scale = 1 << 8;  // coarse, so rounding matters
+  for (bool rotate : {false, true}) {
+    DistributedDpConfig dp;
+    dp.noise_multiplier = 0;
+    dp.rotate = rotate;
+    dp.rotation_seed = 5;
+    RandomSource rng = RandomSource::FromTestSeed(1);
+    std::mt19937 gen(9);
+    std::normal_distribution<float> normal(0, 3);
+    for (int trial = 0; trial < 200; ++trial) {
+      std::vector<float> x(300);
+      for (float& v : x) v = normal(gen);
+      auto enc = PrivatizeForSecAgg(x, ring, dp, rng);
+      ASSERT_TRUE(enc.ok()) << enc.status();
+      std::vector<float> dec = secagg::DecodeFromRing(*enc, ring);
+      const double bound = ring.clip_norm + std::sqrt(static_cast<double>(dec.size())) / ring.scale;
+      ASSERT_LE(Norm(dec), bound) << "trial " << trial << " rotate " << rotate;
+    }
+  }
+}
+
+// 50 clients, known inputs, SecAgg+ and distributed DP together: the decoded
+// sum minus the true sum of clipped inputs has mean 0 and standard deviation
+// z S per coordinate. With m = 4096 coordinates the sample variance is within
+// 5 standard errors (5 sqrt(2 / m) = 11%) of (z S)^2.
+TEST(DpMechanismsTest, SecAggWithDistributedNoiseHasTheConfiguredSigma) {
+  const uint32_t n = 50;
+  const size_t d = 4000;
+  secagg::RingConfig ring;
+  ring.bits = 32;
+  ring.clip_norm = 1.0;
+  ring.max_summands = n;
+  ring.scale = 1 << 16;
+  DistributedDpConfig dp;
+  dp.noise_multiplier = 0.8;
+  dp.min_clients = n;
+  dp.rotate = true;
+  dp.rotation_seed = 77;
+  ASSERT_TRUE(ValidateRingForNoise(ring, dp).ok());
+  const size_t m = RotatedLength(d, dp);
+  ASSERT_EQ(m, 4096u);
+  auto params = secagg::testing::MakeParams(n, n - 1, 30, m, ring.bits);
+  secagg::SecAggServer server = *secagg::SecAggServer::Create(params);
+  std::map<uint32_t, secagg::SecAggClient> clients;
+  std::vector<double> truth(d, 0);
+  std::mt19937 gen(11);
+  std::normal_distribution<float> normal(0, 0.01f);  // norm about 0.63 < S: no clipping
+  RandomSource rng = RandomSource::FromTestSeed(123);
+  for (uint32_t i = 1; i <= n; ++i) {
+    std::vector<float> x(d);
+    for (float& v : x) v = normal(gen);
+    ASSERT_LT(Norm(x), ring.clip_norm);
+    for (size_t e = 0; e < d; ++e) truth[e] += x[e];
+    auto enc = PrivatizeForSecAgg(x, ring, dp, rng);
+    ASSERT_TRUE(enc.ok()) << enc.status();
+    clients.emplace(i, *secagg::SecAggClient::Create(params, i, *enc));
+    ASSERT_TRUE(server.Handle(*clients.at(i).Start()).ok());
+  }
+  for (int round = 0; round < 3; ++round) {
+    auto out = round == 0 ? server.FinishKeys() : round == 1 ? server.FinishShares() : server.FinishInputs();
+    ASSERT_TRUE(out.ok()) << out.status();
+    for (auto& [id, msg] : *out) ASSERT_TRUE(server.Handle(*clients.at(id).Handle(msg)).ok());
+  }
+  auto sum = server.Finish();
+  ASSERT_TRUE(sum.ok()) << sum.status();
+  auto decoded = DecodeAggregate(*sum, ring, dp, d);
+  ASSERT_TRUE(decoded.ok());
+  double mean = 0, var = 0;
+  for (size_t e = 0; e < d; ++e) mean += (*decoded)[e] - truth[e];
+  mean /= d;
+  for (size_t e = 0; e < d; ++e) var += ((*decoded)[e] - truth[e] - mean) * ((*decoded)[e] - truth[e] - mean);
+  var /= d - 1;
+  const double target = dp.noise_multiplier * ring.clip_norm;
+  EXPECT_LT(std::abs(mean), 5 * target / std::sqrt(static_cast<double>(d)));
+  EXPECT_NEAR(var / (target * target), 1.0, 5 * std::sqrt(2.0 / d));
+}
+
+TEST(DpMechanismsTest, CentralNoiseHasTheConfiguredSigma) {
+  std::vector<float> sum(20000, 0.0f);
+  RandomSource rng = RandomSource::FromTestSeed(8);
+  ASSERT_TRUE(AddCentralGaussianNoise(sum, 1.5, 2.0, rng).ok());
+  double var = 0;
+  for (float x : sum) var += static_cast<double>(x) * x;
+  var /= sum.size();
+  EXPECT_NEAR(var / 9.0, 1.0, 5 * std::sqrt(2.0 / sum.size()));
+  EXPECT_FALSE(AddCentralGaussianNoise(sum, -1, 2.0, rng).ok());
+}
+
+TEST(DpMechanismsTest, AdaptiveClippingKnownAnswers) {
+  AdaptiveClipping config;  // gamma 0.5, eta 0.2
+  // b_bar = 1: every client was under the clip.
+  auto c = UpdatedClipNorm(1.0, /*sum of indicators*/ 0.5 * 10, 10, config);
+  ASSERT_TRUE(c.ok());
+  EXPECT_NEAR(*c, 0.9048374180, 1e-10);
+  auto z = AdjustedNoiseMultiplier(1.0, 0.05 * 100);
+  ASSERT_TRUE(z.ok());
+  EXPECT_NEAR(*z, 1.0050378153, 1e-10);
+  EXPECT_EQ(ClipIndicator(0.5, 1.0), 0.5);
+  EXPECT_EQ(ClipIndicator(1.5, 1.0), -0.5);
+  EXPECT_NEAR(*UpdatedClipNorm(1.0, 0.0, 10, config), 1.0, 1e-12) << "b_bar = gamma: C unchanged";
+  EXPECT_FALSE(AdjustedNoiseMultiplier(1.0, 0.4).ok()) << "count noise takes the whole budget";
+  EXPECT_FALSE(UpdatedClipNorm(1.0, 0, 0, config).ok());
+}
+
+TEST(DpMechanismsTest, BadParametersAreErrors) {
+  secagg::RingConfig ring;
+  ring.bits = 16;
+  ring.clip_norm = 1;
+  ring.scale = 1 << 10;
+  ring.max_summands = 10;
+  DistributedDpConfig dp;
+  dp.noise_multiplier = 5;
+  dp.min_clients = 10;
+  absl::Status s = ValidateRingForNoise(ring, dp);
+  EXPECT_NE(s.message().find("can reach"), absl::string_view::npos) << s;
+  dp.noise_multiplier = -1;
+  EXPECT_FALSE(dp.Validate().ok());
+  dp = DistributedDpConfig();
+  dp.min_clients = 0;
+  EXPECT_FALSE(dp.Validate().ok());
+  RandomSource rng = RandomSource::FromTestSeed(1);
+  std::vector<float> nan = {1, NAN};
+  ring.max_summands = 1;
+  EXPECT_FALSE(PrivatizeForSecAgg(nan, ring, DistributedDpConfig(), rng).ok());
+}
+
+}  // namespace
+}  // namespace fedpers::dp
