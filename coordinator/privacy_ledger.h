@@ -1,0 +1,74 @@
+// The privacy ledger: what every committed round cost, per round and per
+// user, against an operator-set budget.
+//
+// Each round records its sampling rate q, noise multiplier z, participants,
+// and the users who could have been sampled ("eligible"). A user's RDP grows
+// only in rounds where they were eligible; their epsilon at delta follows
+// from their own RDP sum. The ledger's epsilon is the largest user epsilon.
+// The coordinator asks CheckCanOpen before opening a round and refuses it
+// when some eligible user would exceed the budget. Not thread-safe.
+#ifndef FEDPERS_COORDINATOR_PRIVACY_LEDGER_H_
+#define FEDPERS_COORDINATOR_PRIVACY_LEDGER_H_
+
+#include <cstdint>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace fedpers {
+
+struct LedgerRound {
+  int64_t round = 0;
+  double sampling_rate = 0;      // q
+  double noise_multiplier = 0;   // z
+  int64_t participants = 0;
+  int64_t eligible_users = 0;
+  double epsilon_after = 0;      // ledger epsilon once this round committed
+};
+
+class PrivacyLedger {
+ public:
+  // delta in (0, 1), budget > 0 (infinity: no limit). Orders default to
+  // TF-Privacy's list.
+  static absl::StatusOr<PrivacyLedger> Create(double delta, double epsilon_budget,
+                                              std::vector<double> orders = {});
+
+  // Ledger epsilon if a round with (q, z) over `eligible` ran now.
+  absl::StatusOr<double> ProjectedEpsilon(double q, double z, std::span<const std::string> eligible) const;
+  // OK, or FailedPrecondition naming the round, the projected epsilon and
+  // the budget.
+  absl::Status CheckCanOpen(int64_t round, double q, double z, std::span<const std::string> eligible) const;
+  // Records a committed round (rounds strictly increasing). Refuses, changing
+  // nothing, a round that exceeds the budget.
+  absl::Status RecordRound(int64_t round, double q, double z, int64_t participants,
+                           std::span<const std::string> eligible);
+
+  double epsilon() const { return epsilon_; }
+  double delta() const { return delta_; }
+  double budget() const { return budget_; }
+  // A user's epsilon so far (0 for a user never eligible).
+  absl::StatusOr<double> UserEpsilon(const std::string& user) const;
+  const std::vector<LedgerRound>& rounds() const { return rounds_; }
+  size_t num_users() const { return user_rdp_.size(); }
+
+  // JSON snapshot, and restore from it (validated).
+  std::string ToJson() const;
+  static absl::StatusOr<PrivacyLedger> FromJson(const std::string& json);
+
+ private:
+  absl::StatusOr<std::vector<double>> RoundRdp(double q, double z) const;
+  double EpsilonOf(const std::vector<double>& rdp) const;
+
+  double delta_ = 1e-5, budget_ = 1;
+  std::vector<double> orders_;
+  std::map<std::string, std::vector<double>> user_rdp_;
+  std::vector<LedgerRound> rounds_;
+  double epsilon_ = 0;
+};
+
+}  // namespace fedpers
+
+#endif  // FEDPERS_COORDINATOR_PRIVACY_LEDGER_H_
