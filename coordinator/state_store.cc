@@ -1,0 +1,381 @@
+#include "coordinator/state_store.h"
+
+#include <sqlite3.h>
+
+#include <chrono>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "common/atomic_file.h"
+#include "secure_agg/crypto.h"
+
+namespace fedpers {
+namespace {
+
+constexpr int kSchemaVersion = 1;
+
+int64_t NowUnix() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string Sha256Hex(std::span<const uint8_t> bytes) { return secagg::ToHex(secagg::Sha256({bytes})); }
+
+// One prepared statement; finalizes itself.
+class Statement {
+ public:
+  Statement(sqlite3* db, const char* sql) : db_(db) {
+    rc_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr);
+  }
+  ~Statement() { sqlite3_finalize(stmt_); }
+  absl::Status status() const {
+    if (rc_ == SQLITE_OK) return absl::OkStatus();
+    return absl::InternalError(absl::StrCat("SQLite prepare failed: ", sqlite3_errmsg(db_)));
+  }
+  Statement& Bind(int i, int64_t v) {
+    sqlite3_bind_int64(stmt_, i, v);
+    return *this;
+  }
+  Statement& Bind(int i, const std::string& v) {
+    sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Statement& BindBlob(int i, std::span<const uint8_t> v) {
+    // An empty span has no data pointer, which SQLite would store as NULL.
+    if (v.empty()) {
+      sqlite3_bind_zeroblob(stmt_, i, 0);
+    } else {
+      sqlite3_bind_blob64(stmt_, i, v.data(), v.size(), SQLITE_TRANSIENT);
+    }
+    return *this;
+  }
+  // SQLITE_ROW: a row is ready; SQLITE_DONE: finished.
+  absl::StatusOr<bool> Step() {
+    const int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    return absl::InternalError(absl::StrCat("SQLite step failed: ", sqlite3_errmsg(db_)));
+  }
+  absl::Status Run() {
+    absl::StatusOr<bool> r = Step();
+    return r.ok() ? absl::OkStatus() : r.status();
+  }
+  int64_t Int(int col) const { return sqlite3_column_int64(stmt_, col); }
+  std::string Text(int col) const {
+    const unsigned char* p = sqlite3_column_text(stmt_, col);
+    return p ? std::string(reinterpret_cast<const char*>(p), sqlite3_column_bytes(stmt_, col)) : std::string();
+  }
+  std::vector<uint8_t> Blob(int col) const {
+    const uint8_t* p = static_cast<const uint8_t*>(sqlite3_column_blob(stmt_, col));
+    return p ? std::vector<uint8_t>(p, p + sqlite3_column_bytes(stmt_, col)) : std::vector<uint8_t>();
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  int rc_;
+};
+
+// BEGIN IMMEDIATE ... COMMIT, rolled back unless committed.
+class Transaction {
+ public:
+  explicit Transaction(sqlite3* db) : db_(db) {
+    ok_ = sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK;
+  }
+  ~Transaction() {
+    if (ok_ && !done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+  absl::Status status() const {
+    return ok_ ? absl::OkStatus() : absl::InternalError(absl::StrCat("SQLite BEGIN failed: ", sqlite3_errmsg(db_)));
+  }
+  absl::Status Commit() {
+    if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
+      return absl::InternalError(absl::StrCat("SQLite COMMIT failed: ", sqlite3_errmsg(db_)));
+    }
+    done_ = true;
+    return absl::OkStatus();
+  }
+
+ private:
+  sqlite3* db_;
+  bool ok_ = false, done_ = false;
+};
+
+constexpr const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rounds (
+  round INTEGER PRIMARY KEY,
+  state TEXT NOT NULL CHECK (state IN ('open', 'committed', 'aborted')),
+  opened_unix INTEGER NOT NULL,
+  closed_unix INTEGER NOT NULL DEFAULT 0,
+  config_json TEXT NOT NULL,
+  metrics_json TEXT NOT NULL DEFAULT '',
+  abort_reason TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS global_versions (
+  round INTEGER PRIMARY KEY REFERENCES rounds(round),
+  path TEXT NOT NULL,
+  sha256 TEXT NOT NULL,
+  bytes INTEGER NOT NULL,
+  ledger_json TEXT NOT NULL,
+  strategy_state BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS clients (
+  client_id TEXT PRIMARY KEY,
+  cert_fingerprint TEXT NOT NULL,
+  first_seen_unix INTEGER NOT NULL,
+  last_seen_unix INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS residuals (
+  user_id TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  sealed INTEGER NOT NULL,
+  sha256 TEXT NOT NULL,
+  blob BLOB NOT NULL,
+  stored_unix INTEGER NOT NULL,
+  PRIMARY KEY (user_id, version));
+)sql";
+
+}  // namespace
+
+StateStore::~StateStore() {
+  if (db_ != nullptr) sqlite3_close_v2(db_);
+}
+
+absl::Status StateStore::Exec(const std::string& sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+    absl::Status s = absl::InternalError(absl::StrCat("SQLite: ", err ? err : "error", " in: ", sql.substr(0, 80)));
+    sqlite3_free(err);
+    return s;
+  }
+  return absl::OkStatus();
+}
+
+std::string StateStore::GlobalPath(int64_t round) const { return absl::StrCat(dir_, "/global/round-", round, ".safetensors"); }
+
+absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir + "/global", ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create state directory '", dir, "': ", ec.message()));
+  std::unique_ptr<StateStore> store(new StateStore());
+  store->dir_ = dir;
+  const std::string path = dir + "/state.sqlite3";
+  if (sqlite3_open_v2(path.c_str(), &store->db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                      nullptr) != SQLITE_OK) {
+    return absl::InternalError(absl::StrCat("cannot open '", path, "': ", sqlite3_errmsg(store->db_)));
+  }
+  sqlite3_busy_timeout(store->db_, 5000);
+  for (const char* pragma : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON"}) {
+    if (absl::Status s = store->Exec(pragma); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("'", path, "' is not a usable SQLite database: ", s.message()));
+    }
+  }
+  if (absl::Status s = store->Exec(kSchema); !s.ok()) return s;
+  Statement get(store->db_, "SELECT value FROM meta WHERE key = 'schema_version'");
+  if (absl::Status s = get.status(); !s.ok()) return s;
+  absl::StatusOr<bool> row = get.Step();
+  if (!row.ok()) return row.status();
+  if (!*row) {
+    if (absl::Status s = store->Exec(absl::StrCat("INSERT INTO meta VALUES ('schema_version', '", kSchemaVersion, "')"));
+        !s.ok()) {
+      return s;
+    }
+  } else if (get.Text(0) != std::to_string(kSchemaVersion)) {
+    return absl::FailedPreconditionError(absl::StrCat("'", path, "' has schema version ", get.Text(0),
+                                                      "; this fedpers reads version ", kSchemaVersion));
+  }
+  return store;
+}
+
+absl::Status StateStore::CheckIntegrity() {
+  Statement st(db_, "PRAGMA integrity_check");
+  if (absl::Status s = st.status(); !s.ok()) return s;
+  std::string report;
+  while (true) {
+    absl::StatusOr<bool> row = st.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    absl::StrAppend(&report, report.empty() ? "" : "; ", st.Text(0));
+  }
+  if (report != "ok") return absl::DataLossError(absl::StrCat("state database integrity check: ", report));
+  return absl::OkStatus();
+}
+
+absl::Status StateStore::OpenRound(int64_t round, const std::string& config_json) {
+  Statement last(db_, "SELECT COALESCE(MAX(round), 0) FROM rounds");
+  if (absl::Status s = last.status(); !s.ok()) return s;
+  if (absl::StatusOr<bool> r = last.Step(); !r.ok()) return r.status();
+  if (round <= last.Int(0)) {
+    return absl::InvalidArgumentError(absl::StrCat("round ", round, " is not after the last round ", last.Int(0)));
+  }
+  Statement ins(db_, "INSERT INTO rounds (round, state, opened_unix, config_json) VALUES (?, 'open', ?, ?)");
+  if (absl::Status s = ins.status(); !s.ok()) return s;
+  return ins.Bind(1, round).Bind(2, NowUnix()).Bind(3, config_json).Run();
+}
+
+absl::Status StateStore::CommitRound(int64_t round, std::span<const uint8_t> global, const std::string& metrics_json,
+                                     const std::string& ledger_json, std::span<const uint8_t> strategy_state) {
+  {
+    Statement st(db_, "SELECT state FROM rounds WHERE round = ?");
+    if (absl::Status s = st.status(); !s.ok()) return s;
+    absl::StatusOr<bool> row = st.Bind(1, round).Step();
+    if (!row.ok()) return row.status();
+    if (!*row) return absl::NotFoundError(absl::StrCat("round ", round, " was never opened"));
+    if (st.Text(0) != "open") return absl::FailedPreconditionError(absl::StrCat("round ", round, " is already ", st.Text(0)));
+  }
+  // The file first (atomically), then the rows that make it the current version.
+  const std::string path = GlobalPath(round);
+  if (absl::Status s = WriteFileAtomically(path, std::string(global.begin(), global.end())); !s.ok()) return s;
+  Transaction tx(db_);
+  if (absl::Status s = tx.status(); !s.ok()) return s;
+  Statement up(db_, "UPDATE rounds SET state = 'committed', closed_unix = ?, metrics_json = ? WHERE round = ? AND state = 'open'");
+  if (absl::Status s = up.status(); !s.ok()) return s;
+  if (absl::Status s = up.Bind(1, NowUnix()).Bind(2, metrics_json).Bind(3, round).Run(); !s.ok()) return s;
+  Statement gv(db_, "INSERT INTO global_versions (round, path, sha256, bytes, ledger_json, strategy_state) VALUES (?, ?, ?, ?, ?, ?)");
+  if (absl::Status s = gv.status(); !s.ok()) return s;
+  if (absl::Status s = gv.Bind(1, round)
+                           .Bind(2, std::filesystem::path(path).filename().string())
+                           .Bind(3, Sha256Hex(global))
+                           .Bind(4, static_cast<int64_t>(global.size()))
+                           .Bind(5, ledger_json)
+                           .BindBlob(6, strategy_state)
+                           .Run();
+      !s.ok()) {
+    return s;
+  }
+  return tx.Commit();
+}
+
+absl::Status StateStore::AbortRound(int64_t round, const std::string& reason) {
+  Statement up(db_, "UPDATE rounds SET state = 'aborted', closed_unix = ?, abort_reason = ? WHERE round = ? AND state = 'open'");
+  if (absl::Status s = up.status(); !s.ok()) return s;
+  if (absl::Status s = up.Bind(1, NowUnix()).Bind(2, reason).Bind(3, round).Run(); !s.ok()) return s;
+  if (sqlite3_changes(db_) == 0) return absl::FailedPreconditionError(absl::StrCat("round ", round, " is not open"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> StateStore::RecoverOpenRounds() {
+  Statement up(db_, "UPDATE rounds SET state = 'aborted', closed_unix = ?, abort_reason = 'coordinator restarted' WHERE state = 'open'");
+  if (absl::Status s = up.status(); !s.ok()) return s;
+  if (absl::Status s = up.Bind(1, NowUnix()).Run(); !s.ok()) return s;
+  return sqlite3_changes(db_);
+}
+
+absl::StatusOr<std::optional<CommittedState>> StateStore::LatestCommitted() {
+  Statement st(db_, "SELECT g.round, g.path, g.sha256, g.ledger_json, g.strategy_state FROM global_versions g "
+                    "JOIN rounds r ON r.round = g.round WHERE r.state = 'committed' ORDER BY g.round DESC LIMIT 1");
+  if (absl::Status s = st.status(); !s.ok()) return s;
+  absl::StatusOr<bool> row = st.Step();
+  if (!row.ok()) return row.status();
+  if (!*row) return std::optional<CommittedState>();
+  CommittedState c;
+  c.round = st.Int(0);
+  const std::string path = dir_ + "/global/" + st.Text(1);
+  absl::StatusOr<std::string> bytes = ReadFileToString(path);
+  if (!bytes.ok()) {
+    return absl::DataLossError(absl::StrCat("global adapter of committed round ", c.round, " is unreadable: ", bytes.status().message()));
+  }
+  c.global_safetensors.assign(bytes->begin(), bytes->end());
+  if (Sha256Hex(c.global_safetensors) != st.Text(2)) {
+    return absl::DataLossError(absl::StrCat("global adapter file '", path, "' does not match its recorded SHA-256"));
+  }
+  c.ledger_json = st.Text(3);
+  c.strategy_state = st.Blob(4);
+  return std::optional<CommittedState>(std::move(c));
+}
+
+absl::StatusOr<std::vector<RoundRow>> StateStore::Rounds(int limit) {
+  Statement st(db_, "SELECT round, state, opened_unix, closed_unix, config_json, metrics_json, abort_reason FROM rounds "
+                    "ORDER BY round DESC LIMIT ?");
+  if (absl::Status s = st.status(); !s.ok()) return s;
+  st.Bind(1, limit);
+  std::vector<RoundRow> out;
+  while (true) {
+    absl::StatusOr<bool> row = st.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    out.push_back({st.Int(0), st.Text(1), st.Int(2), st.Int(3), st.Text(4), st.Text(5), st.Text(6)});
+  }
+  return out;
+}
+
+absl::Status StateStore::TouchClient(const std::string& id, const std::string& fingerprint) {
+  if (id.empty()) return absl::InvalidArgumentError("empty client id");
+  Statement st(db_, "INSERT INTO clients (client_id, cert_fingerprint, first_seen_unix, last_seen_unix) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(client_id) DO UPDATE SET cert_fingerprint = excluded.cert_fingerprint, "
+                    "last_seen_unix = excluded.last_seen_unix");
+  if (absl::Status s = st.status(); !s.ok()) return s;
+  const int64_t now = NowUnix();
+  return st.Bind(1, id).Bind(2, fingerprint).Bind(3, now).Bind(4, now).Run();
+}
+
+absl::StatusOr<std::vector<ClientRow>> StateStore::Clients() {
+  Statement st(db_, "SELECT client_id, cert_fingerprint, first_seen_unix, last_seen_unix FROM clients ORDER BY client_id");
+  if (absl::Status s = st.status(); !s.ok()) return s;
+  std::vector<ClientRow> out;
+  while (true) {
+    absl::StatusOr<bool> row = st.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    out.push_back({st.Text(0), st.Text(1), st.Int(2), st.Int(3)});
+  }
+  return out;
+}
+
+absl::StatusOr<int64_t> StateStore::PutResidual(const std::string& user, std::span<const uint8_t> blob, bool sealed) {
+  if (user.empty()) return absl::InvalidArgumentError("empty user id");
+  Transaction tx(db_);
+  if (absl::Status s = tx.status(); !s.ok()) return s;
+  Statement last(db_, "SELECT COALESCE(MAX(version), 0) FROM residuals WHERE user_id = ?");
+  if (absl::Status s = last.status(); !s.ok()) return s;
+  if (absl::StatusOr<bool> r = last.Bind(1, user).Step(); !r.ok()) return r.status();
+  const int64_t version = last.Int(0) + 1;
+  Statement ins(db_, "INSERT INTO residuals (user_id, version, sealed, sha256, blob, stored_unix) VALUES (?, ?, ?, ?, ?, ?)");
+  if (absl::Status s = ins.status(); !s.ok()) return s;
+  if (absl::Status s = ins.Bind(1, user).Bind(2, version).Bind(3, sealed ? 1 : 0).Bind(4, Sha256Hex(blob)).BindBlob(5, blob)
+                           .Bind(6, NowUnix())
+                           .Run();
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = tx.Commit(); !s.ok()) return s;
+  return version;
+}
+
+absl::StatusOr<std::vector<uint8_t>> StateStore::GetResidual(const std::string& user, std::optional<int64_t> version) {
+  Statement st(db_, version ? "SELECT blob, sha256, version FROM residuals WHERE user_id = ? AND version = ?"
+                            : "SELECT blob, sha256, version FROM residuals WHERE user_id = ? ORDER BY version DESC LIMIT 1");
+  if (absl::Status s = st.status(); !s.ok()) return s;
+  st.Bind(1, user);
+  if (version) st.Bind(2, *version);
+  absl::StatusOr<bool> row = st.Step();
+  if (!row.ok()) return row.status();
+  if (!*row) {
+    return absl::NotFoundError(version ? absl::StrCat("user '", user, "' has no residual version ", *version)
+                                       : absl::StrCat("user '", user, "' has no stored residual"));
+  }
+  std::vector<uint8_t> blob = st.Blob(0);
+  if (Sha256Hex(blob) != st.Text(1)) {
+    return absl::DataLossError(absl::StrCat("residual of user '", user, "' version ", st.Int(2), " fails its hash check"));
+  }
+  return blob;
+}
+
+absl::StatusOr<int> StateStore::DeleteResidual(const std::string& user) {
+  Statement st(db_, "DELETE FROM residuals WHERE user_id = ?");
+  if (absl::Status s = st.status(); !s.ok()) return s;
+  if (absl::Status s = st.Bind(1, user).Run(); !s.ok()) return s;
+  return sqlite3_changes(db_);
+}
+
+absl::StatusOr<std::vector<ResidualRow>> StateStore::Residuals() {
+  Statement st(db_, "SELECT user_id, version, sealed, LENGTH(blob), sha256, stored_unix FROM residuals ORDER BY user_id, version");
+  if (absl::Status s = st.status(); !s.ok()) return s;
+  std::vector<ResidualRow> out;
+  while (true) {
+    absl::StatusOr<bool> row = st.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    out.push_back({st.Text(0), st.Int(1), st.Int(2) != 0, st.Int(3), st.Text(4), st.Int(5)});
+  }
+  return out;
+}
+
+}  // namespace fedpers
