@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   RegisterFinetune(app, global);
   RegisterBench(app, global);
   RegisterData(app, global);
+  RegisterPki(app, global);
   try {
     app.parse(argc, argv);
   } catch (const CLI::RuntimeError& e) {

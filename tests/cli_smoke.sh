@@ -74,6 +74,18 @@ expect_error "required" "$fedpers" pretrain --corpus "$corpus"
 head -c 100 "$work/base/model.safetensors" > "$work/trunc.safetensors"
 mkdir -p "$work/trunc" && cp "$work/base/config.json" "$work/trunc/" && mv "$work/trunc.safetensors" "$work/trunc/model.safetensors"
 expect_error "truncated" "$fedpers" -q finetune --base "$work/trunc" --data "$corpus" --user user0001 --out "$work/x"
+# PKI: a CA, a coordinator and a client certificate that verify with openssl.
+"$fedpers" pki init --dir "$work/ca" > /dev/null
+"$fedpers" pki issue --dir "$work/ca" --role coordinator --name coord --out "$work/certs" > /dev/null
+"$fedpers" pki issue --dir "$work/ca" --role client --name partner-a --out "$work/certs" --json > "$work/issue.json"
+grep -q '"role": "client"' "$work/issue.json"
+if command -v openssl > /dev/null; then
+  openssl verify -CAfile "$work/ca/ca.crt" "$work/certs/coord.crt" "$work/certs/partner-a.crt" > /dev/null
+fi
+test "$(stat -c %a "$work/certs/partner-a.key")" = "600"
+expect_error "already holds a CA" "$fedpers" pki init --dir "$work/ca"
+expect_error "role" "$fedpers" pki issue --dir "$work/ca" --role root --name x
+
 "$fedpers" --help | grep -q pretrain
 "$fedpers" bench train --help | grep -q peer
 echo "cli smoke: ok"

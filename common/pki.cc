@@ -1,0 +1,250 @@
+#include "common/pki.h"
+
+#include <openssl/bio.h>
+#include <openssl/ec.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "common/atomic_file.h"
+#include "common/status.h"
+
+namespace fedpers {
+namespace {
+
+template <typename T, void (*Free)(T*)>
+struct Deleter {
+  void operator()(T* p) const { Free(p); }
+};
+using PKey = std::unique_ptr<EVP_PKEY, Deleter<EVP_PKEY, EVP_PKEY_free>>;
+using Cert = std::unique_ptr<X509, Deleter<X509, X509_free>>;
+using Bio = std::unique_ptr<BIO, Deleter<BIO, BIO_free_all>>;
+using Ext = std::unique_ptr<X509_EXTENSION, Deleter<X509_EXTENSION, X509_EXTENSION_free>>;
+using Store = std::unique_ptr<X509_STORE, Deleter<X509_STORE, X509_STORE_free>>;
+using StoreCtx = std::unique_ptr<X509_STORE_CTX, Deleter<X509_STORE_CTX, X509_STORE_CTX_free>>;
+
+std::string SslError(absl::string_view what) {
+  std::string out(what);
+  unsigned long code;
+  while ((code = ERR_get_error()) != 0) {
+    char buf[256];
+    ERR_error_string_n(code, buf, sizeof(buf));
+    absl::StrAppend(&out, ": ", buf);
+  }
+  return out;
+}
+
+absl::StatusOr<PKey> NewEcKey() {
+  PKey key(EVP_EC_gen("P-256"));
+  if (!key) return absl::InternalError(SslError("EC key generation failed"));
+  return key;
+}
+
+absl::StatusOr<std::string> ToPem(EVP_PKEY* key) {
+  Bio bio(BIO_new(BIO_s_mem()));
+  if (!bio || PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1) {
+    return absl::InternalError(SslError("cannot encode private key"));
+  }
+  char* data = nullptr;
+  const long n = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<size_t>(n));
+}
+
+absl::StatusOr<std::string> ToPem(X509* cert) {
+  Bio bio(BIO_new(BIO_s_mem()));
+  if (!bio || PEM_write_bio_X509(bio.get(), cert) != 1) return absl::InternalError(SslError("cannot encode certificate"));
+  char* data = nullptr;
+  const long n = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<size_t>(n));
+}
+
+absl::StatusOr<Cert> CertFromPem(const std::string& pem) {
+  Bio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  Cert cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+  if (!cert) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError("not a PEM certificate");
+  }
+  return cert;
+}
+
+absl::StatusOr<PKey> KeyFromPem(const std::string& pem) {
+  Bio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  PKey key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
+  if (!key) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError("not a PEM private key");
+  }
+  return key;
+}
+
+absl::Status WritePrivate(const std::string& path, const std::string& pem) {
+  FEDPERS_RETURN_IF_ERROR(WriteFileAtomically(path, pem));
+  if (::chmod(path.c_str(), 0600) != 0) return absl::InternalError(absl::StrCat("cannot chmod 0600 '", path, "'"));
+  return absl::OkStatus();
+}
+
+absl::Status AddExtension(X509* cert, X509* issuer, int nid, const char* value) {
+  X509V3_CTX ctx;
+  X509V3_set_ctx_nodb(&ctx);
+  X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
+  Ext ext(X509V3_EXT_conf_nid(nullptr, &ctx, nid, value));
+  if (!ext || X509_add_ext(cert, ext.get(), -1) != 1) {
+    return absl::InternalError(SslError(absl::StrCat("cannot add extension ", value)));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Cert> NewCert(EVP_PKEY* subject_key, const std::string& cn, const std::string& ou, int days) {
+  Cert cert(X509_new());
+  if (!cert) return absl::InternalError("X509_new failed");
+  X509_set_version(cert.get(), 2);
+  unsigned char serial[16];
+  if (RAND_bytes(serial, sizeof(serial)) != 1) return absl::InternalError(SslError("RAND_bytes failed"));
+  serial[0] &= 0x7f;
+  std::unique_ptr<BIGNUM, Deleter<BIGNUM, BN_free>> bn(BN_bin2bn(serial, sizeof(serial), nullptr));
+  BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(cert.get()));
+  X509_gmtime_adj(X509_getm_notBefore(cert.get()), -60);
+  X509_gmtime_adj(X509_getm_notAfter(cert.get()), static_cast<long>(days) * 86400);
+  X509_set_pubkey(cert.get(), subject_key);
+  X509_NAME* name = X509_get_subject_name(cert.get());
+  X509_NAME_add_entry_by_txt(name, "O", MBSTRING_UTF8, reinterpret_cast<const unsigned char*>("fedpers"), -1, -1, 0);
+  X509_NAME_add_entry_by_txt(name, "OU", MBSTRING_UTF8, reinterpret_cast<const unsigned char*>(ou.c_str()), -1, -1, 0);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
+  return cert;
+}
+
+bool ValidName(const std::string& name) {
+  if (name.empty() || name.size() > 64) return false;
+  for (char c : name) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' || c == '@')) return false;
+  }
+  return name != "ca" && name[0] != '.';
+}
+
+}  // namespace
+
+absl::StatusOr<CertRole> ParseCertRole(const std::string& role) {
+  if (role == "coordinator") return CertRole::kCoordinator;
+  if (role == "client") return CertRole::kClient;
+  if (role == "admin") return CertRole::kAdmin;
+  return absl::InvalidArgumentError(absl::StrCat("unknown role '", role, "' (coordinator, client, admin)"));
+}
+
+std::string CertRoleName(CertRole role) {
+  switch (role) {
+    case CertRole::kCoordinator: return "coordinator";
+    case CertRole::kClient: return "client";
+    case CertRole::kAdmin: return "admin";
+  }
+  return "?";
+}
+
+absl::StatusOr<CaPaths> InitCa(const std::string& dir, const std::string& name, int days) {
+  CaPaths paths{dir + "/ca.crt", dir + "/ca.key"};
+  if (std::filesystem::exists(paths.key) || std::filesystem::exists(paths.cert)) {
+    return absl::AlreadyExistsError(absl::StrCat("'", dir, "' already holds a CA; refusing to overwrite it"));
+  }
+  FEDPERS_ASSIGN_OR_RETURN(PKey key, NewEcKey());
+  FEDPERS_ASSIGN_OR_RETURN(Cert cert, NewCert(key.get(), name, "ca", days));
+  X509_set_issuer_name(cert.get(), X509_get_subject_name(cert.get()));
+  FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), cert.get(), NID_basic_constraints, "critical,CA:TRUE,pathlen:0"));
+  FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), cert.get(), NID_key_usage, "critical,keyCertSign,cRLSign"));
+  FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), cert.get(), NID_subject_key_identifier, "hash"));
+  if (X509_sign(cert.get(), key.get(), EVP_sha256()) == 0) return absl::InternalError(SslError("CA self-signing failed"));
+  FEDPERS_ASSIGN_OR_RETURN(std::string key_pem, ToPem(key.get()));
+  FEDPERS_ASSIGN_OR_RETURN(std::string cert_pem, ToPem(cert.get()));
+  FEDPERS_RETURN_IF_ERROR(WritePrivate(paths.key, key_pem));
+  FEDPERS_RETURN_IF_ERROR(WriteFileAtomically(paths.cert, cert_pem));
+  return paths;
+}
+
+absl::StatusOr<IssuedPaths> IssueCertificate(const std::string& ca_dir, CertRole role, const std::string& name,
+                                             const std::string& out_dir, std::vector<std::string> hosts, int days) {
+  if (!ValidName(name)) {
+    return absl::InvalidArgumentError(absl::StrCat("certificate name '", name,
+                                                   "' must be 1-64 letters, digits, '-', '_', '.' or '@'"));
+  }
+  absl::StatusOr<std::string> ca_cert_pem = ReadFileToString(ca_dir + "/ca.crt");
+  absl::StatusOr<std::string> ca_key_pem = ReadFileToString(ca_dir + "/ca.key");
+  if (!ca_cert_pem.ok() || !ca_key_pem.ok()) {
+    return absl::NotFoundError(absl::StrCat("no CA in '", ca_dir, "' (run `fedpers pki init --dir ", ca_dir, "`)"));
+  }
+  FEDPERS_ASSIGN_OR_RETURN(Cert ca, CertFromPem(*ca_cert_pem));
+  FEDPERS_ASSIGN_OR_RETURN(PKey ca_key, KeyFromPem(*ca_key_pem));
+  FEDPERS_ASSIGN_OR_RETURN(PKey key, NewEcKey());
+  FEDPERS_ASSIGN_OR_RETURN(Cert cert, NewCert(key.get(), name, CertRoleName(role), days));
+  X509_set_issuer_name(cert.get(), X509_get_subject_name(ca.get()));
+  FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), ca.get(), NID_basic_constraints, "critical,CA:FALSE"));
+  FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), ca.get(), NID_key_usage, "critical,digitalSignature,keyAgreement"));
+  FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), ca.get(), NID_ext_key_usage,
+                                       role == CertRole::kCoordinator ? "serverAuth" : "clientAuth"));
+  FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), ca.get(), NID_authority_key_identifier, "keyid:always"));
+  if (role == CertRole::kCoordinator) {
+    if (hosts.empty()) hosts = {"localhost", "127.0.0.1", "::1"};
+    std::string san;
+    for (const std::string& h : hosts) {
+      const bool ip = h.find_first_not_of("0123456789.") == std::string::npos || h.find(':') != std::string::npos;
+      absl::StrAppend(&san, san.empty() ? "" : ",", ip ? "IP:" : "DNS:", h);
+    }
+    FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), ca.get(), NID_subject_alt_name, san.c_str()));
+  }
+  if (X509_sign(cert.get(), ca_key.get(), EVP_sha256()) == 0) return absl::InternalError(SslError("signing failed"));
+  IssuedPaths paths{out_dir + "/" + name + ".crt", out_dir + "/" + name + ".key", out_dir + "/ca.crt"};
+  FEDPERS_ASSIGN_OR_RETURN(std::string key_pem, ToPem(key.get()));
+  FEDPERS_ASSIGN_OR_RETURN(std::string cert_pem, ToPem(cert.get()));
+  FEDPERS_RETURN_IF_ERROR(WritePrivate(paths.key, key_pem));
+  FEDPERS_RETURN_IF_ERROR(WriteFileAtomically(paths.cert, cert_pem));
+  FEDPERS_RETURN_IF_ERROR(WriteFileAtomically(paths.ca_cert, *ca_cert_pem));
+  return paths;
+}
+
+absl::StatusOr<CertIdentity> ParseCertIdentity(const std::string& pem) {
+  FEDPERS_ASSIGN_OR_RETURN(Cert cert, CertFromPem(pem));
+  X509_NAME* subject = X509_get_subject_name(cert.get());
+  auto field = [&](int nid) -> std::string {
+    char buf[256];
+    const int n = X509_NAME_get_text_by_NID(subject, nid, buf, sizeof(buf));
+    return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+  };
+  CertIdentity id;
+  id.name = field(NID_commonName);
+  absl::StatusOr<CertRole> role = ParseCertRole(field(NID_organizationalUnitName));
+  if (id.name.empty() || !role.ok()) return absl::InvalidArgumentError("certificate carries no fedpers name and role");
+  id.role = *role;
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (X509_digest(cert.get(), EVP_sha256(), md, &len) != 1) return absl::InternalError(SslError("digest failed"));
+  static const char* kHex = "0123456789abcdef";
+  for (unsigned int i = 0; i < len; ++i) {
+    id.fingerprint_sha256.push_back(kHex[md[i] >> 4]);
+    id.fingerprint_sha256.push_back(kHex[md[i] & 15]);
+  }
+  return id;
+}
+
+absl::Status VerifyCertificate(const std::string& pem, const std::string& ca_pem) {
+  FEDPERS_ASSIGN_OR_RETURN(Cert cert, CertFromPem(pem));
+  FEDPERS_ASSIGN_OR_RETURN(Cert ca, CertFromPem(ca_pem));
+  Store store(X509_STORE_new());
+  StoreCtx ctx(X509_STORE_CTX_new());
+  if (!store || !ctx || X509_STORE_add_cert(store.get(), ca.get()) != 1 ||
+      X509_STORE_CTX_init(ctx.get(), store.get(), cert.get(), nullptr) != 1) {
+    return absl::InternalError(SslError("cannot set up certificate verification"));
+  }
+  if (X509_verify_cert(ctx.get()) != 1) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("certificate rejected: ", X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx.get()))));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace fedpers

@@ -1,0 +1,57 @@
+// A small certificate authority for fedpers deployments (mutual TLS).
+//
+// `fedpers pki init` creates a CA (ECDSA P-256, self-signed); `fedpers pki
+// issue` signs coordinator, client and admin certificates. A certificate's
+// identity is its subject: CN = name, OU = role. Private keys are written
+// with mode 0600 and never printed.
+#ifndef FEDPERS_COMMON_PKI_H_
+#define FEDPERS_COMMON_PKI_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace fedpers {
+
+enum class CertRole { kCoordinator, kClient, kAdmin };
+
+absl::StatusOr<CertRole> ParseCertRole(const std::string& role);
+std::string CertRoleName(CertRole role);
+
+struct CaPaths {
+  std::string cert, key;
+};
+
+// Creates `dir`/ca.crt and `dir`/ca.key. AlreadyExists if a CA is there.
+absl::StatusOr<CaPaths> InitCa(const std::string& dir, const std::string& name = "fedpers CA", int days = 3650);
+
+struct IssuedPaths {
+  std::string cert, key, ca_cert;
+};
+
+// Signs a certificate for `name` in `role` with the CA in `ca_dir`, writing
+// `out_dir`/<name>.crt, <name>.key and ca.crt. Coordinator certificates get
+// serverAuth and subject alternative names `hosts` (default localhost,
+// 127.0.0.1 and ::1); client and admin certificates get clientAuth.
+absl::StatusOr<IssuedPaths> IssueCertificate(const std::string& ca_dir, CertRole role, const std::string& name,
+                                             const std::string& out_dir, std::vector<std::string> hosts = {},
+                                             int days = 825);
+
+struct CertIdentity {
+  std::string name;  // subject CN
+  CertRole role = CertRole::kClient;
+  std::string fingerprint_sha256;  // hex of the DER encoding
+};
+
+// Reads the identity of a PEM certificate. InvalidArgument when it does not
+// parse or carries no fedpers role.
+absl::StatusOr<CertIdentity> ParseCertIdentity(const std::string& pem);
+
+// Verifies `pem` against the CA certificate `ca_pem` (signature, validity
+// period). PermissionDenied with OpenSSL's reason otherwise.
+absl::Status VerifyCertificate(const std::string& pem, const std::string& ca_pem);
+
+}  // namespace fedpers
+
+#endif  // FEDPERS_COMMON_PKI_H_

@@ -1,0 +1,66 @@
+#include "common/pki.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+
+#include "common/atomic_file.h"
+
+namespace fedpers {
+namespace {
+
+std::string FreshDir(const std::string& name) {
+  std::string d = ::testing::TempDir() + "/pki_" + name + "_" + std::to_string(::getpid());
+  std::filesystem::remove_all(d);
+  std::filesystem::create_directories(d);
+  return d;
+}
+
+TEST(PkiTest, IssuedCertificatesVerifyAndCarryTheirIdentity) {
+  const std::string ca = FreshDir("ca");
+  auto paths = InitCa(ca);
+  ASSERT_TRUE(paths.ok()) << paths.status();
+  struct stat st;
+  ASSERT_EQ(stat(paths->key.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u) << "private keys are 0600";
+  EXPECT_EQ(InitCa(ca).status().code(), absl::StatusCode::kAlreadyExists);
+  const std::string ca_pem = *ReadFileToString(paths->cert);
+  for (auto [role, name] : {std::pair{CertRole::kCoordinator, "coord"}, {CertRole::kClient, "partner-a"},
+                            {CertRole::kAdmin, "ops@example"}}) {
+    auto issued = IssueCertificate(ca, role, name, FreshDir(name));
+    ASSERT_TRUE(issued.ok()) << issued.status();
+    const std::string pem = *ReadFileToString(issued->cert);
+    EXPECT_TRUE(VerifyCertificate(pem, ca_pem).ok());
+    auto id = ParseCertIdentity(pem);
+    ASSERT_TRUE(id.ok()) << id.status();
+    EXPECT_EQ(id->name, name);
+    EXPECT_EQ(id->role, role);
+    EXPECT_EQ(id->fingerprint_sha256.size(), 64u);
+  }
+}
+
+TEST(PkiTest, CertificatesFromAnotherCaAreRejected) {
+  const std::string ca1 = FreshDir("ca1"), ca2 = FreshDir("ca2");
+  ASSERT_TRUE(InitCa(ca1).ok());
+  ASSERT_TRUE(InitCa(ca2).ok());
+  auto foreign = IssueCertificate(ca2, CertRole::kClient, "intruder", FreshDir("intruder"));
+  ASSERT_TRUE(foreign.ok());
+  absl::Status s = VerifyCertificate(*ReadFileToString(foreign->cert), *ReadFileToString(ca1 + "/ca.crt"));
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_NE(s.message().find("certificate rejected"), absl::string_view::npos) << s;
+}
+
+TEST(PkiTest, BadInputIsAClearError) {
+  const std::string ca = FreshDir("bad");
+  EXPECT_EQ(IssueCertificate(ca, CertRole::kClient, "x", ca).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(InitCa(ca).ok());
+  EXPECT_FALSE(IssueCertificate(ca, CertRole::kClient, "../etc/passwd", ca).ok());
+  EXPECT_FALSE(IssueCertificate(ca, CertRole::kClient, "", ca).ok());
+  EXPECT_FALSE(ParseCertRole("root").ok());
+  EXPECT_FALSE(ParseCertIdentity("-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n").ok());
+  EXPECT_FALSE(ParseCertIdentity(*ReadFileToString(ca + "/ca.crt")).ok()) << "the CA has no fedpers role";
+}
+
+}  // namespace
+}  // namespace fedpers
