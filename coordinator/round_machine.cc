@@ -1,0 +1,310 @@
+#include "coordinator/round_machine.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/safetensors.h"
+#include "nlohmann/json.hpp"
+#include "secure_agg/secagg_common.h"
+
+namespace fedpers {
+namespace {
+
+using fedpers::v1::SecAggClientMessage;
+using fedpers::v1::SecAggParams;
+
+}  // namespace
+
+absl::Status RoundSettings::Validate() const {
+  if (clients_per_round < 2) return absl::InvalidArgumentError("clients_per_round must be at least 2");
+  if (min_clients < 2 || min_clients > clients_per_round) {
+    return absl::InvalidArgumentError("min_clients must be in [2, clients_per_round]");
+  }
+  if (ring_bits < 8 || ring_bits > 32) return absl::InvalidArgumentError("ring_bits must be in [8, 32]");
+  if (!(clip_norm > 0)) return absl::InvalidArgumentError("clip_norm must be positive");
+  if (!(noise_multiplier >= 0)) return absl::InvalidArgumentError("noise_multiplier must be >= 0");
+  if (!(delta > 0 && delta < 1)) return absl::InvalidArgumentError("delta must be in (0, 1)");
+  if (!(epsilon_budget > 0)) return absl::InvalidArgumentError("epsilon_budget must be positive");
+  return strategy.Validate();
+}
+
+std::vector<uint8_t> SerializeStrategyState(const std::map<std::string, Eigen::VectorXf>& state) {
+  SafetensorsWriter w;
+  for (const auto& [name, v] : state) {
+    (void)w.AddFloat(name, {static_cast<int64_t>(v.size())}, std::span<const float>(v.data(), static_cast<size_t>(v.size())));
+  }
+  const std::string bytes = w.Serialize();
+  return std::vector<uint8_t>(bytes.begin(), bytes.end());
+}
+
+absl::StatusOr<std::map<std::string, Eigen::VectorXf>> ParseStrategyState(std::span<const uint8_t> bytes) {
+  std::map<std::string, Eigen::VectorXf> out;
+  if (bytes.empty()) return out;
+  absl::StatusOr<SafetensorsFile> f = SafetensorsFile::Parse(std::string(bytes.begin(), bytes.end()));
+  if (!f.ok()) return f.status();
+  for (const std::string& name : f->names()) {
+    absl::StatusOr<std::vector<float>> v = f->ReadAsFloat(name);
+    if (!v.ok()) return v.status();
+    out[name] = Eigen::Map<const Eigen::VectorXf>(v->data(), static_cast<Eigen::Index>(v->size()));
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<RoundMachine>> RoundMachine::Create(StateStore* store, FlatLayout layout,
+                                                                   RoundSettings settings) {
+  if (absl::Status s = settings.Validate(); !s.ok()) return s;
+  std::unique_ptr<RoundMachine> m(new RoundMachine());
+  m->store_ = store;
+  m->layout_ = std::move(layout);
+  m->settings_ = settings;
+  absl::StatusOr<std::unique_ptr<Strategy>> strategy = CreateStrategy(settings.strategy);
+  if (!strategy.ok()) return strategy.status();
+  m->strategy_ = std::move(*strategy);
+  if (absl::StatusOr<int> r = store->RecoverOpenRounds(); !r.ok()) return r.status();
+  absl::StatusOr<std::optional<CommittedState>> latest = store->LatestCommitted();
+  if (!latest.ok()) return latest.status();
+  m->global_ = Eigen::VectorXf::Zero(m->layout_.total_size());
+  absl::StatusOr<PrivacyLedger> ledger = PrivacyLedger::Create(settings.delta, settings.epsilon_budget);
+  if (!ledger.ok()) return ledger.status();
+  m->ledger_ = std::move(*ledger);
+  if (latest->has_value()) {
+    const CommittedState& c = **latest;
+    absl::StatusOr<SafetensorsFile> f =
+        SafetensorsFile::Parse(std::string(c.global_safetensors.begin(), c.global_safetensors.end()));
+    if (!f.ok()) return f.status();
+    absl::StatusOr<std::vector<float>> flat = m->layout_.FromSafetensors(*f);
+    if (!flat.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat("the stored global adapter does not fit this layout: ",
+                                                        flat.status().message()));
+    }
+    m->global_ = Eigen::Map<const Eigen::VectorXf>(flat->data(), static_cast<Eigen::Index>(flat->size()));
+    absl::StatusOr<PrivacyLedger> restored = PrivacyLedger::FromJson(c.ledger_json);
+    if (!restored.ok()) return restored.status();
+    m->ledger_ = std::move(*restored);
+    absl::StatusOr<std::map<std::string, Eigen::VectorXf>> state = ParseStrategyState(c.strategy_state);
+    if (!state.ok()) return state.status();
+    if (absl::Status s = m->strategy_->LoadState(*state); !s.ok()) return s;
+    m->last_committed_ = c.round;
+  }
+  absl::StatusOr<std::vector<RoundRow>> rounds = store->Rounds(1);
+  if (!rounds.ok()) return rounds.status();
+  m->round_ = rounds->empty() ? 0 : (*rounds)[0].round;
+  return m;
+}
+
+std::vector<std::string> RoundMachine::expected() const {
+  std::vector<std::string> out;
+  for (const auto& [name, done] : answered_) {
+    if (!done) out.push_back(name);
+  }
+  return out;
+}
+
+absl::StatusOr<std::map<std::string, RoundInvitation>> RoundMachine::Open(std::span<const std::string> eligible,
+                                                                          uint64_t seed) {
+  if (stage_ != RoundStage::kIdle) return absl::FailedPreconditionError(absl::StrCat("round ", round_, " is still running"));
+  const int64_t n_eligible = static_cast<int64_t>(eligible.size());
+  if (n_eligible < settings_.min_clients) {
+    return absl::FailedPreconditionError(absl::StrCat(n_eligible, " eligible clients, fewer than min_clients ",
+                                                      settings_.min_clients));
+  }
+  const int64_t n = std::min(settings_.clients_per_round, n_eligible);
+  const double q = static_cast<double>(n) / static_cast<double>(n_eligible);
+  const int64_t round = round_ + 1;
+  if (settings_.noise_multiplier > 0) {
+    if (absl::Status s = ledger_->CheckCanOpen(round, q, settings_.noise_multiplier, eligible); !s.ok()) return s;
+  }
+  // Sample n of the eligible uniformly.
+  std::vector<std::string> pool(eligible.begin(), eligible.end());
+  std::mt19937_64 gen(seed);
+  std::shuffle(pool.begin(), pool.end(), gen);
+  pool.resize(static_cast<size_t>(n));
+  std::sort(pool.begin(), pool.end());
+  // SecAgg parameters: derived degree and threshold, or the complete graph
+  // with t = ceil(2n/3) for samples too small for the bounds.
+  SecAggParams params;
+  params.set_num_clients(static_cast<uint32_t>(n));
+  absl::StatusOr<secagg::DegreeAndThreshold> kt =
+      secagg::ChooseDegreeAndThreshold(static_cast<uint32_t>(n), secagg::SecAggAssumptions{});
+  uint32_t k = static_cast<uint32_t>(n - 1), t = static_cast<uint32_t>((2 * n + 2) / 3);
+  if (kt.ok()) {
+    k = kt->degree;
+    t = kt->threshold;
+  }
+  if (settings_.threshold > 0) t = settings_.threshold;
+  t = std::max<uint32_t>(t, static_cast<uint32_t>(std::min<int64_t>(settings_.min_clients, n)));
+  params.set_degree(k);
+  params.set_threshold(t);
+  params.set_ring_bits(settings_.ring_bits);
+  const int64_t min_survivors = std::max<int64_t>(t, settings_.min_clients);
+  dp_ = dp::DistributedDpConfig();
+  dp_.noise_multiplier = settings_.central_noise ? 0 : settings_.noise_multiplier;
+  dp_.min_clients = min_survivors;
+  dp_.rotate = settings_.rotate;
+  dp_.rotation_seed = gen();
+  params.set_vector_length(dp::RotatedLength(static_cast<size_t>(layout_.total_size()), dp_));
+  secagg::Key32 graph_seed = *secagg::RandomKey32();
+  params.set_graph_seed(std::string(graph_seed.begin(), graph_seed.end()));
+  params.set_session_nonce(static_cast<uint64_t>(round));
+  if (absl::Status s = secagg::ValidateParams(params); !s.ok()) return s;
+  // Ring: the largest power-of-two scale that cannot wrap with noise, and
+  // whose per-client noise stays within the exact sampler's range (beyond
+  // 1e5 ring steps of noise, finer quantization buys nothing).
+  ring_ = secagg::RingConfig();
+  ring_.bits = static_cast<int>(settings_.ring_bits);
+  ring_.clip_norm = settings_.clip_norm;
+  ring_.max_summands = n;
+  ring_.scale = 1;
+  if (absl::Status s = dp::ValidateRingForNoise(ring_, dp_); !s.ok()) return s;
+  while (true) {
+    secagg::RingConfig next = ring_;
+    next.scale *= 2;
+    if (!dp::ValidateRingForNoise(next, dp_).ok() || next.scale > 1e9 || dp_.ClientSigma(next) > 1e5) break;
+    ring_ = next;
+  }
+  absl::StatusOr<secagg::SecAggServer> server = secagg::SecAggServer::Create(params);
+  if (!server.ok()) return server.status();
+  absl::StatusOr<std::string> global_bytes =
+      layout_.ToSafetensors(std::span<const float>(global_.data(), static_cast<size_t>(global_.size())));
+  if (!global_bytes.ok()) return global_bytes.status();
+  nlohmann::json config = {{"sampled", pool}, {"eligible", n_eligible}, {"q", q}, {"degree", k}, {"threshold", t},
+                           {"ring_bits", ring_.bits}, {"scale", ring_.scale}, {"clip_norm", settings_.clip_norm},
+                           {"noise_multiplier", settings_.noise_multiplier}, {"central_noise", settings_.central_noise}};
+  if (absl::Status s = store_->OpenRound(round, config.dump()); !s.ok()) return s;
+  round_ = round;
+  server_ = std::move(*server);
+  ids_.clear();
+  names_.clear();
+  answered_.clear();
+  eligible_.assign(eligible.begin(), eligible.end());
+  std::map<std::string, RoundInvitation> invitations;
+  for (size_t i = 0; i < pool.size(); ++i) {
+    const uint32_t id = static_cast<uint32_t>(i + 1);
+    ids_[pool[i]] = id;
+    names_[id] = pool[i];
+    answered_[pool[i]] = false;
+    invitations[pool[i]] = RoundInvitation{round, id, params, ring_, dp_, *global_bytes};
+  }
+  stage_ = RoundStage::kKeys;
+  return invitations;
+}
+
+absl::Status RoundMachine::Handle(const std::string& client, const SecAggClientMessage& message) {
+  if (stage_ == RoundStage::kIdle) return absl::FailedPreconditionError("no round is open");
+  auto it = ids_.find(client);
+  if (it == ids_.end()) return absl::PermissionDeniedError(absl::StrCat("client '", client, "' is not in round ", round_));
+  // The SecAgg id inside the message must be the client's own: identities
+  // come from certificates, not from message fields.
+  uint32_t claimed = 0;
+  switch (message.message_case()) {
+    case SecAggClientMessage::kAdvertiseKeys: claimed = message.advertise_keys().keys().client_id(); break;
+    case SecAggClientMessage::kShareKeys: claimed = message.share_keys().client_id(); break;
+    case SecAggClientMessage::kMaskedInput: claimed = message.masked_input().client_id(); break;
+    case SecAggClientMessage::kUnmaskingResponse: claimed = message.unmasking_response().client_id(); break;
+    default: return absl::InvalidArgumentError("empty SecAgg message");
+  }
+  if (claimed != it->second) {
+    return absl::PermissionDeniedError(absl::StrCat("client '", client, "' sent a message in the name of another client"));
+  }
+  if (absl::Status s = server_->Handle(message); !s.ok()) return s;
+  answered_[client] = true;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RoundMachine::StageOutput> RoundMachine::FinishStage() {
+  if (stage_ == RoundStage::kIdle) return absl::FailedPreconditionError("no round is open");
+  StageOutput out;
+  absl::StatusOr<secagg::ServerMessages> messages;
+  switch (stage_) {
+    case RoundStage::kKeys: messages = server_->FinishKeys(); break;
+    case RoundStage::kShares: messages = server_->FinishShares(); break;
+    case RoundStage::kInputs: messages = server_->FinishInputs(); break;
+    case RoundStage::kUnmasking: {
+      absl::StatusOr<std::vector<uint32_t>> sum = server_->Finish();
+      if (!sum.ok()) {
+        (void)Abort(std::string(sum.status().message()));
+        return sum.status();
+      }
+      absl::StatusOr<RoundSummary> summary = Commit(std::move(*sum));
+      if (!summary.ok()) {
+        (void)Abort(std::string(summary.status().message()));
+        return summary.status();
+      }
+      out.committed = *summary;
+      stage_ = RoundStage::kIdle;
+      server_.reset();
+      return out;
+    }
+    case RoundStage::kIdle: break;
+  }
+  if (!messages.ok()) {
+    (void)Abort(std::string(messages.status().message()));
+    return messages.status();
+  }
+  for (auto& [id, m] : *messages) out.outgoing[names_.at(id)] = std::move(m);
+  for (auto& [name, done] : answered_) done = !out.outgoing.count(name);  // only recipients are expected next
+  stage_ = static_cast<RoundStage>(static_cast<int>(stage_) + 1);
+  return out;
+}
+
+absl::Status RoundMachine::Abort(const std::string& reason) {
+  if (stage_ == RoundStage::kIdle) return absl::FailedPreconditionError("no round is open");
+  stage_ = RoundStage::kIdle;
+  server_.reset();
+  return store_->AbortRound(round_, reason);
+}
+
+absl::StatusOr<RoundSummary> RoundMachine::Commit(std::vector<uint32_t> ring_sum) {
+  const size_t d = static_cast<size_t>(layout_.total_size());
+  absl::StatusOr<std::vector<float>> sum = dp::DecodeAggregate(ring_sum, ring_, dp_, d);
+  if (!sum.ok()) return sum.status();
+  const int64_t survivors = static_cast<int64_t>(server_->survivors().size());
+  if (survivors < settings_.min_clients) {
+    return absl::FailedPreconditionError(absl::StrCat(survivors, " survivors, fewer than min_clients ", settings_.min_clients));
+  }
+  if (settings_.central_noise && settings_.noise_multiplier > 0) {
+    absl::StatusOr<dp::RandomSource> rng = dp::RandomSource::FromCsprng();
+    if (!rng.ok()) return rng.status();
+    if (absl::Status s = dp::AddCentralGaussianNoise(*sum, settings_.noise_multiplier, settings_.clip_norm, *rng); !s.ok()) {
+      return s;
+    }
+  }
+  Eigen::VectorXf mean = Eigen::Map<const Eigen::VectorXf>(sum->data(), static_cast<Eigen::Index>(d)) /
+                         static_cast<float>(survivors);
+  Eigen::VectorXf next = global_;
+  // The strategy's moments move with Apply; restore them if the commit fails.
+  const std::map<std::string, Eigen::VectorXf> strategy_before = strategy_->State();
+  if (absl::Status s = strategy_->Apply(next, mean); !s.ok()) return s;
+  auto restore = [&](absl::Status s) {
+    (void)strategy_->LoadState(strategy_before);
+    return s;
+  };
+  PrivacyLedger ledger = *ledger_;
+  const double q = static_cast<double>(ids_.size()) / static_cast<double>(eligible_.size());
+  if (settings_.noise_multiplier > 0) {
+    if (absl::Status s = ledger.RecordRound(round_, q, settings_.noise_multiplier, survivors, eligible_); !s.ok()) {
+      return restore(s);
+    }
+  }
+  absl::StatusOr<std::string> global_bytes =
+      layout_.ToSafetensors(std::span<const float>(next.data(), static_cast<size_t>(next.size())));
+  if (!global_bytes.ok()) return restore(global_bytes.status());
+  RoundSummary summary{round_, static_cast<int64_t>(ids_.size()), survivors, ledger.epsilon(), mean.norm()};
+  nlohmann::json metrics = {{"sampled", summary.sampled}, {"survivors", survivors}, {"epsilon", summary.epsilon},
+                            {"update_norm", summary.update_norm}, {"secagg", {{"advertised", server_->stats().advertised},
+                                                                              {"shared", server_->stats().shared},
+                                                                              {"submitted", server_->stats().submitted}}}};
+  if (absl::Status s = store_->CommitRound(round_, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(global_bytes->data()), global_bytes->size()),
+                                           metrics.dump(), ledger.ToJson(), SerializeStrategyState(strategy_->State()));
+      !s.ok()) {
+    return restore(s);
+  }
+  // Only now, with the round durable, does in-memory state move.
+  global_ = std::move(next);
+  ledger_ = std::move(ledger);
+  last_committed_ = round_;
+  return summary;
+}
+
+}  // namespace fedpers

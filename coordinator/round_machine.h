@@ -1,0 +1,131 @@
+// The coordinator's round state machine, independent of any transport: the
+// gRPC service and the simulation feed it client messages and close stages
+// at their deadlines; it samples clients, runs SecAgg+ through
+// SecAggServer, decodes the sum, applies the strategy, charges the privacy
+// ledger and commits the round atomically to the StateStore.
+//
+//   kIdle --Open--> kKeys --FinishStage--> kShares --> kInputs --> kUnmasking
+//        --FinishStage--> (commit) kIdle;      any stage --Abort/failure--> kIdle
+//
+// Not thread-safe: the runtime serializes calls.
+#ifndef FEDPERS_COORDINATOR_ROUND_MACHINE_H_
+#define FEDPERS_COORDINATOR_ROUND_MACHINE_H_
+
+#include <Eigen/Core>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/flat_layout.h"
+#include "coordinator/privacy_ledger.h"
+#include "coordinator/state_store.h"
+#include "coordinator/strategy.h"
+#include "fedpers/v1/secagg.pb.h"
+#include "secure_agg/dp_mechanisms.h"
+#include "secure_agg/secagg_server.h"
+
+namespace fedpers {
+
+struct RoundSettings {
+  int64_t clients_per_round = 10;  // sampled uniformly from the eligible clients
+  int64_t min_clients = 3;         // fewer survivors than this abort the round
+  uint32_t ring_bits = 32;
+  double clip_norm = 1.0;          // S
+  double noise_multiplier = 0.0;   // z; 0: no DP noise
+  bool central_noise = false;      // trusted coordinator adds the noise instead of the clients
+  bool rotate = true;              // Hadamard rotation before quantization
+  uint32_t threshold = 0;          // SecAgg t; 0: derived from the assumptions, or 2/3 of the sample when small
+  StrategyConfig strategy;
+  double delta = 1e-5;
+  double epsilon_budget = std::numeric_limits<double>::infinity();
+  absl::Status Validate() const;
+};
+
+// What a sampled client receives when a round opens.
+struct RoundInvitation {
+  int64_t round = 0;
+  uint32_t secagg_id = 0;
+  fedpers::v1::SecAggParams secagg;
+  secagg::RingConfig ring;
+  dp::DistributedDpConfig dp;  // noise_multiplier 0 in central mode
+  std::string global_safetensors;  // the current global adapter (layout tensors)
+};
+
+struct RoundSummary {
+  int64_t round = 0;
+  int64_t sampled = 0, survivors = 0;
+  double epsilon = 0;
+  double update_norm = 0;  // L2 norm of the applied mean delta
+};
+
+enum class RoundStage { kIdle, kKeys, kShares, kInputs, kUnmasking };
+
+class RoundMachine {
+ public:
+  // Resumes from the store's latest committed round (global adapter, ledger,
+  // strategy state) or starts from B_g = 0; rounds a crash left open are
+  // marked aborted. `store` must outlive the machine.
+  static absl::StatusOr<std::unique_ptr<RoundMachine>> Create(StateStore* store, FlatLayout layout,
+                                                              RoundSettings settings);
+
+  // Opens the next round over `eligible` client names (sorted, unique):
+  // refuses (FailedPrecondition) when fewer than min_clients are eligible or
+  // the privacy budget would be exceeded; samples with `seed`.
+  absl::StatusOr<std::map<std::string, RoundInvitation>> Open(std::span<const std::string> eligible, uint64_t seed);
+
+  // A SecAgg message from a sampled client of the current round.
+  absl::Status Handle(const std::string& client, const fedpers::v1::SecAggClientMessage& message);
+
+  struct StageOutput {
+    std::map<std::string, fedpers::v1::SecAggServerMessage> outgoing;  // by client name
+    std::optional<RoundSummary> committed;  // set when the round committed
+  };
+  // Ends the current stage (its deadline passed or every client answered).
+  // After the unmasking stage the round commits. A round that cannot
+  // continue is aborted (recorded in the store) and the status says why.
+  absl::StatusOr<StageOutput> FinishStage();
+  absl::Status Abort(const std::string& reason);
+
+  RoundStage stage() const { return stage_; }
+  int64_t current_round() const { return round_; }
+  int64_t last_committed_round() const { return last_committed_; }
+  const Eigen::VectorXf& global() const { return global_; }
+  const PrivacyLedger& ledger() const { return *ledger_; }
+  // Clients expected to answer in the current stage.
+  std::vector<std::string> expected() const;
+
+ private:
+  RoundMachine() = default;
+  absl::StatusOr<RoundSummary> Commit(std::vector<uint32_t> ring_sum);
+
+  StateStore* store_ = nullptr;
+  FlatLayout layout_;
+  RoundSettings settings_;
+  std::unique_ptr<Strategy> strategy_;
+  std::optional<PrivacyLedger> ledger_;
+  Eigen::VectorXf global_;
+  int64_t last_committed_ = 0;
+
+  RoundStage stage_ = RoundStage::kIdle;
+  int64_t round_ = 0;
+  std::optional<secagg::SecAggServer> server_;
+  std::map<std::string, uint32_t> ids_;   // client name -> SecAgg id
+  std::map<uint32_t, std::string> names_;
+  std::vector<std::string> eligible_;
+  secagg::RingConfig ring_;
+  dp::DistributedDpConfig dp_;
+  std::map<std::string, bool> answered_;
+};
+
+// Strategy state <-> bytes (a safetensors file of its named vectors).
+std::vector<uint8_t> SerializeStrategyState(const std::map<std::string, Eigen::VectorXf>& state);
+absl::StatusOr<std::map<std::string, Eigen::VectorXf>> ParseStrategyState(std::span<const uint8_t> bytes);
+
+}  // namespace fedpers
+
+#endif  // FEDPERS_COORDINATOR_ROUND_MACHINE_H_
