@@ -25,18 +25,6 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-SecAggParams Params(uint32_t n, uint32_t k, uint32_t t, uint64_t m, uint32_t bits) {
-  SecAggParams p;
-  p.set_num_clients(n);
-  p.set_degree(k);
-  p.set_threshold(t);
-  p.set_vector_length(m);
-  p.set_ring_bits(bits);
-  Key32 seed = *RandomKey32();
-  p.set_graph_seed(std::string(seed.begin(), seed.end()));
-  return p;
-}
-
 std::vector<uint32_t> RandomInput(uint64_t m, uint32_t bits, uint64_t seed) {
   std::mt19937_64 gen(seed);
   std::vector<uint32_t> v(m);
@@ -74,7 +62,7 @@ absl::StatusOr<UnmaskingFigure> Unmasking(uint32_t n, uint64_t m) {
   absl::StatusOr<DegreeAndThreshold> kt = ChooseDegreeAndThreshold(n, SecAggAssumptions{});
   if (!kt.ok()) return kt.status();
   const uint32_t bits = 16;
-  SecAggParams params = Params(n, kt->degree, kt->threshold, m, bits);
+  SecAggParams params = MakeSecAggParams(n, kt->degree, kt->threshold, m, bits);
   UnmaskingFigure f;
   f.n = n;
   f.m = m;
@@ -141,7 +129,7 @@ absl::StatusOr<std::pair<uint64_t, uint32_t>> Upload() {
   const uint64_t m = uint64_t{1} << 20;
   absl::StatusOr<DegreeAndThreshold> kt = ChooseDegreeAndThreshold(n, SecAggAssumptions{});
   if (!kt.ok()) return kt.status();
-  SecAggParams params = Params(n, kt->degree, kt->threshold, m, bits);
+  SecAggParams params = MakeSecAggParams(n, kt->degree, kt->threshold, m, bits);
   absl::StatusOr<SecAggServer> server = SecAggServer::Create(params);
   if (!server.ok()) return server.status();
   std::map<uint32_t, SecAggClient> clients;

@@ -15,32 +15,20 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/atomic_file.h"
+#include "common/openssl_util.h"
 #include "common/status.h"
 
 namespace fedpers {
 namespace {
 
-template <typename T, void (*Free)(T*)>
-struct Deleter {
-  void operator()(T* p) const { Free(p); }
-};
-using PKey = std::unique_ptr<EVP_PKEY, Deleter<EVP_PKEY, EVP_PKEY_free>>;
-using Cert = std::unique_ptr<X509, Deleter<X509, X509_free>>;
-using Bio = std::unique_ptr<BIO, Deleter<BIO, BIO_free_all>>;
-using Ext = std::unique_ptr<X509_EXTENSION, Deleter<X509_EXTENSION, X509_EXTENSION_free>>;
-using Store = std::unique_ptr<X509_STORE, Deleter<X509_STORE, X509_STORE_free>>;
-using StoreCtx = std::unique_ptr<X509_STORE_CTX, Deleter<X509_STORE_CTX, X509_STORE_CTX_free>>;
+using PKey = OpenSslPtr<EVP_PKEY, EVP_PKEY_free>;
+using Cert = OpenSslPtr<X509, X509_free>;
+using Bio = OpenSslPtr<BIO, BIO_free_all>;
+using Ext = OpenSslPtr<X509_EXTENSION, X509_EXTENSION_free>;
+using Store = OpenSslPtr<X509_STORE, X509_STORE_free>;
+using StoreCtx = OpenSslPtr<X509_STORE_CTX, X509_STORE_CTX_free>;
 
-std::string SslError(absl::string_view what) {
-  std::string out(what);
-  unsigned long code;
-  while ((code = ERR_get_error()) != 0) {
-    char buf[256];
-    ERR_error_string_n(code, buf, sizeof(buf));
-    absl::StrAppend(&out, ": ", buf);
-  }
-  return out;
-}
+std::string SslError(absl::string_view what) { return OpenSslErrorText(what); }
 
 absl::StatusOr<PKey> NewEcKey() {
   PKey key(EVP_EC_gen("P-256"));
@@ -110,7 +98,7 @@ absl::StatusOr<Cert> NewCert(EVP_PKEY* subject_key, const std::string& cn, const
   unsigned char serial[16];
   if (RAND_bytes(serial, sizeof(serial)) != 1) return absl::InternalError(SslError("RAND_bytes failed"));
   serial[0] &= 0x7f;
-  std::unique_ptr<BIGNUM, Deleter<BIGNUM, BN_free>> bn(BN_bin2bn(serial, sizeof(serial), nullptr));
+  OpenSslPtr<BIGNUM, BN_free> bn(BN_bin2bn(serial, sizeof(serial), nullptr));
   BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(cert.get()));
   X509_gmtime_adj(X509_getm_notBefore(cert.get()), -60);
   X509_gmtime_adj(X509_getm_notAfter(cert.get()), static_cast<long>(days) * 86400);

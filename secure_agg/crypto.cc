@@ -10,32 +10,19 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "common/openssl_util.h"
 
 namespace fedpers::secagg {
 namespace {
 
-template <typename T, void (*Free)(T*)>
-struct Deleter {
-  void operator()(T* p) const { Free(p); }
-};
-using CipherCtx = std::unique_ptr<EVP_CIPHER_CTX, Deleter<EVP_CIPHER_CTX, EVP_CIPHER_CTX_free>>;
-using PKey = std::unique_ptr<EVP_PKEY, Deleter<EVP_PKEY, EVP_PKEY_free>>;
-using PKeyCtx = std::unique_ptr<EVP_PKEY_CTX, Deleter<EVP_PKEY_CTX, EVP_PKEY_CTX_free>>;
-using MdCtx = std::unique_ptr<EVP_MD_CTX, Deleter<EVP_MD_CTX, EVP_MD_CTX_free>>;
-using Kdf = std::unique_ptr<EVP_KDF, Deleter<EVP_KDF, EVP_KDF_free>>;
-using KdfCtx = std::unique_ptr<EVP_KDF_CTX, Deleter<EVP_KDF_CTX, EVP_KDF_CTX_free>>;
+using CipherCtx = OpenSslPtr<EVP_CIPHER_CTX, EVP_CIPHER_CTX_free>;
+using PKey = OpenSslPtr<EVP_PKEY, EVP_PKEY_free>;
+using PKeyCtx = OpenSslPtr<EVP_PKEY_CTX, EVP_PKEY_CTX_free>;
+using MdCtx = OpenSslPtr<EVP_MD_CTX, EVP_MD_CTX_free>;
+using Kdf = OpenSslPtr<EVP_KDF, EVP_KDF_free>;
+using KdfCtx = OpenSslPtr<EVP_KDF_CTX, EVP_KDF_CTX_free>;
 
-// The OpenSSL error queue as text (and cleared), for messages.
-std::string OpenSslError(absl::string_view what) {
-  std::string out(what);
-  unsigned long code;
-  while ((code = ERR_get_error()) != 0) {
-    char buf[256];
-    ERR_error_string_n(code, buf, sizeof(buf));
-    absl::StrAppend(&out, ": ", buf);
-  }
-  return out;
-}
+std::string OpenSslError(absl::string_view what) { return OpenSslErrorText(what); }
 
 absl::Status Fail(absl::string_view what) { return absl::InternalError(OpenSslError(what)); }
 

@@ -18,7 +18,7 @@ std::string ToString(std::span<const uint8_t> b) { return std::string(b.begin(),
 
 absl::StatusOr<Key32> ToKey(const std::string& s, absl::string_view what) {
   if (s.size() != 32) return absl::InvalidArgumentError(absl::StrCat(what, " is ", s.size(), " bytes, not 32"));
-  Key32 k;
+  Key32 k{};
   std::copy(s.begin(), s.end(), k.begin());
   return k;
 }

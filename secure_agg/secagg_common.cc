@@ -102,6 +102,18 @@ absl::StatusOr<DegreeAndThreshold> ChooseDegreeAndThreshold(uint32_t n, const Se
       "; set the threshold explicitly"));
 }
 
+SecAggParams MakeSecAggParams(uint32_t n, uint32_t k, uint32_t t, uint64_t m, uint32_t bits) {
+  SecAggParams p;
+  p.set_num_clients(n);
+  p.set_degree(k);
+  p.set_threshold(t);
+  p.set_vector_length(m);
+  p.set_ring_bits(bits);
+  absl::StatusOr<Key32> seed = RandomKey32();
+  if (seed.ok()) p.set_graph_seed(std::string(seed->begin(), seed->end()));  // else ValidateParams refuses it
+  return p;
+}
+
 absl::Status ValidateParams(const SecAggParams& p) {
   const uint32_t n = p.num_clients(), k = p.degree(), t = p.threshold();
   if (n < 2) return absl::InvalidArgumentError("SecAgg: at least 2 clients");
@@ -171,7 +183,7 @@ absl::StatusOr<Key32> Derive(const Key32& ikm, std::span<const uint8_t> session_
   absl::StatusOr<Bytes> out =
       HkdfSha256(ikm, session_id, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(label.data()), label.size()), 32);
   if (!out.ok()) return out.status();
-  Key32 k;
+  Key32 k{};
   std::copy(out->begin(), out->end(), k.begin());
   return k;
 }

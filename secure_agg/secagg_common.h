@@ -41,6 +41,10 @@ struct DegreeAndThreshold {
 // no k <= n - 1 satisfies both (small n: override t explicitly).
 absl::StatusOr<DegreeAndThreshold> ChooseDegreeAndThreshold(uint32_t num_clients, const SecAggAssumptions& a);
 
+// Parameters for n clients with degree k, threshold t, m values of b bits
+// and a fresh random graph seed (not validated: see ValidateParams).
+fedpers::v1::SecAggParams MakeSecAggParams(uint32_t n, uint32_t k, uint32_t t, uint64_t m, uint32_t bits);
+
 // Structural checks: n >= 2, 1 <= t <= k <= n - 1, k even unless k = n - 1,
 // 1 <= b <= 32, m >= 1, a 32-byte graph seed.
 absl::Status ValidateParams(const fedpers::v1::SecAggParams& params);

@@ -11,7 +11,7 @@ Bytes Hex(absl::string_view h) { return *FromHex(h); }
 
 Key32 Key(absl::string_view h) {
   Bytes b = Hex(h);
-  Key32 k;
+  Key32 k{};
   std::copy(b.begin(), b.end(), k.begin());
   return k;
 }

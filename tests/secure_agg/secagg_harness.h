@@ -17,14 +17,7 @@ namespace fedpers::secagg::testing {
 enum DropPoint { kBeforeAdvertise = 0, kBeforeShares = 1, kBeforeInput = 2, kBeforeUnmasking = 3, kNever = 4 };
 
 inline fedpers::v1::SecAggParams MakeParams(uint32_t n, uint32_t k, uint32_t t, uint64_t m, uint32_t bits) {
-  fedpers::v1::SecAggParams p;
-  p.set_num_clients(n);
-  p.set_degree(k);
-  p.set_threshold(t);
-  p.set_vector_length(m);
-  p.set_ring_bits(bits);
-  Key32 seed = *RandomKey32();
-  p.set_graph_seed(std::string(seed.begin(), seed.end()));
+  fedpers::v1::SecAggParams p = MakeSecAggParams(n, k, t, m, bits);
   p.set_session_nonce(7);
   return p;
 }
