@@ -48,7 +48,7 @@ absl::Status SecureRandomBytes(std::span<uint8_t> out) {
 }
 
 absl::StatusOr<Key32> RandomKey32() {
-  Key32 k;
+  Key32 k{};
   if (absl::Status s = SecureRandomBytes(k); !s.ok()) return s;
   return k;
 }

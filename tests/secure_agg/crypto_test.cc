@@ -43,7 +43,9 @@ TEST(X25519Test, Rfc7748Iterated) {
     ASSERT_TRUE(next.ok()) << i;
     u = k;
     k = *next;
-    if (i == 1) EXPECT_EQ(ToHex(k), "422c8e7a6227d7bca1350b3e2bb7279f7897b87bb6854b783c60e80311ae3079");
+    if (i == 1) {
+      EXPECT_EQ(ToHex(k), "422c8e7a6227d7bca1350b3e2bb7279f7897b87bb6854b783c60e80311ae3079");
+    }
   }
   EXPECT_EQ(ToHex(k), "684cf59ba83309552800ef566f2f4d3c1c3887c49360e3875f2eb94d99532c51");
 }
