@@ -101,8 +101,8 @@ std::vector<std::string> RoundMachine::expected() const {
   return out;
 }
 
-absl::StatusOr<std::map<std::string, RoundInvitation>> RoundMachine::Open(std::span<const std::string> eligible,
-                                                                          uint64_t seed) {
+absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine::Open(
+    std::span<const std::string> eligible, uint64_t seed) {
   if (stage_ != RoundStage::kIdle) return absl::FailedPreconditionError(absl::StrCat("round ", round_, " is still running"));
   const int64_t n_eligible = static_cast<int64_t>(eligible.size());
   if (n_eligible < settings_.min_clients) {
@@ -178,13 +178,20 @@ absl::StatusOr<std::map<std::string, RoundInvitation>> RoundMachine::Open(std::s
   names_.clear();
   answered_.clear();
   eligible_.assign(eligible.begin(), eligible.end());
-  std::map<std::string, RoundInvitation> invitations;
+  std::map<std::string, fedpers::v1::RoundInvitation> invitations;
   for (size_t i = 0; i < pool.size(); ++i) {
     const uint32_t id = static_cast<uint32_t>(i + 1);
     ids_[pool[i]] = id;
     names_[id] = pool[i];
     answered_[pool[i]] = false;
-    invitations[pool[i]] = RoundInvitation{round, id, params, ring_, dp_, *global_bytes};
+    fedpers::v1::RoundInvitation& inv = invitations[pool[i]];
+    inv.set_round(round);
+    inv.set_secagg_id(id);
+    *inv.mutable_secagg() = params;
+    *inv.mutable_ring() = dp::ToProto(ring_);
+    *inv.mutable_dp() = dp::ToProto(dp_);
+    inv.set_global_adapter(*global_bytes);
+    inv.set_layout_fingerprint(layout_.Fingerprint());
   }
   stage_ = RoundStage::kKeys;
   return invitations;

@@ -25,6 +25,7 @@
 #include "coordinator/privacy_ledger.h"
 #include "coordinator/state_store.h"
 #include "coordinator/strategy.h"
+#include "fedpers/v1/round.pb.h"
 #include "fedpers/v1/secagg.pb.h"
 #include "secure_agg/dp_mechanisms.h"
 #include "secure_agg/secagg_server.h"
@@ -44,16 +45,6 @@ struct RoundSettings {
   double delta = 1e-5;
   double epsilon_budget = std::numeric_limits<double>::infinity();
   absl::Status Validate() const;
-};
-
-// What a sampled client receives when a round opens.
-struct RoundInvitation {
-  int64_t round = 0;
-  uint32_t secagg_id = 0;
-  fedpers::v1::SecAggParams secagg;
-  secagg::RingConfig ring;
-  dp::DistributedDpConfig dp;  // noise_multiplier 0 in central mode
-  std::string global_safetensors;  // the current global adapter (layout tensors)
 };
 
 struct RoundSummary {
@@ -76,7 +67,8 @@ class RoundMachine {
   // Opens the next round over `eligible` client names (sorted, unique):
   // refuses (FailedPrecondition) when fewer than min_clients are eligible or
   // the privacy budget would be exceeded; samples with `seed`.
-  absl::StatusOr<std::map<std::string, RoundInvitation>> Open(std::span<const std::string> eligible, uint64_t seed);
+  absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> Open(std::span<const std::string> eligible,
+                                                                            uint64_t seed);
 
   // A SecAgg message from a sampled client of the current round.
   absl::Status Handle(const std::string& client, const fedpers::v1::SecAggClientMessage& message);

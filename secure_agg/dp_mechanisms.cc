@@ -47,6 +47,44 @@ double DistributedDpConfig::ClientSigma(const secagg::RingConfig& ring) const {
   return noise_multiplier * ring.clip_norm * ring.scale / std::sqrt(static_cast<double>(min_clients));
 }
 
+fedpers::v1::RingSpec ToProto(const secagg::RingConfig& ring) {
+  fedpers::v1::RingSpec s;
+  s.set_bits(static_cast<uint32_t>(ring.bits));
+  s.set_scale(ring.scale);
+  s.set_clip_norm(ring.clip_norm);
+  s.set_max_summands(static_cast<uint64_t>(ring.max_summands));
+  return s;
+}
+
+fedpers::v1::DpSpec ToProto(const DistributedDpConfig& dp) {
+  fedpers::v1::DpSpec s;
+  s.set_noise_multiplier(dp.noise_multiplier);
+  s.set_min_clients(static_cast<uint64_t>(dp.min_clients));
+  s.set_rotate(dp.rotate);
+  s.set_rotation_seed(dp.rotation_seed);
+  return s;
+}
+
+absl::StatusOr<secagg::RingConfig> RingFromProto(const fedpers::v1::RingSpec& spec) {
+  secagg::RingConfig ring;
+  ring.bits = static_cast<int>(std::min<uint32_t>(spec.bits(), 64));
+  ring.scale = spec.scale();
+  ring.clip_norm = spec.clip_norm();
+  ring.max_summands = static_cast<int64_t>(std::min<uint64_t>(spec.max_summands(), uint64_t{1} << 40));
+  if (absl::Status s = ring.Validate(); !s.ok()) return s;
+  return ring;
+}
+
+absl::StatusOr<DistributedDpConfig> DpFromProto(const fedpers::v1::DpSpec& spec) {
+  DistributedDpConfig dp;
+  dp.noise_multiplier = spec.noise_multiplier();
+  dp.min_clients = static_cast<int64_t>(std::min<uint64_t>(spec.min_clients(), uint64_t{1} << 40));
+  dp.rotate = spec.rotate();
+  dp.rotation_seed = spec.rotation_seed();
+  if (absl::Status s = dp.Validate(); !s.ok()) return s;
+  return dp;
+}
+
 size_t RotatedLength(size_t d, const DistributedDpConfig& config) {
   if (!config.rotate) return d;
   size_t p = 1;

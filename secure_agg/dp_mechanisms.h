@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "fedpers/v1/round.pb.h"
 #include "secure_agg/discrete_gaussian.h"
 #include "secure_agg/ring_encoding.h"
 
@@ -34,6 +35,13 @@ struct DistributedDpConfig {
   // Per-client discrete Gaussian sigma in ring steps.
   double ClientSigma(const secagg::RingConfig& ring) const;
 };
+
+// Conversions to and from the wire form of a round invitation. The From*
+// functions validate what a peer sent.
+fedpers::v1::RingSpec ToProto(const secagg::RingConfig& ring);
+fedpers::v1::DpSpec ToProto(const DistributedDpConfig& dp);
+absl::StatusOr<secagg::RingConfig> RingFromProto(const fedpers::v1::RingSpec& spec);
+absl::StatusOr<DistributedDpConfig> DpFromProto(const fedpers::v1::DpSpec& spec);
 
 // Length after padding for the rotation (next power of two), or d.
 size_t RotatedLength(size_t d, const DistributedDpConfig& config);

@@ -50,9 +50,12 @@ absl::StatusOr<RoundSummary> RunRound(RoundMachine& m, Fleet& fleet, uint64_t se
   if (!invitations.ok()) return invitations.status();
   fleet.sessions.clear();
   for (auto& [name, inv] : *invitations) {
-    auto enc = dp::PrivatizeForSecAgg(fleet.updates.at(name), inv.ring, inv.dp, fleet.rng);
+    auto ring = dp::RingFromProto(inv.ring());
+    auto dpc = dp::DpFromProto(inv.dp());
+    if (!ring.ok() || !dpc.ok()) return absl::InvalidArgumentError("bad invitation");
+    auto enc = dp::PrivatizeForSecAgg(fleet.updates.at(name), *ring, *dpc, fleet.rng);
     if (!enc.ok()) return enc.status();
-    fleet.sessions.emplace(name, *secagg::SecAggClient::Create(inv.secagg, inv.secagg_id, *enc));
+    fleet.sessions.emplace(name, *secagg::SecAggClient::Create(inv.secagg(), inv.secagg_id(), *enc));
     if (participants) participants->insert(name);
   }
   auto stopped = [&](const std::string& name, int stage) { return drop.count(name) && drop.at(name) <= stage; };
@@ -139,8 +142,8 @@ TEST(RoundMachineTest, ImpersonationAndStrangersAreRefused) {
   Fleet fleet(4, 68, 3);
   auto inv = (*m)->Open(fleet.names(), 1);
   ASSERT_TRUE(inv.ok());
-  auto c0 = secagg::SecAggClient::Create(inv->at("client0").secagg, inv->at("client0").secagg_id,
-                                         std::vector<uint32_t>(inv->at("client0").secagg.vector_length(), 0));
+  auto c0 = secagg::SecAggClient::Create(inv->at("client0").secagg(), inv->at("client0").secagg_id(),
+                                         std::vector<uint32_t>(inv->at("client0").secagg().vector_length(), 0));
   SecAggClientMessage advert = *c0->Start();
   EXPECT_EQ((*m)->Handle("client1", advert).code(), absl::StatusCode::kPermissionDenied) << "in another's name";
   EXPECT_EQ((*m)->Handle("mallory", advert).code(), absl::StatusCode::kPermissionDenied);
