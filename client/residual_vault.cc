@@ -1,0 +1,63 @@
+#include "client/residual_vault.h"
+
+#include <sys/stat.h>
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "common/atomic_file.h"
+
+namespace fedpers {
+namespace {
+
+std::vector<uint8_t> Aad(const std::string& user_id, int64_t version) {
+  const std::string aad = absl::StrCat("fedpers residual v1\n", user_id, "\n", version);
+  return std::vector<uint8_t>(aad.begin(), aad.end());
+}
+
+}  // namespace
+
+absl::StatusOr<ResidualVault> ResidualVault::Open(const std::string& key_path) {
+  ResidualVault vault;
+  if (std::filesystem::exists(key_path)) {
+    absl::StatusOr<std::string> bytes = ReadFileToString(key_path, 1024);
+    if (!bytes.ok()) return bytes.status();
+    if (bytes->size() != 32) {
+      return absl::DataLossError(absl::StrCat("residual key '", key_path, "' is ", bytes->size(), " bytes, not 32"));
+    }
+    std::copy(bytes->begin(), bytes->end(), vault.key_.begin());
+    return vault;
+  }
+  absl::StatusOr<secagg::Key32> key = secagg::RandomKey32();
+  if (!key.ok()) return key.status();
+  vault.key_ = *key;
+  if (absl::Status s = WriteFileAtomically(key_path, std::string(key->begin(), key->end())); !s.ok()) return s;
+  if (::chmod(key_path.c_str(), 0600) != 0) return absl::InternalError(absl::StrCat("cannot chmod 0600 '", key_path, "'"));
+  return vault;
+}
+
+absl::StatusOr<std::vector<uint8_t>> ResidualVault::Seal(const std::string& user_id, int64_t version,
+                                                         std::span<const uint8_t> residual) const {
+  std::vector<uint8_t> nonce(secagg::kGcmNonceBytes);
+  if (absl::Status s = secagg::SecureRandomBytes(nonce); !s.ok()) return s;
+  absl::StatusOr<secagg::Bytes> sealed = secagg::AesGcmSeal(key_, nonce, residual, Aad(user_id, version));
+  if (!sealed.ok()) return sealed.status();
+  nonce.insert(nonce.end(), sealed->begin(), sealed->end());
+  return nonce;
+}
+
+absl::StatusOr<std::vector<uint8_t>> ResidualVault::Unseal(const std::string& user_id, int64_t version,
+                                                           std::span<const uint8_t> sealed) const {
+  if (sealed.size() < secagg::kGcmNonceBytes + secagg::kGcmTagBytes) {
+    return absl::PermissionDeniedError("sealed residual is too short");
+  }
+  absl::StatusOr<secagg::Bytes> plain = secagg::AesGcmOpen(key_, sealed.first(secagg::kGcmNonceBytes),
+                                                           sealed.subspan(secagg::kGcmNonceBytes), Aad(user_id, version));
+  if (!plain.ok()) {
+    return absl::PermissionDeniedError(absl::StrCat("residual of user '", user_id, "' version ", version,
+                                                    " does not authenticate (altered, swapped or another key)"));
+  }
+  return *plain;
+}
+
+}  // namespace fedpers
