@@ -1,0 +1,256 @@
+#include "coordinator/runtime.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+
+namespace fedpers {
+namespace {
+
+using namespace fedpers::v1;
+
+int64_t SteadyMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+const char* StageName(RoundStage s) {
+  switch (s) {
+    case RoundStage::kIdle: return "idle";
+    case RoundStage::kKeys: return "keys";
+    case RoundStage::kShares: return "shares";
+    case RoundStage::kInputs: return "inputs";
+    case RoundStage::kUnmasking: return "unmasking";
+  }
+  return "?";
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CoordinatorRuntime>> CoordinatorRuntime::Create(StateStore* store, FlatLayout layout,
+                                                                                RuntimeSettings settings,
+                                                                                std::function<int64_t()> now_ms) {
+  if (settings.stage_timeout_ms <= 0) return absl::InvalidArgumentError("stage_timeout_ms must be positive");
+  std::unique_ptr<CoordinatorRuntime> rt(new CoordinatorRuntime());
+  rt->store_ = store;
+  rt->settings_ = settings;
+  rt->now_ms_ = now_ms ? std::move(now_ms) : SteadyMs;
+  rt->layout_fingerprint_ = layout.Fingerprint();
+  absl::StatusOr<std::unique_ptr<RoundMachine>> machine = RoundMachine::Create(store, std::move(layout), settings.round);
+  if (!machine.ok()) return machine.status();
+  rt->machine_ = std::move(*machine);
+  rt->last_round_end_ms_ = rt->now_ms_() - settings.round_interval_ms;
+  return rt;
+}
+
+absl::Status CoordinatorRuntime::OwnsUser(const std::string& client, const std::string& user) const {
+  auto it = owner_.find(user);
+  if (it == owner_.end()) return absl::FailedPreconditionError(absl::StrCat("user '", user, "' has not joined"));
+  if (it->second != client) {
+    return absl::PermissionDeniedError(absl::StrCat("user '", user, "' belongs to another client"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<JoinResponse> CoordinatorRuntime::Join(const std::string& client, const JoinRequest& request) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (client.empty()) return absl::UnauthenticatedError("no client identity");
+  if (request.layout_fingerprint() != layout_fingerprint_) {
+    return absl::FailedPreconditionError("the client's adapter layout differs from the coordinator's (model or LoRA config)");
+  }
+  if (request.user_ids().empty()) return absl::InvalidArgumentError("join names no user");
+  for (const std::string& user : request.user_ids()) {
+    if (user.empty() || user.size() > 256) return absl::InvalidArgumentError("user ids must be 1-256 bytes");
+    auto it = owner_.find(user);
+    if (it != owner_.end() && it->second != client) {
+      return absl::PermissionDeniedError(absl::StrCat("user '", user, "' belongs to another client"));
+    }
+  }
+  for (const std::string& user : request.user_ids()) owner_[user] = client;
+  if (absl::Status s = store_->TouchClient(client, ""); !s.ok()) return s;
+  JoinResponse r;
+  r.set_layout_fingerprint(layout_fingerprint_);
+  r.set_last_committed_round(machine_->last_committed_round());
+  r.set_poll_interval_ms(settings_.poll_interval_ms);
+  return r;
+}
+
+absl::StatusOr<PollResponse> CoordinatorRuntime::Poll(const std::string& client, const std::string& user) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = OwnsUser(client, user); !s.ok()) return s;
+  std::deque<PollResponse>& box = outbox_[user];
+  if (box.empty()) {
+    PollResponse idle;
+    idle.set_poll_after_ms(settings_.poll_interval_ms);
+    return idle;
+  }
+  PollResponse next = std::move(box.front());
+  box.pop_front();
+  return next;
+}
+
+absl::Status CoordinatorRuntime::Upload(const std::string& client, const SecAggUpload& upload) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = OwnsUser(client, upload.user_id()); !s.ok()) return s;
+  if (machine_->stage() == RoundStage::kIdle || upload.round() != machine_->current_round()) {
+    return absl::FailedPreconditionError(absl::StrCat("round ", upload.round(), " is not running"));
+  }
+  return machine_->Handle(upload.user_id(), upload.message());
+}
+
+absl::StatusOr<int64_t> CoordinatorRuntime::PutResidual(const std::string& client, const std::string& user,
+                                                        std::span<const uint8_t> blob, bool sealed) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = OwnsUser(client, user); !s.ok()) return s;
+  return store_->PutResidual(user, blob, sealed);
+}
+
+absl::StatusOr<std::vector<uint8_t>> CoordinatorRuntime::GetResidual(const std::string& client, const std::string& user,
+                                                                     int64_t version) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = OwnsUser(client, user); !s.ok()) return s;
+  return store_->GetResidual(user, version > 0 ? std::optional<int64_t>(version) : std::nullopt);
+}
+
+absl::StatusOr<int> CoordinatorRuntime::DeleteResidual(const std::string& client, const std::string& user) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = OwnsUser(client, user); !s.ok()) return s;
+  return store_->DeleteResidual(user);
+}
+
+void CoordinatorRuntime::FinishRound(bool committed, const std::string& reason) {
+  for (const std::string& user : participants_) {
+    PollResponse done;
+    done.mutable_finished()->set_round(machine_->current_round());
+    done.mutable_finished()->set_committed(committed);
+    done.mutable_finished()->set_reason(reason);
+    outbox_[user].clear();  // nothing of the ended round is still due
+    outbox_[user].push_back(std::move(done));
+  }
+  participants_.clear();
+  last_round_end_ms_ = now_ms_();
+  if (committed) ++committed_here_;
+}
+
+bool CoordinatorRuntime::finished() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return settings_.max_rounds > 0 && committed_here_ >= settings_.max_rounds;
+}
+
+absl::StatusOr<CoordinatorRuntime::TickResult> CoordinatorRuntime::Tick() {
+  std::lock_guard<std::mutex> lock(mu_);
+  TickResult result;
+  const int64_t now = now_ms_();
+  if (machine_->stage() == RoundStage::kIdle) {
+    if (settings_.max_rounds > 0 && committed_here_ >= settings_.max_rounds) return result;
+    if (now - last_round_end_ms_ < settings_.round_interval_ms) return result;
+    if (static_cast<int64_t>(owner_.size()) < settings_.round.min_clients) return result;
+    std::vector<std::string> eligible;
+    for (const auto& [user, client] : owner_) eligible.push_back(user);
+    absl::StatusOr<std::map<std::string, RoundInvitation>> invitations =
+        machine_->Open(eligible, static_cast<uint64_t>(now) ^ 0x9e3779b97f4a7c15ULL);
+    if (!invitations.ok()) {
+      // Budget exhausted or too few users: stay idle and say why.
+      result.aborted = std::string(invitations.status().message());
+      last_round_end_ms_ = now;
+      return result;
+    }
+    for (auto& [user, inv] : *invitations) {
+      PollResponse p;
+      *p.mutable_invitation() = std::move(inv);
+      outbox_[user].push_back(std::move(p));
+      participants_.insert(user);
+    }
+    stage_started_ms_ = now;
+    result.opened = true;
+    return result;
+  }
+  const bool complete = machine_->expected().empty();
+  if (!complete && now - stage_started_ms_ < settings_.stage_timeout_ms) return result;
+  absl::StatusOr<RoundMachine::StageOutput> out = machine_->FinishStage();
+  if (!out.ok()) {
+    result.aborted = std::string(out.status().message());
+    FinishRound(false, *result.aborted);
+    return result;
+  }
+  for (auto& [user, msg] : out->outgoing) {
+    PollResponse p;
+    *p.mutable_secagg() = std::move(msg);
+    outbox_[user].push_back(std::move(p));
+  }
+  stage_started_ms_ = now;
+  if (out->committed) {
+    result.committed = out->committed;
+    FinishRound(true, "");
+  }
+  return result;
+}
+
+StatusResponse CoordinatorRuntime::AdminStatus() {
+  std::lock_guard<std::mutex> lock(mu_);
+  StatusResponse s;
+  s.set_last_committed_round(machine_->last_committed_round());
+  s.set_stage(StageName(machine_->stage()));
+  s.set_current_round(machine_->current_round());
+  s.set_connected_clients(static_cast<int64_t>(owner_.size()));
+  s.set_epsilon(machine_->ledger().epsilon());
+  s.set_delta(machine_->ledger().delta());
+  s.set_epsilon_budget(machine_->ledger().budget());
+  return s;
+}
+
+absl::StatusOr<RoundsResponse> CoordinatorRuntime::AdminRounds(int limit) {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<std::vector<RoundRow>> rows = store_->Rounds(limit > 0 ? limit : 100);
+  if (!rows.ok()) return rows.status();
+  RoundsResponse r;
+  for (const RoundRow& row : *rows) {
+    RoundInfo* info = r.add_rounds();
+    info->set_round(row.round);
+    info->set_state(row.state);
+    info->set_opened_unix(row.opened_unix);
+    info->set_closed_unix(row.closed_unix);
+    info->set_metrics_json(row.metrics_json);
+    info->set_abort_reason(row.abort_reason);
+  }
+  return r;
+}
+
+absl::StatusOr<ClientsResponse> CoordinatorRuntime::AdminClients() {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<std::vector<ClientRow>> rows = store_->Clients();
+  if (!rows.ok()) return rows.status();
+  ClientsResponse r;
+  for (const ClientRow& row : *rows) {
+    ClientInfo* c = r.add_clients();
+    c->set_client_id(row.client_id);
+    c->set_cert_fingerprint(row.cert_fingerprint);
+    c->set_first_seen_unix(row.first_seen_unix);
+    c->set_last_seen_unix(row.last_seen_unix);
+  }
+  return r;
+}
+
+absl::StatusOr<UsersResponse> CoordinatorRuntime::AdminUsers() {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<std::vector<ResidualRow>> rows = store_->Residuals();
+  if (!rows.ok()) return rows.status();
+  std::map<std::string, UserInfo> users;
+  for (const auto& [user, client] : owner_) users[user].set_user_id(user);
+  for (const ResidualRow& row : *rows) {
+    UserInfo& u = users[row.user_id];
+    u.set_user_id(row.user_id);
+    u.set_residual_versions(u.residual_versions() + 1);
+    u.set_sealed(row.sealed);
+    u.set_bytes(row.bytes);
+  }
+  UsersResponse r;
+  for (auto& [user, info] : users) {
+    absl::StatusOr<double> eps = machine_->ledger().UserEpsilon(user);
+    info.set_epsilon(eps.ok() ? *eps : 0);
+    *r.add_users() = info;
+  }
+  return r;
+}
+
+}  // namespace fedpers

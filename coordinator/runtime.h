@@ -1,0 +1,94 @@
+// The coordinator runtime behind the gRPC service (and the simulation's
+// in-memory transport): users join through their client, poll for work and
+// upload SecAgg+ messages; Tick() opens rounds and closes stages when every
+// expected user answered or the stage deadline passed (stragglers count as
+// dropouts, which SecAgg+ recovers from).
+//
+// Identities are given by the transport (the mutual-TLS certificate name);
+// a user belongs to the first client that joins with it. Thread-safe: every
+// public method takes the runtime's lock.
+#ifndef FEDPERS_COORDINATOR_RUNTIME_H_
+#define FEDPERS_COORDINATOR_RUNTIME_H_
+
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "coordinator/round_machine.h"
+#include "coordinator/state_store.h"
+#include "fedpers/v1/admin.pb.h"
+#include "fedpers/v1/federation.pb.h"
+
+namespace fedpers {
+
+struct RuntimeSettings {
+  RoundSettings round;
+  int64_t stage_timeout_ms = 30000;    // a stage closes this long after it began
+  int64_t round_interval_ms = 0;       // pause between rounds
+  int64_t max_rounds = 0;              // 0: no limit
+  uint32_t poll_interval_ms = 200;     // suggested to idle clients
+};
+
+class CoordinatorRuntime {
+ public:
+  // `now_ms` is the clock (milliseconds); tests pass a fake one.
+  static absl::StatusOr<std::unique_ptr<CoordinatorRuntime>> Create(StateStore* store, FlatLayout layout,
+                                                                    RuntimeSettings settings,
+                                                                    std::function<int64_t()> now_ms = {});
+
+  absl::StatusOr<fedpers::v1::JoinResponse> Join(const std::string& client, const fedpers::v1::JoinRequest& request);
+  absl::StatusOr<fedpers::v1::PollResponse> Poll(const std::string& client, const std::string& user_id);
+  absl::Status Upload(const std::string& client, const fedpers::v1::SecAggUpload& upload);
+
+  // Residuals, only for users the client owns.
+  absl::StatusOr<int64_t> PutResidual(const std::string& client, const std::string& user_id,
+                                      std::span<const uint8_t> blob, bool sealed);
+  absl::StatusOr<std::vector<uint8_t>> GetResidual(const std::string& client, const std::string& user_id,
+                                                   int64_t version);
+  absl::StatusOr<int> DeleteResidual(const std::string& client, const std::string& user_id);
+
+  struct TickResult {
+    bool opened = false;
+    std::optional<RoundSummary> committed;
+    std::optional<std::string> aborted;  // reason
+  };
+  // Advances the schedule: opens a round when idle, enough users joined and
+  // the interval passed; closes the current stage when it is complete or
+  // overdue. Call it often (the server runs it on a timer).
+  absl::StatusOr<TickResult> Tick();
+
+  // Admin views.
+  fedpers::v1::StatusResponse AdminStatus();
+  absl::StatusOr<fedpers::v1::RoundsResponse> AdminRounds(int limit);
+  absl::StatusOr<fedpers::v1::ClientsResponse> AdminClients();
+  absl::StatusOr<fedpers::v1::UsersResponse> AdminUsers();
+
+  bool finished() const;  // max_rounds committed
+
+ private:
+  CoordinatorRuntime() = default;
+  absl::Status OwnsUser(const std::string& client, const std::string& user) const;
+  void FinishRound(bool committed, const std::string& reason);
+
+  mutable std::mutex mu_;
+  StateStore* store_ = nullptr;
+  RuntimeSettings settings_;
+  std::function<int64_t()> now_ms_;
+  std::unique_ptr<RoundMachine> machine_;
+  uint64_t layout_fingerprint_ = 0;
+  std::map<std::string, std::string> owner_;  // user -> client
+  std::map<std::string, std::deque<fedpers::v1::PollResponse>> outbox_;  // by user
+  std::set<std::string> participants_;
+  int64_t stage_started_ms_ = 0;
+  int64_t last_round_end_ms_ = 0;
+  int64_t committed_here_ = 0;
+};
+
+}  // namespace fedpers
+
+#endif  // FEDPERS_COORDINATOR_RUNTIME_H_

@@ -1,0 +1,138 @@
+#include "coordinator/runtime.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <random>
+
+#include "secure_agg/dp_mechanisms.h"
+#include "secure_agg/secagg_client.h"
+
+namespace fedpers {
+namespace {
+
+using namespace fedpers::v1;
+
+FlatLayout Layout() { return *FlatLayout::Create({{"a.lora_B_global", {12, 4}}}); }
+
+// A simulated partner client hosting some users: polls, answers invitations
+// with a fixed update through the real pipeline, uploads SecAgg messages.
+struct FakeClient {
+  FakeClient(std::string id, std::vector<std::string> u) : identity(std::move(id)), users(std::move(u)) {}
+  std::string identity;
+  std::vector<std::string> users;
+  std::map<std::string, std::optional<secagg::SecAggClient>> sessions;
+  std::map<std::string, int64_t> round_of;
+  std::set<std::string> silent;  // users that stop answering
+  std::map<std::string, RoundFinished> finished;
+  dp::RandomSource rng = dp::RandomSource::FromTestSeed(3);
+
+  void Step(CoordinatorRuntime& rt) {
+    for (const std::string& user : users) {
+      absl::StatusOr<PollResponse> p = rt.Poll(identity, user);
+      ASSERT_TRUE(p.ok()) << p.status();
+      if (silent.count(user)) continue;
+      if (p->has_invitation()) {
+        const RoundInvitation& inv = p->invitation();
+        std::vector<float> update(48, 0.01f * static_cast<float>(user.size()));
+        auto enc = dp::PrivatizeForSecAgg(update, *dp::RingFromProto(inv.ring()), *dp::DpFromProto(inv.dp()), rng);
+        ASSERT_TRUE(enc.ok());
+        sessions[user].emplace(*secagg::SecAggClient::Create(inv.secagg(), inv.secagg_id(), *enc));
+        round_of[user] = inv.round();
+        Send(rt, user, *sessions[user]->Start());
+      } else if (p->has_secagg()) {
+        auto reply = sessions[user]->Handle(p->secagg());
+        ASSERT_TRUE(reply.ok()) << reply.status();
+        Send(rt, user, *reply);
+      } else if (p->has_finished()) {
+        finished[user] = p->finished();
+      }
+    }
+  }
+  void Send(CoordinatorRuntime& rt, const std::string& user, const SecAggClientMessage& m) {
+    SecAggUpload up;
+    up.set_user_id(user);
+    up.set_round(round_of[user]);
+    *up.mutable_message() = m;
+    ASSERT_TRUE(rt.Upload(identity, up).ok());
+  }
+};
+
+struct Fixture {
+  std::unique_ptr<StateStore> store;
+  std::unique_ptr<CoordinatorRuntime> rt;
+  int64_t clock = 0;
+  explicit Fixture(const std::string& name, RuntimeSettings settings) {
+    const std::string dir = ::testing::TempDir() + "/runtime_" + name + "_" + std::to_string(::getpid());
+    std::filesystem::remove_all(dir);
+    store = std::move(*StateStore::Open(dir));
+    rt = std::move(*CoordinatorRuntime::Create(store.get(), Layout(), settings, [this] { return clock; }));
+  }
+};
+
+JoinRequest JoinFor(const std::vector<std::string>& users) {
+  JoinRequest j;
+  for (const auto& u : users) j.add_user_ids(u);
+  j.set_layout_fingerprint(Layout().Fingerprint());
+  return j;
+}
+
+TEST(RuntimeTest, PollingClientsCompleteRoundsAndStragglersTimeOut) {
+  RuntimeSettings settings;
+  settings.round.clients_per_round = 5;
+  settings.round.min_clients = 3;
+  settings.round.threshold = 3;
+  settings.stage_timeout_ms = 1000;
+  settings.max_rounds = 2;
+  Fixture f("rounds", settings);
+  FakeClient a("partner-a", {"alice", "amy", "ann"}), b("partner-b", {"bob", "bea"});
+  ASSERT_TRUE(f.rt->Join(a.identity, JoinFor(a.users)).ok());
+  ASSERT_TRUE(f.rt->Join(b.identity, JoinFor(b.users)).ok());
+  b.silent.insert("bea");  // a straggler that never answers
+  int ticks = 0;
+  while (!f.rt->finished() && ticks < 200) {
+    ASSERT_TRUE(f.rt->Tick().ok());
+    a.Step(*f.rt);
+    b.Step(*f.rt);
+    f.clock += 100;
+    ++ticks;
+  }
+  ASSERT_TRUE(f.rt->finished()) << "two rounds commit despite the straggler";
+  StatusResponse status = f.rt->AdminStatus();
+  EXPECT_EQ(status.last_committed_round(), 2);
+  EXPECT_EQ(status.stage(), "idle");
+  EXPECT_TRUE(a.finished.at("alice").committed());
+  auto rounds = f.rt->AdminRounds(10);
+  ASSERT_EQ(rounds->rounds_size(), 2);
+  EXPECT_EQ(rounds->rounds(0).state(), "committed");
+  auto clients = f.rt->AdminClients();
+  EXPECT_EQ(clients->clients_size(), 2);
+}
+
+TEST(RuntimeTest, UsersBelongToTheirClient) {
+  RuntimeSettings settings;
+  settings.round.clients_per_round = 3;
+  settings.round.min_clients = 2;
+  Fixture f("owners", settings);
+  ASSERT_TRUE(f.rt->Join("partner-a", JoinFor({"alice"})).ok());
+  EXPECT_EQ(f.rt->Join("partner-b", JoinFor({"alice"})).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(f.rt->Poll("partner-b", "alice").status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(f.rt->Poll("partner-a", "nobody").status().code(), absl::StatusCode::kFailedPrecondition);
+  JoinRequest wrong = JoinFor({"carol"});
+  wrong.set_layout_fingerprint(1);
+  EXPECT_EQ(f.rt->Join("partner-c", wrong).status().code(), absl::StatusCode::kFailedPrecondition);
+  // Residuals: only the owner reads, writes or deletes them.
+  std::vector<uint8_t> blob = {1, 2, 3};
+  EXPECT_EQ(*f.rt->PutResidual("partner-a", "alice", blob, true), 1);
+  EXPECT_FALSE(f.rt->GetResidual("partner-b", "alice", 0).ok());
+  EXPECT_EQ(*f.rt->GetResidual("partner-a", "alice", 0), blob);
+  EXPECT_FALSE(f.rt->DeleteResidual("partner-b", "alice").ok());
+  EXPECT_EQ(*f.rt->DeleteResidual("partner-a", "alice"), 1);
+  SecAggUpload up;
+  up.set_user_id("alice");
+  up.set_round(1);
+  EXPECT_EQ(f.rt->Upload("partner-a", up).code(), absl::StatusCode::kFailedPrecondition) << "no round running";
+}
+
+}  // namespace
+}  // namespace fedpers
