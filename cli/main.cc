@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   RegisterBench(app, global);
   RegisterData(app, global);
   RegisterPki(app, global);
+  RegisterFederation(app, global);
   try {
     app.parse(argc, argv);
   } catch (const CLI::RuntimeError& e) {

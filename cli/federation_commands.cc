@@ -1,0 +1,245 @@
+// `fedpers coordinator serve`, `fedpers client run`, `fedpers admin ...`.
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <csignal>
+#include <filesystem>
+#include <iostream>
+
+#include "absl/strings/str_format.h"
+#include "cli/commands.h"
+#include "client/client_session.h"
+#include "client/grpc_client.h"
+#include "client/residual_vault.h"
+#include "common/atomic_file.h"
+#include "common/corpus.h"
+#include "common/model/checkpoint.h"
+#include "common/table.h"
+#include "common/tokenizer.h"
+#include "coordinator/serve_config.h"
+#include "fedpers/v1/admin.grpc.pb.h"
+#include "nlohmann/json.hpp"
+
+namespace fedpers::cli {
+namespace {
+
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop.store(true); }
+
+struct TlsFlags {
+  std::string dir, name;
+  bool insecure = false;
+  std::string identity;
+};
+
+void AddTlsFlags(CLI::App* cmd, TlsFlags& t, const char* role) {
+  cmd->add_option("--tls-dir", t.dir, "Directory with NAME.crt, NAME.key and ca.crt (from `fedpers pki issue`)");
+  cmd->add_option("--name", t.name, absl::StrFormat("The %s certificate's name", role));
+  cmd->add_flag("--insecure", t.insecure, "No TLS: local experiments only (identity from --identity)");
+  cmd->add_option("--identity", t.identity, "Name claimed with --insecure");
+}
+
+}  // namespace
+
+void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
+  // coordinator serve
+  auto* coordinator = app.add_subcommand("coordinator", "Run the coordinator");
+  coordinator->require_subcommand(1);
+  auto* serve = coordinator->add_subcommand("serve", "Serve federated rounds over gRPC with mutual TLS");
+  auto config_path = std::make_shared<std::string>();
+  serve->add_option("--config", *config_path, "Serve config (JSON; see docs/coordinator.md)")->required();
+  serve->callback([config_path] {
+    absl::StatusOr<std::string> text = ReadFileToString(*config_path);
+    if (!text.ok()) Fail(std::string(text.status().message()));
+    absl::StatusOr<ServeConfig> config =
+        ParseServeConfig(*text, std::filesystem::path(*config_path).parent_path().string());
+    if (!config.ok()) Fail(absl::StrCat(*config_path, ": ", config.status().message()));
+    absl::StatusOr<std::unique_ptr<StateStore>> store = StateStore::Open(config->state_dir);
+    if (!store.ok()) Fail(std::string(store.status().message()));
+    if (absl::Status s = (*store)->CheckIntegrity(); !s.ok()) Fail(std::string(s.message()));
+    absl::StatusOr<std::unique_ptr<CoordinatorRuntime>> rt =
+        CoordinatorRuntime::Create(store->get(), config->layout, config->runtime);
+    if (!rt.ok()) Fail(std::string(rt.status().message()));
+    absl::StatusOr<std::unique_ptr<CoordinatorServer>> server = StartCoordinatorServer(config->serve, rt->get());
+    if (!server.ok()) Fail(std::string(server.status().message()));
+    std::signal(SIGINT, OnSignal);
+    std::signal(SIGTERM, OnSignal);
+    std::fprintf(stderr, "coordinator listening on port %d (state in %s, last committed round %ld)\n",
+                 (*server)->port(), config->state_dir.c_str(),
+                 static_cast<long>((*rt)->AdminStatus().last_committed_round()));
+    // Serves until SIGINT/SIGTERM; after max_rounds it keeps answering polls
+    // and admin calls but opens no more rounds.
+    while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    (*server)->Shutdown();
+    std::cout << "last committed round: " << (*rt)->AdminStatus().last_committed_round() << "\n";
+  });
+
+  // client run
+  auto* client = app.add_subcommand("client", "Run a client");
+  client->require_subcommand(1);
+  auto* run = client->add_subcommand("run", "Join a coordinator and take part in rounds for one or more users");
+  struct RunFlags {
+    std::string coordinator, data, base, state_dir = "client-state";
+    std::vector<std::string> users;
+    TlsFlags tls;
+    int64_t rounds = 0, global_steps = 20, residual_steps = 20, batch = 8;
+    double lr = 3e-3;
+  };
+  auto f = std::make_shared<RunFlags>();
+  run->add_option("--coordinator", f->coordinator, "HOST:PORT")->required();
+  run->add_option("--data", f->data, "Corpus spec with the users' text")->required();
+  run->add_option("--user", f->users, "A user this client hosts (repeatable)")->required();
+  run->add_option("--base", f->base, "Base model directory (same as the coordinator's)")->required();
+  run->add_option("--state-dir", f->state_dir, "Where the residual key lives")->capture_default_str();
+  run->add_option("--rounds", f->rounds, "Stop after this many rounds per user (0: until stopped)")->capture_default_str();
+  run->add_option("--global-steps", f->global_steps, "Local steps on B_g per round")->capture_default_str();
+  run->add_option("--residual-steps", f->residual_steps, "Local steps on the residual per round")->capture_default_str();
+  run->add_option("--batch-size", f->batch, "Windows per step")->capture_default_str();
+  run->add_option("--lr", f->lr, "Local learning rate")->capture_default_str();
+  AddTlsFlags(run, f->tls, "client");
+  run->callback([f] {
+    absl::StatusOr<Corpus> corpus = LoadCorpus(f->data);
+    if (!corpus.ok()) Fail(std::string(corpus.status().message()));
+    absl::StatusOr<Gpt2LmHead> model = LoadBaseModel(f->base, LoraConfig());
+    if (!model.ok()) Fail(std::string(model.status().message()));
+    LocalTrainingOptions opts;
+    opts.global_steps = f->global_steps;
+    opts.residual_steps = f->residual_steps;
+    opts.batch_size = f->batch;
+    opts.global_learning_rate = opts.residual_learning_rate = f->lr;
+    std::map<std::string, ClientSession> owned;
+    std::map<std::string, ClientSession*> sessions;
+    for (const std::string& user : f->users) {
+      const UserText* u = corpus->Find(user);
+      if (u == nullptr) Fail(absl::StrCat("user '", user, "' is not in ", corpus->spec));
+      TextSplit split = SplitTrainTest(u->text, 0.8);
+      absl::StatusOr<ClientSession> s = ClientSession::Create(*model, user, ByteTokenizer::Encode(split.train), opts);
+      if (!s.ok()) Fail(std::string(s.status().message()));
+      sessions[user] = &owned.emplace(user, std::move(*s)).first->second;
+    }
+    absl::StatusOr<ResidualVault> vault = ResidualVault::Open(f->state_dir + "/residual.key");
+    if (!vault.ok()) Fail(std::string(vault.status().message()));
+    ClientRunOptions o;
+    o.coordinator = f->coordinator;
+    o.insecure = f->tls.insecure;
+    o.insecure_identity = f->tls.identity;
+    o.cert_file = f->tls.dir + "/" + f->tls.name + ".crt";
+    o.key_file = f->tls.dir + "/" + f->tls.name + ".key";
+    o.ca_file = f->tls.dir + "/ca.crt";
+    o.rounds = f->rounds;
+    if (!o.insecure && (f->tls.dir.empty() || f->tls.name.empty())) Fail("give --tls-dir and --name (or --insecure)");
+    std::signal(SIGINT, OnSignal);
+    std::signal(SIGTERM, OnSignal);
+    absl::StatusOr<ClientRunStats> stats = RunClient(o, sessions, *vault, g_stop);
+    if (!stats.ok()) Fail(std::string(stats.status().message()));
+    std::cout << absl::StrFormat("rounds finished %d (committed %d), residuals uploaded %d, reconnects %d\n",
+                                 stats->rounds_finished, stats->rounds_committed, stats->residuals_uploaded,
+                                 stats->reconnects);
+  });
+
+  // admin
+  auto* admin = app.add_subcommand("admin", "Operate a coordinator (admin certificate)");
+  admin->require_subcommand(1);
+  struct AdminFlags {
+    std::string coordinator;
+    TlsFlags tls;
+    bool json = false;
+    int limit = 20;
+  };
+  auto a = std::make_shared<AdminFlags>();
+  auto stub = [a]() {
+    std::shared_ptr<grpc::ChannelCredentials> creds;
+    if (a->tls.insecure) {
+      creds = grpc::InsecureChannelCredentials();
+    } else {
+      absl::StatusOr<std::string> cert = ReadFileToString(a->tls.dir + "/" + a->tls.name + ".crt");
+      absl::StatusOr<std::string> key = ReadFileToString(a->tls.dir + "/" + a->tls.name + ".key");
+      absl::StatusOr<std::string> ca = ReadFileToString(a->tls.dir + "/ca.crt");
+      if (!cert.ok() || !key.ok() || !ca.ok()) Fail("cannot read the admin certificate files (--tls-dir, --name)");
+      grpc::SslCredentialsOptions ssl;
+      ssl.pem_root_certs = *ca;
+      ssl.pem_private_key = *key;
+      ssl.pem_cert_chain = *cert;
+      creds = grpc::SslCredentials(ssl);
+    }
+    return fedpers::v1::Admin::NewStub(grpc::CreateChannel(a->coordinator, creds));
+  };
+  auto ctx = [a]() {
+    auto c = std::make_unique<grpc::ClientContext>();
+    c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    if (a->tls.insecure) c->AddMetadata("x-fedpers-identity", "admin:" + a->tls.identity);
+    return c;
+  };
+  auto check = [](const grpc::Status& s) {
+    if (!s.ok()) Fail(absl::StrCat("coordinator: ", s.error_message()));
+  };
+  for (const char* what : {"status", "rounds", "clients", "users"}) {
+    auto* cmd = admin->add_subcommand(what, absl::StrCat("Show the coordinator's ", what));
+    cmd->add_option("--coordinator", a->coordinator, "HOST:PORT")->required();
+    cmd->add_flag("--json", a->json, "Print JSON");
+    if (std::string(what) == "rounds") cmd->add_option("--limit", a->limit, "Newest rounds to show")->capture_default_str();
+    AddTlsFlags(cmd, a->tls, "admin");
+    cmd->callback([a, stub, ctx, check, name = std::string(what)] {
+      auto s = stub();
+      auto c = ctx();
+      if (name == "status") {
+        fedpers::v1::StatusResponse r;
+        check(s->Status(c.get(), {}, &r));
+        if (a->json) {
+          std::cout << nlohmann::json({{"last_committed_round", r.last_committed_round()}, {"stage", r.stage()},
+                                       {"current_round", r.current_round()}, {"connected_clients", r.connected_clients()},
+                                       {"epsilon", r.epsilon()}, {"delta", r.delta()}, {"epsilon_budget", r.epsilon_budget()}})
+                           .dump(2)
+                    << "\n";
+          return;
+        }
+        Table t({"field", "value"});
+        t.AddRow({"last committed round", absl::StrFormat("%d", r.last_committed_round())});
+        t.AddRow({"stage", r.stage()});
+        t.AddRow({"current round", absl::StrFormat("%d", r.current_round())});
+        t.AddRow({"users joined", absl::StrFormat("%d", r.connected_clients())});
+        t.AddRow({"epsilon", absl::StrFormat("%.4f (delta %g, budget %g)", r.epsilon(), r.delta(), r.epsilon_budget())});
+        std::cout << t.Render();
+      } else if (name == "rounds") {
+        fedpers::v1::RoundsRequest req;
+        req.set_limit(a->limit);
+        fedpers::v1::RoundsResponse r;
+        check(s->Rounds(c.get(), req, &r));
+        nlohmann::json j = nlohmann::json::array();
+        Table t({"round", "state", "opened", "closed", "metrics / reason"});
+        for (const auto& x : r.rounds()) {
+          j.push_back({{"round", x.round()}, {"state", x.state()}, {"opened_unix", x.opened_unix()},
+                       {"closed_unix", x.closed_unix()}, {"metrics_json", x.metrics_json()}, {"abort_reason", x.abort_reason()}});
+          t.AddRow({absl::StrFormat("%d", x.round()), x.state(), absl::StrFormat("%d", x.opened_unix()),
+                    absl::StrFormat("%d", x.closed_unix()), x.state() == "aborted" ? x.abort_reason() : x.metrics_json()});
+        }
+        std::cout << (a->json ? j.dump(2) + "\n" : t.Render());
+      } else if (name == "clients") {
+        fedpers::v1::ClientsResponse r;
+        check(s->Clients(c.get(), {}, &r));
+        nlohmann::json j = nlohmann::json::array();
+        Table t({"client", "first seen", "last seen"});
+        for (const auto& x : r.clients()) {
+          j.push_back({{"client_id", x.client_id()}, {"first_seen_unix", x.first_seen_unix()}, {"last_seen_unix", x.last_seen_unix()}});
+          t.AddRow({x.client_id(), absl::StrFormat("%d", x.first_seen_unix()), absl::StrFormat("%d", x.last_seen_unix())});
+        }
+        std::cout << (a->json ? j.dump(2) + "\n" : t.Render());
+      } else {
+        fedpers::v1::UsersResponse r;
+        check(s->Users(c.get(), {}, &r));
+        nlohmann::json j = nlohmann::json::array();
+        Table t({"user", "residual versions", "sealed", "bytes", "epsilon"});
+        for (const auto& x : r.users()) {
+          j.push_back({{"user_id", x.user_id()}, {"residual_versions", x.residual_versions()}, {"sealed", x.sealed()},
+                       {"bytes", x.bytes()}, {"epsilon", x.epsilon()}});
+          t.AddRow({x.user_id(), absl::StrFormat("%d", x.residual_versions()), x.sealed() ? "yes" : "no",
+                    absl::StrFormat("%d", x.bytes()), absl::StrFormat("%.4f", x.epsilon())});
+        }
+        std::cout << (a->json ? j.dump(2) + "\n" : t.Render());
+      }
+    });
+  }
+  (void)global;
+}
+
+}  // namespace fedpers::cli
