@@ -147,7 +147,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     int limit = 20;
   };
   auto a = std::make_shared<AdminFlags>();
-  auto stub = [a]() {
+  auto connect = [a]() {
     std::shared_ptr<grpc::ChannelCredentials> creds;
     if (a->tls.insecure) {
       creds = grpc::InsecureChannelCredentials();
@@ -179,8 +179,8 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     cmd->add_flag("--json", a->json, "Print JSON");
     if (std::string(what) == "rounds") cmd->add_option("--limit", a->limit, "Newest rounds to show")->capture_default_str();
     AddTlsFlags(cmd, a->tls, "admin");
-    cmd->callback([a, stub, ctx, check, name = std::string(what)] {
-      auto s = stub();
+    cmd->callback([a, connect, ctx, check, name = std::string(what)] {
+      auto s = connect();
       auto c = ctx();
       if (name == "status") {
         fedpers::v1::StatusResponse r;

@@ -54,7 +54,7 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, std::map<std
   args.SetMaxReceiveMessageSize(o.max_message_bytes);
   args.SetMaxSendMessageSize(o.max_message_bytes);
   std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(o.coordinator, creds, args);
-  std::unique_ptr<Federation::Stub> stub = Federation::NewStub(channel);
+  std::unique_ptr<Federation::Stub> coordinator = Federation::NewStub(channel);
   auto context = [&](std::unique_ptr<grpc::ClientContext>& ctx, int seconds) {
     ctx = std::make_unique<grpc::ClientContext>();
     ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
@@ -81,7 +81,7 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, std::map<std
       JoinResponse resp;
       std::unique_ptr<grpc::ClientContext> ctx;
       context(ctx, 10);
-      failure = FromGrpc(stub->Join(ctx.get(), req, &resp), "join");
+      failure = FromGrpc(coordinator->Join(ctx.get(), req, &resp), "join");
       if (failure.ok()) {
         joined = true;
       } else if (failure.code() != absl::StatusCode::kUnavailable) {
@@ -96,7 +96,7 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, std::map<std
       PollResponse resp;
       std::unique_ptr<grpc::ClientContext> ctx;
       context(ctx, 10);
-      failure = FromGrpc(stub->Poll(ctx.get(), req, &resp), "poll");
+      failure = FromGrpc(coordinator->Poll(ctx.get(), req, &resp), "poll");
       if (!failure.ok()) break;
       absl::StatusOr<SecAggClientMessage> reply = absl::NotFoundError("");
       if (resp.has_invitation()) {
@@ -123,7 +123,7 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, std::map<std
           PutResidualResponse put;
           std::unique_ptr<grpc::ClientContext> pctx;
           context(pctx, 30);
-          auto writer = stub->PutResidual(pctx.get(), &put);
+          auto writer = coordinator->PutResidual(pctx.get(), &put);
           writer->Write(chunk);
           writer->WritesDone();
           failure = FromGrpc(writer->Finish(), "residual upload");
@@ -147,7 +147,7 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, std::map<std
       SecAggUploadResponse ack;
       std::unique_ptr<grpc::ClientContext> uctx;
       context(uctx, 30);
-      absl::Status sent = FromGrpc(stub->Upload(uctx.get(), up, &ack), "upload");
+      absl::Status sent = FromGrpc(coordinator->Upload(uctx.get(), up, &ack), "upload");
       if (!sent.ok() && sent.code() == absl::StatusCode::kUnavailable) failure = sent;
     }
     if (!failure.ok()) {
