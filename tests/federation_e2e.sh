@@ -13,39 +13,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat > "$work/small.json" <<'JSON'
-{"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 32, "vocab_size": 259, "fedpers_tokenizer": "byte"}
-JSON
-corpus="synthetic:users=6,bytes=3000,seed=4"
-"$fedpers" -q pretrain --corpus "$corpus" --config "$work/small.json" --out "$work/base" --steps 4 --batch-size 4 > /dev/null
-
-"$fedpers" pki init --dir "$work/ca" > /dev/null
-"$fedpers" pki issue --dir "$work/ca" --role coordinator --name coord --out "$work/certs" > /dev/null
-"$fedpers" pki issue --dir "$work/ca" --role admin --name ops --out "$work/certs" > /dev/null
-for i in 1 2 3 4 5; do "$fedpers" pki issue --dir "$work/ca" --role client --name "partner$i" --out "$work/certs" > /dev/null; done
+source "$(dirname "$0")/e2e_lib.sh"
+e2e_setup 5
 "$fedpers" pki init --dir "$work/otherca" > /dev/null
 "$fedpers" pki issue --dir "$work/otherca" --role admin --name ops --out "$work/othercerts" > /dev/null
-
-cat > "$work/serve.json" <<JSON
-{"listen": "127.0.0.1:0", "state_dir": "$work/state", "base": "$work/base",
- "tls": {"cert": "$work/certs/coord.crt", "key": "$work/certs/coord.key", "ca": "$work/certs/ca.crt"},
- "round": {"clients_per_round": 5, "min_clients": 5, "threshold": 4, "clip_norm": 10.0},
- "stage_timeout_ms": 60000, "max_rounds": 3}
-JSON
-"$fedpers" coordinator serve --config "$work/serve.json" 2> "$work/coord.log" &
-coord_pid=$!
-for _ in $(seq 1 100); do grep -q "listening on port" "$work/coord.log" && break; sleep 0.1; done
-port=$(sed -n 's/.*listening on port \([0-9]*\).*/\1/p' "$work/coord.log")
-test -n "$port"
+e2e_serve_config "127.0.0.1:0" '{"clients_per_round": 5, "min_clients": 5, "threshold": 4, "clip_norm": 10.0}' \
+  '"stage_timeout_ms": 60000, "max_rounds": 3'
+e2e_start_coordinator
 addr="127.0.0.1:$port"
 
 pids=()
-for i in 1 2 3 4 5; do
-  "$fedpers" --threads 1 -q client run --coordinator "$addr" --data "$corpus" --user "$(printf 'user%04d' $((i - 1)))" \
-    --base "$work/base" --tls-dir "$work/certs" --name "partner$i" --state-dir "$work/client$i" \
-    --rounds 3 --global-steps 3 --residual-steps 2 --batch-size 4 > "$work/client$i.log" 2>&1 &
-  pids+=($!)
-done
+for i in 1 2 3 4 5; do e2e_start_client "$i" 3; done
 for pid in "${pids[@]}"; do
   timeout 200 tail --pid="$pid" -f /dev/null
   wait "$pid"
