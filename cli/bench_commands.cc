@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "absl/strings/str_format.h"
+#include "bench/round_bench.h"
 #include "bench/secagg_bench.h"
 #include "bench/train_bench.h"
 #include "cli/commands.h"
@@ -120,6 +121,36 @@ void RegisterBench(CLI::App& app, const GlobalOptions& global) {
                 absl::StrFormat("%.1f", f.server_state_bytes / 1048576.0), f.correct ? "yes" : "NO"});
     }
     std::cout << u.Render();
+  });
+
+  auto* round = bench->add_subcommand(
+      "round", "Coordinator round overhead (client training excluded) and bytes up/down per client, for 10 "
+               "and 100 clients with the tiny model's global adapter");
+  auto rjson = std::make_shared<bool>(false);
+  auto rounds = std::make_shared<int64_t>(3);
+  round->add_option("--rounds", *rounds, "Rounds per client count (median reported)")->capture_default_str();
+  round->add_flag("--json", *rjson, "Print one JSON object");
+  round->callback([rjson, rounds, &global] {
+    absl::StatusOr<std::vector<RoundBenchFigure>> r = RunRoundBench({10, 100}, *rounds, !global.quiet && !*rjson);
+    if (!r.ok()) Fail(std::string(r.status().message()));
+    if (*rjson) {
+      nlohmann::json j;
+      for (const RoundBenchFigure& f : *r) {
+        const std::string k = absl::StrFormat("clients_%d", f.clients);
+        j[k] = {{"coordinator_seconds", f.coordinator_seconds}, {"bytes_up_per_client", f.bytes_up_per_client},
+                {"bytes_down_per_client", f.bytes_down_per_client}, {"adapter_values", f.adapter_values},
+                {"rounds", f.rounds}};
+      }
+      std::cout << j.dump(2) << "\n";
+      return;
+    }
+    Table t({"clients", "adapter values", "coordinator s/round (median)", "KiB up / client", "KiB down / client"});
+    for (const RoundBenchFigure& f : *r) {
+      t.AddRow({absl::StrFormat("%d", f.clients), absl::StrFormat("%d", f.adapter_values),
+                absl::StrFormat("%.3f", f.coordinator_seconds), absl::StrFormat("%.1f", f.bytes_up_per_client / 1024),
+                absl::StrFormat("%.1f", f.bytes_down_per_client / 1024)});
+    }
+    std::cout << t.Render();
   });
 }
 
