@@ -7,14 +7,6 @@
 # adapter and residual blob matches its recorded SHA-256.
 set -euo pipefail
 fedpers="$1"
-work=$(mktemp -d)
-coord_pid=""
-cleanup() {
-  [ -n "$coord_pid" ] && kill -KILL "$coord_pid" 2> /dev/null || true
-  jobs -p | xargs -r kill 2> /dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 source "$(dirname "$0")/e2e_lib.sh"
 
 e2e_setup 4

@@ -1,6 +1,16 @@
-# Shared set-up of the multi-process tests: a small base model, a CA with
-# coordinator, admin and client certificates, and a coordinator launcher.
-# Source it after setting `fedpers` and `work`.
+# Shared set-up of the multi-process tests: a scratch directory removed on
+# exit (with every process the test started), a small base model, a CA with
+# coordinator, admin and client certificates, and coordinator and client
+# launchers. Source it after setting `fedpers`.
+
+work=$(mktemp -d)
+coord_pid=""
+e2e_cleanup() {
+  [ -n "$coord_pid" ] && kill -KILL "$coord_pid" 2> /dev/null || true
+  jobs -p | xargs -r kill 2> /dev/null || true
+  rm -rf "$work"
+}
+trap e2e_cleanup EXIT
 
 e2e_setup() {
   local clients="$1"

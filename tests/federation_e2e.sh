@@ -4,15 +4,6 @@
 # certificate from another CA and of a client certificate used as admin.
 set -euo pipefail
 fedpers="$1"
-work=$(mktemp -d)
-coord_pid=""
-cleanup() {
-  [ -n "$coord_pid" ] && kill -TERM "$coord_pid" 2> /dev/null || true
-  jobs -p | xargs -r kill 2> /dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 source "$(dirname "$0")/e2e_lib.sh"
 e2e_setup 5
 "$fedpers" pki init --dir "$work/otherca" > /dev/null
