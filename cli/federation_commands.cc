@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <iostream>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "cli/commands.h"
 #include "client/client_session.h"
@@ -84,6 +85,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     TlsFlags tls;
     int64_t rounds = 0, global_steps = 20, residual_steps = 20, batch = 8;
     double lr = 3e-3;
+    std::string save_updates, kill_at;
   };
   auto f = std::make_shared<RunFlags>();
   run->add_option("--coordinator", f->coordinator, "HOST:PORT")->required();
@@ -96,6 +98,11 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
   run->add_option("--residual-steps", f->residual_steps, "Local steps on the residual per round")->capture_default_str();
   run->add_option("--batch-size", f->batch, "Windows per step")->capture_default_str();
   run->add_option("--lr", f->lr, "Local learning rate")->capture_default_str();
+  run->add_option("--save-updates", f->save_updates,
+                  "Also write each plain update (before clipping and noise) to DIR/round-R/USER.safetensors, for audits");
+  run->add_option("--fault-kill-at", f->kill_at,
+                  "Testing only: ROUND:STAGE (keys|shares|inputs|unmasking); the process SIGKILLs itself there")
+      ->group("Fault injection");
   AddTlsFlags(run, f->tls, "client");
   run->callback([f] {
     absl::StatusOr<Corpus> corpus = LoadCorpus(f->data);
@@ -127,6 +134,15 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     o.key_file = f->tls.dir + "/" + f->tls.name + ".key";
     o.ca_file = f->tls.dir + "/ca.crt";
     o.rounds = f->rounds;
+    o.save_updates_dir = f->save_updates;
+    if (!f->kill_at.empty()) {
+      const size_t colon = f->kill_at.find(':');
+      if (colon == std::string::npos || !absl::SimpleAtoi(f->kill_at.substr(0, colon), &o.kill_round) ||
+          o.kill_round <= 0) {
+        Fail(absl::StrCat("--fault-kill-at '", f->kill_at, "': expected ROUND:STAGE, e.g. 2:shares"));
+      }
+      o.kill_stage = f->kill_at.substr(colon + 1);
+    }
     if (!o.insecure && (f->tls.dir.empty() || f->tls.name.empty())) Fail("give --tls-dir and --name (or --insecure)");
     std::signal(SIGINT, OnSignal);
     std::signal(SIGTERM, OnSignal);
@@ -173,33 +189,52 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
   auto check = [](const grpc::Status& s) {
     if (!s.ok()) Fail(absl::StrCat("coordinator: ", s.error_message()));
   };
-  for (const char* what : {"status", "rounds", "clients", "users"}) {
-    auto* cmd = admin->add_subcommand(what, absl::StrCat("Show the coordinator's ", what));
+  auto print_status = [a](const fedpers::v1::StatusResponse& r) {
+    if (a->json) {
+      std::cout << nlohmann::json({{"last_committed_round", r.last_committed_round()}, {"stage", r.stage()},
+                                   {"current_round", r.current_round()}, {"connected_clients", r.connected_clients()},
+                                   {"eligible_users", r.eligible_users()}, {"paused", r.paused()},
+                                   {"epsilon", r.epsilon()}, {"delta", r.delta()}, {"epsilon_budget", r.epsilon_budget()}})
+                       .dump(2)
+                << "\n";
+      return;
+    }
+    Table t({"field", "value"});
+    t.AddRow({"last committed round", absl::StrFormat("%d", r.last_committed_round())});
+    t.AddRow({"stage", r.stage()});
+    t.AddRow({"current round", absl::StrFormat("%d", r.current_round())});
+    t.AddRow({"users joined", absl::StrFormat("%d", r.connected_clients())});
+    t.AddRow({"users eligible now", absl::StrFormat("%d", r.eligible_users())});
+    t.AddRow({"new rounds", r.paused() ? "paused" : "open"});
+    t.AddRow({"epsilon", absl::StrFormat("%.4f (delta %g, budget %g)", r.epsilon(), r.delta(), r.epsilon_budget())});
+    std::cout << t.Render();
+  };
+  const std::vector<std::pair<std::string, std::string>> admin_commands = {
+      {"status", "Show the last committed round, the stage, users and epsilon"},
+      {"rounds", "Show the rounds: state, times, metrics or abort reason"},
+      {"clients", "Show the clients (certificate names) and when they were seen"},
+      {"users", "Show the users: residual versions, sealing, bytes, epsilon"},
+      {"pause", "Open no new rounds (a running round finishes)"},
+      {"resume", "Open rounds again"}};
+  for (const auto& [what, description] : admin_commands) {
+    auto* cmd = admin->add_subcommand(what, description);
     cmd->add_option("--coordinator", a->coordinator, "HOST:PORT")->required();
     cmd->add_flag("--json", a->json, "Print JSON");
-    if (std::string(what) == "rounds") cmd->add_option("--limit", a->limit, "Newest rounds to show")->capture_default_str();
+    if (what == "rounds") cmd->add_option("--limit", a->limit, "Newest rounds to show")->capture_default_str();
     AddTlsFlags(cmd, a->tls, "admin");
-    cmd->callback([a, connect, ctx, check, name = std::string(what)] {
+    cmd->callback([a, connect, ctx, check, print_status, name = what] {
       auto s = connect();
       auto c = ctx();
       if (name == "status") {
         fedpers::v1::StatusResponse r;
         check(s->Status(c.get(), {}, &r));
-        if (a->json) {
-          std::cout << nlohmann::json({{"last_committed_round", r.last_committed_round()}, {"stage", r.stage()},
-                                       {"current_round", r.current_round()}, {"connected_clients", r.connected_clients()},
-                                       {"epsilon", r.epsilon()}, {"delta", r.delta()}, {"epsilon_budget", r.epsilon_budget()}})
-                           .dump(2)
-                    << "\n";
-          return;
-        }
-        Table t({"field", "value"});
-        t.AddRow({"last committed round", absl::StrFormat("%d", r.last_committed_round())});
-        t.AddRow({"stage", r.stage()});
-        t.AddRow({"current round", absl::StrFormat("%d", r.current_round())});
-        t.AddRow({"users joined", absl::StrFormat("%d", r.connected_clients())});
-        t.AddRow({"epsilon", absl::StrFormat("%.4f (delta %g, budget %g)", r.epsilon(), r.delta(), r.epsilon_budget())});
-        std::cout << t.Render();
+        print_status(r);
+      } else if (name == "pause" || name == "resume") {
+        fedpers::v1::PauseRequest req;
+        req.set_paused(name == "pause");
+        fedpers::v1::StatusResponse r;
+        check(s->SetPaused(c.get(), req, &r));
+        print_status(r);
       } else if (name == "rounds") {
         fedpers::v1::RoundsRequest req;
         req.set_limit(a->limit);

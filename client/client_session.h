@@ -51,7 +51,8 @@ class ClientSession {
   absl::StatusOr<fedpers::v1::SecAggClientMessage> Handle(const fedpers::v1::SecAggServerMessage& message);
 
   const std::string& user_id() const { return user_id_; }
-  uint64_t layout_fingerprint() const { return model_->BranchLayout(LoraBranch::kGlobal).Fingerprint(); }
+  const FlatLayout& global_layout() const { return model_->BranchLayout(LoraBranch::kGlobal); }
+  uint64_t layout_fingerprint() const { return global_layout().Fingerprint(); }
   const std::vector<float>& last_delta() const { return last_delta_; }
   const std::vector<float>& residual() const { return residual_; }
   // Loads this user's residual into the shared model (for evaluation).

@@ -2,7 +2,9 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <cctype>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <thread>
 
@@ -29,11 +31,41 @@ absl::Status FromGrpc(const grpc::Status& s, absl::string_view what) {
   }
 }
 
+// The stage whose work `response` hands over (see ClientRunOptions::kill_stage).
+const char* StageOf(const PollResponse& response) {
+  if (response.has_invitation()) return "keys";
+  if (!response.has_secagg()) return "";
+  switch (response.secagg().message_case()) {
+    case SecAggServerMessage::kKeysBroadcast: return "shares";
+    case SecAggServerMessage::kSharesForward: return "inputs";
+    case SecAggServerMessage::kUnmaskingRequest: return "unmasking";
+    default: return "";
+  }
+}
+
 }  // namespace
+
+std::string UpdateFileName(const std::string& user_id) {
+  std::string out;
+  for (unsigned char c : user_id) {
+    if (std::isalnum(c) || c == '.' || c == '_' || c == '@' || c == '-') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      absl::StrAppend(&out, "%", absl::Hex(c, absl::kZeroPad2));
+    }
+  }
+  if (out.empty() || out[0] == '.') out = "%" + out;  // never ".", ".." or a hidden file
+  return out + ".safetensors";
+}
 
 absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, std::map<std::string, ClientSession*> sessions,
                                          const ResidualVault& vault, const std::atomic<bool>& stop) {
   if (sessions.empty()) return absl::InvalidArgumentError("a client needs at least one user");
+  if (o.kill_round > 0 && o.kill_stage != "keys" && o.kill_stage != "shares" && o.kill_stage != "inputs" &&
+      o.kill_stage != "unmasking") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown kill stage '", o.kill_stage,
+                                                   "' (keys, shares, inputs or unmasking)"));
+  }
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (o.insecure) {
     std::fprintf(stderr, "WARNING: connecting WITHOUT TLS (--insecure): local experiments only.\n");
@@ -98,10 +130,24 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, std::map<std
       context(ctx, 10);
       failure = FromGrpc(coordinator->Poll(ctx.get(), req, &resp), "poll");
       if (!failure.ok()) break;
+      const int64_t round = resp.has_invitation() ? resp.invitation().round() : round_of[user];
+      if (o.kill_round > 0 && round == o.kill_round && o.kill_stage == StageOf(resp)) {
+        std::fprintf(stderr, "fault injection: killing this client in round %ld, stage %s\n",
+                     static_cast<long>(round), o.kill_stage.c_str());
+        std::fflush(stderr);
+        std::raise(SIGKILL);
+      }
       absl::StatusOr<SecAggClientMessage> reply = absl::NotFoundError("");
       if (resp.has_invitation()) {
         round_of[user] = resp.invitation().round();
         reply = session->BeginRound(resp.invitation());
+        if (reply.ok() && !o.save_updates_dir.empty()) {
+          const std::vector<float>& delta = session->last_delta();
+          absl::StatusOr<std::string> bytes = session->global_layout().ToSafetensors(delta);
+          if (!bytes.ok()) return bytes.status();
+          const std::string path = absl::StrCat(o.save_updates_dir, "/round-", round_of[user], "/", UpdateFileName(user));
+          if (absl::Status s = WriteFileAtomically(path, *bytes); !s.ok()) return s;
+        }
       } else if (resp.has_secagg()) {
         reply = session->Handle(resp.secagg());
       } else if (resp.has_finished()) {

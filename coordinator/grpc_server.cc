@@ -190,6 +190,12 @@ class AdminImpl final : public Admin::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status SetPaused(grpc::ServerContext* ctx, const PauseRequest* req, StatusResponse* resp) override {
+    if (grpc::Status s = Check(ctx); !s.ok()) return s;
+    *resp = rt_->AdminSetPaused(req->paused());
+    return grpc::Status::OK;
+  }
+
  private:
   grpc::Status Check(grpc::ServerContext* ctx) {
     absl::StatusOr<CertIdentity> id = Identify(ctx, o_.insecure);

@@ -170,7 +170,9 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
   if (!global_bytes.ok()) return global_bytes.status();
   nlohmann::json config = {{"sampled", pool}, {"eligible", n_eligible}, {"q", q}, {"degree", k}, {"threshold", t},
                            {"ring_bits", ring_.bits}, {"scale", ring_.scale}, {"clip_norm", settings_.clip_norm},
-                           {"noise_multiplier", settings_.noise_multiplier}, {"central_noise", settings_.central_noise}};
+                           {"noise_multiplier", settings_.noise_multiplier}, {"central_noise", settings_.central_noise},
+                           // The clients split the noise so that this many shares reach z S.
+                           {"noise_shares", dp_.min_clients}, {"rotate", dp_.rotate}};
   if (absl::Status s = store_->OpenRound(round, config.dump()); !s.ok()) return s;
   round_ = round;
   server_ = std::move(*server);
@@ -298,7 +300,10 @@ absl::StatusOr<RoundSummary> RoundMachine::Commit(std::vector<uint32_t> ring_sum
       layout_.ToSafetensors(std::span<const float>(next.data(), static_cast<size_t>(next.size())));
   if (!global_bytes.ok()) return restore(global_bytes.status());
   RoundSummary summary{round_, static_cast<int64_t>(ids_.size()), survivors, ledger.epsilon(), mean.norm()};
-  nlohmann::json metrics = {{"sampled", summary.sampled}, {"survivors", survivors}, {"epsilon", summary.epsilon},
+  std::vector<std::string> contributors;  // whose masked inputs are in the sum
+  for (uint32_t id : server_->survivors()) contributors.push_back(names_.at(id));
+  nlohmann::json metrics = {{"sampled", summary.sampled}, {"survivors", survivors}, {"contributors", contributors},
+                            {"epsilon", summary.epsilon},
                             {"update_norm", summary.update_norm}, {"secagg", {{"advertised", server_->stats().advertised},
                                                                               {"shared", server_->stats().shared},
                                                                               {"submitted", server_->stats().submitted}}}};

@@ -31,6 +31,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorRuntime>> CoordinatorRuntime::Create(S
                                                                                 RuntimeSettings settings,
                                                                                 std::function<int64_t()> now_ms) {
   if (settings.stage_timeout_ms <= 0) return absl::InvalidArgumentError("stage_timeout_ms must be positive");
+  if (settings.liveness_timeout_ms <= 0) return absl::InvalidArgumentError("liveness_timeout_ms must be positive");
   std::unique_ptr<CoordinatorRuntime> rt(new CoordinatorRuntime());
   rt->store_ = store;
   rt->settings_ = settings;
@@ -40,6 +41,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorRuntime>> CoordinatorRuntime::Create(S
   if (!machine.ok()) return machine.status();
   rt->machine_ = std::move(*machine);
   rt->last_round_end_ms_ = rt->now_ms_() - settings.round_interval_ms;
+  rt->paused_ = settings.start_paused;
   return rt;
 }
 
@@ -66,7 +68,11 @@ absl::StatusOr<JoinResponse> CoordinatorRuntime::Join(const std::string& client,
       return absl::PermissionDeniedError(absl::StrCat("user '", user, "' belongs to another client"));
     }
   }
-  for (const std::string& user : request.user_ids()) owner_[user] = client;
+  const int64_t now = now_ms_();
+  for (const std::string& user : request.user_ids()) {
+    owner_[user] = client;
+    last_seen_ms_[user] = now;
+  }
   if (absl::Status s = store_->TouchClient(client, ""); !s.ok()) return s;
   JoinResponse r;
   r.set_layout_fingerprint(layout_fingerprint_);
@@ -78,6 +84,7 @@ absl::StatusOr<JoinResponse> CoordinatorRuntime::Join(const std::string& client,
 absl::StatusOr<PollResponse> CoordinatorRuntime::Poll(const std::string& client, const std::string& user) {
   std::lock_guard<std::mutex> lock(mu_);
   if (absl::Status s = OwnsUser(client, user); !s.ok()) return s;
+  last_seen_ms_[user] = now_ms_();
   std::deque<PollResponse>& box = outbox_[user];
   if (box.empty()) {
     PollResponse idle;
@@ -92,6 +99,7 @@ absl::StatusOr<PollResponse> CoordinatorRuntime::Poll(const std::string& client,
 absl::Status CoordinatorRuntime::Upload(const std::string& client, const SecAggUpload& upload) {
   std::lock_guard<std::mutex> lock(mu_);
   if (absl::Status s = OwnsUser(client, upload.user_id()); !s.ok()) return s;
+  last_seen_ms_[upload.user_id()] = now_ms_();
   if (machine_->stage() == RoundStage::kIdle || upload.round() != machine_->current_round()) {
     return absl::FailedPreconditionError(absl::StrCat("round ", upload.round(), " is not running"));
   }
@@ -132,6 +140,18 @@ void CoordinatorRuntime::FinishRound(bool committed, const std::string& reason) 
   if (committed) ++committed_here_;
 }
 
+std::vector<std::string> CoordinatorRuntime::EligibleUsers(int64_t now) const {
+  std::vector<std::string> eligible;
+  for (const auto& [user, client] : owner_) {
+    auto seen = last_seen_ms_.find(user);
+    if (seen == last_seen_ms_.end() || now - seen->second > settings_.liveness_timeout_ms) continue;
+    auto dropped = dropped_ms_.find(user);
+    if (dropped != dropped_ms_.end() && seen->second <= dropped->second) continue;
+    eligible.push_back(user);
+  }
+  return eligible;
+}
+
 bool CoordinatorRuntime::finished() const {
   std::lock_guard<std::mutex> lock(mu_);
   return settings_.max_rounds > 0 && committed_here_ >= settings_.max_rounds;
@@ -142,11 +162,10 @@ absl::StatusOr<CoordinatorRuntime::TickResult> CoordinatorRuntime::Tick() {
   TickResult result;
   const int64_t now = now_ms_();
   if (machine_->stage() == RoundStage::kIdle) {
-    if (settings_.max_rounds > 0 && committed_here_ >= settings_.max_rounds) return result;
+    if (paused_ || (settings_.max_rounds > 0 && committed_here_ >= settings_.max_rounds)) return result;
     if (now - last_round_end_ms_ < settings_.round_interval_ms) return result;
-    if (static_cast<int64_t>(owner_.size()) < settings_.round.min_clients) return result;
-    std::vector<std::string> eligible;
-    for (const auto& [user, client] : owner_) eligible.push_back(user);
+    std::vector<std::string> eligible = EligibleUsers(now);
+    if (static_cast<int64_t>(eligible.size()) < settings_.round.min_clients) return result;
     absl::StatusOr<std::map<std::string, RoundInvitation>> invitations =
         machine_->Open(eligible, static_cast<uint64_t>(now) ^ 0x9e3779b97f4a7c15ULL);
     if (!invitations.ok()) {
@@ -167,6 +186,7 @@ absl::StatusOr<CoordinatorRuntime::TickResult> CoordinatorRuntime::Tick() {
   }
   const bool complete = machine_->expected().empty();
   if (!complete && now - stage_started_ms_ < settings_.stage_timeout_ms) return result;
+  for (const std::string& user : machine_->expected()) dropped_ms_[user] = now;
   absl::StatusOr<RoundMachine::StageOutput> out = machine_->FinishStage();
   if (!out.ok()) {
     result.aborted = std::string(out.status().message());
@@ -186,9 +206,19 @@ absl::StatusOr<CoordinatorRuntime::TickResult> CoordinatorRuntime::Tick() {
   return result;
 }
 
+StatusResponse CoordinatorRuntime::AdminSetPaused(bool paused) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    paused_ = paused;
+  }
+  return AdminStatus();
+}
+
 StatusResponse CoordinatorRuntime::AdminStatus() {
   std::lock_guard<std::mutex> lock(mu_);
   StatusResponse s;
+  s.set_paused(paused_);
+  s.set_eligible_users(static_cast<int64_t>(EligibleUsers(now_ms_()).size()));
   s.set_last_committed_round(machine_->last_committed_round());
   s.set_stage(StageName(machine_->stage()));
   s.set_current_round(machine_->current_round());

@@ -32,6 +32,12 @@ struct RuntimeSettings {
   int64_t round_interval_ms = 0;       // pause between rounds
   int64_t max_rounds = 0;              // 0: no limit
   uint32_t poll_interval_ms = 200;     // suggested to idle clients
+  // A user is sampled only if its client polled for it within this window,
+  // and, after missing a stage deadline, only once it polled again: a
+  // crashed client stops being invited instead of dropping out of every
+  // later round.
+  int64_t liveness_timeout_ms = 30000;
+  bool start_paused = false;  // open no round until an admin resumes
 };
 
 class CoordinatorRuntime {
@@ -64,6 +70,8 @@ class CoordinatorRuntime {
 
   // Admin views.
   fedpers::v1::StatusResponse AdminStatus();
+  // Stops or restarts the opening of new rounds; a running round goes on.
+  fedpers::v1::StatusResponse AdminSetPaused(bool paused);
   absl::StatusOr<fedpers::v1::RoundsResponse> AdminRounds(int limit);
   absl::StatusOr<fedpers::v1::ClientsResponse> AdminClients();
   absl::StatusOr<fedpers::v1::UsersResponse> AdminUsers();
@@ -74,6 +82,8 @@ class CoordinatorRuntime {
   CoordinatorRuntime() = default;
   absl::Status OwnsUser(const std::string& client, const std::string& user) const;
   void FinishRound(bool committed, const std::string& reason);
+  // Users that may be sampled now (sorted): alive and not silent since a drop.
+  std::vector<std::string> EligibleUsers(int64_t now) const;
 
   mutable std::mutex mu_;
   StateStore* store_ = nullptr;
@@ -84,9 +94,12 @@ class CoordinatorRuntime {
   std::map<std::string, std::string> owner_;  // user -> client
   std::map<std::string, std::deque<fedpers::v1::PollResponse>> outbox_;  // by user
   std::set<std::string> participants_;
+  std::map<std::string, int64_t> last_seen_ms_;  // by user: last join, poll or upload
+  std::map<std::string, int64_t> dropped_ms_;    // by user: when it last missed a stage deadline
   int64_t stage_started_ms_ = 0;
   int64_t last_round_end_ms_ = 0;
   int64_t committed_here_ = 0;
+  bool paused_ = false;
 };
 
 }  // namespace fedpers

@@ -31,7 +31,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::string& text, const std:
   Json j = Json::parse(text, nullptr, false);
   if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("serve config is not a JSON object");
   if (absl::Status s = OnlyKeys(j, {"listen", "state_dir", "base", "lora", "tls", "insecure", "round",
-                                    "stage_timeout_ms", "round_interval_ms", "max_rounds"}, "the serve config");
+                                    "stage_timeout_ms", "round_interval_ms", "max_rounds", "liveness_timeout_ms", "start_paused"}, "the serve config");
       !s.ok()) {
     return s;
   }
@@ -52,6 +52,8 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::string& text, const std:
     c.runtime.stage_timeout_ms = j.value("stage_timeout_ms", int64_t{30000});
     c.runtime.round_interval_ms = j.value("round_interval_ms", int64_t{0});
     c.runtime.max_rounds = j.value("max_rounds", int64_t{0});
+    c.runtime.liveness_timeout_ms = j.value("liveness_timeout_ms", int64_t{30000});
+    c.runtime.start_paused = j.value("start_paused", false);
     RoundSettings& r = c.runtime.round;
     if (j.contains("round")) {
       const Json& rj = j["round"];

@@ -17,7 +17,7 @@ e2e_setup() {
   cat > "$work/small.json" <<'JSON'
 {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 32, "vocab_size": 259, "fedpers_tokenizer": "byte"}
 JSON
-  corpus="synthetic:users=6,bytes=3000,seed=4"
+  corpus="synthetic:users=$((clients > 6 ? clients : 6)),bytes=3000,seed=4"
   "$fedpers" -q pretrain --corpus "$corpus" --config "$work/small.json" --out "$work/base" --steps 4 --batch-size 4 > /dev/null
   "$fedpers" pki init --dir "$work/ca" > /dev/null
   "$fedpers" pki issue --dir "$work/ca" --role coordinator --name coord --out "$work/certs" > /dev/null
@@ -50,12 +50,32 @@ e2e_start_coordinator() {
   test -n "$port"
 }
 
-# Starts client i for user i-1 in the background, appending its pid to pids.
+# Starts client i for user i-1 in the background, appending its pid to pids:
+# e2e_start_client I ROUNDS [EXTRA CLIENT FLAGS...]
 e2e_start_client() {
   local i="$1" rounds="$2"
+  shift 2
   "$fedpers" --threads 1 -q client run --coordinator "127.0.0.1:$port" --data "$corpus" \
     --user "$(printf 'user%04d' $((i - 1)))" --base "$work/base" --tls-dir "$work/certs" --name "partner$i" \
-    --state-dir "$work/client$i" --rounds "$rounds" --global-steps 3 --residual-steps 2 --batch-size 4 \
+    --state-dir "$work/client$i" --rounds "$rounds" --global-steps 3 --residual-steps 2 --batch-size 4 "$@" \
     > "$work/client$i.log" 2>&1 &
   pids+=($!)
+}
+
+# Runs an admin command as the admin certificate: e2e_admin SUBCOMMAND [FLAGS...]
+e2e_admin() {
+  local what="$1"
+  shift
+  "$fedpers" admin "$what" --coordinator "127.0.0.1:$port" --tls-dir "$work/certs" --name ops "$@"
+}
+
+# Waits (up to 60 s) until the coordinator reports N eligible users.
+e2e_wait_eligible() {
+  for _ in $(seq 1 300); do
+    if e2e_admin status --json 2> /dev/null | grep -q "\"eligible_users\": $1,"; then return 0; fi
+    sleep 0.2
+  done
+  echo "fewer than $1 users became eligible"
+  e2e_admin status || true
+  return 1
 }

@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
 # A coordinator and 5 client processes over mutual TLS on loopback: 3 rounds
-# on small synthetic users, sealed residuals, admin views, and refusals of a
-# certificate from another CA and of a client certificate used as admin.
+# on small synthetic users with clipping and distributed DP noise; each
+# committed global adapter is checked against the clients' saved plain
+# updates (quantization and noise error as documented); sealed residuals,
+# admin views, and refusals of a certificate from another CA and of a client
+# certificate used as admin.
 set -euo pipefail
 fedpers="$1"
 source "$(dirname "$0")/e2e_lib.sh"
 e2e_setup 5
 "$fedpers" pki init --dir "$work/otherca" > /dev/null
 "$fedpers" pki issue --dir "$work/otherca" --role admin --name ops --out "$work/othercerts" > /dev/null
-e2e_serve_config "127.0.0.1:0" '{"clients_per_round": 5, "min_clients": 5, "threshold": 4, "clip_norm": 10.0}' \
+e2e_serve_config "127.0.0.1:0" \
+  '{"clients_per_round": 5, "min_clients": 5, "threshold": 4, "clip_norm": 0.5, "noise_multiplier": 0.1, "strategy": "fedavg"}' \
   '"stage_timeout_ms": 60000, "max_rounds": 3'
 e2e_start_coordinator
 addr="127.0.0.1:$port"
 
 pids=()
-for i in 1 2 3 4 5; do e2e_start_client "$i" 3; done
+for i in 1 2 3 4 5; do e2e_start_client "$i" 3 --save-updates "$work/updates"; done
 for pid in "${pids[@]}"; do
   timeout 200 tail --pid="$pid" -f /dev/null
   wait "$pid"
 done
 grep -q "rounds finished 3 (committed 3), residuals uploaded 3" "$work/client1.log"
+/usr/bin/python3 "$(dirname "$0")/check_aggregate.py" "$work/state" "$work/updates" --expect-rounds 3
 
 admin=(--coordinator "$addr" --tls-dir "$work/certs" --name ops)
 "$fedpers" admin status "${admin[@]}" --json > "$work/status.json"

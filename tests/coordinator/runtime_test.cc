@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <random>
 
+#include "nlohmann/json.hpp"
 #include "secure_agg/dp_mechanisms.h"
 #include "secure_agg/secagg_client.h"
 
@@ -24,11 +25,13 @@ struct FakeClient {
   std::map<std::string, std::optional<secagg::SecAggClient>> sessions;
   std::map<std::string, int64_t> round_of;
   std::set<std::string> silent;  // users that stop answering
+  std::set<std::string> dead;    // users whose client stopped polling for them
   std::map<std::string, RoundFinished> finished;
   dp::RandomSource rng = dp::RandomSource::FromTestSeed(3);
 
   void Step(CoordinatorRuntime& rt) {
     for (const std::string& user : users) {
+      if (dead.count(user)) continue;
       absl::StatusOr<PollResponse> p = rt.Poll(identity, user);
       ASSERT_TRUE(p.ok()) << p.status();
       if (silent.count(user)) continue;
@@ -107,6 +110,49 @@ TEST(RuntimeTest, PollingClientsCompleteRoundsAndStragglersTimeOut) {
   EXPECT_EQ(rounds->rounds(0).state(), "committed");
   auto clients = f.rt->AdminClients();
   EXPECT_EQ(clients->clients_size(), 2);
+}
+
+TEST(RuntimeTest, CrashedClientsAreNoLongerSampled) {
+  RuntimeSettings settings;
+  settings.round.clients_per_round = 10;  // everyone eligible is sampled
+  settings.round.min_clients = 2;
+  settings.round.threshold = 2;
+  settings.stage_timeout_ms = 1000;
+  settings.liveness_timeout_ms = 5000;
+  settings.round_interval_ms = 6000;  // longer than the liveness window
+  settings.max_rounds = 3;
+  Fixture f("liveness", settings);
+  FakeClient a("partner-a", {"alice", "amy"}), b("partner-b", {"bob"}), c("partner-c", {"cid"});
+  for (FakeClient* x : {&a, &b, &c}) ASSERT_TRUE(f.rt->Join(x->identity, JoinFor(x->users)).ok());
+  // bob's client dies after joining: round 1 samples him, he misses the keys
+  // deadline, and no later round samples him. cid's client stays idle-alive
+  // through round 1, then dies between rounds: by the time round 2 opens he
+  // has been silent for longer than the liveness window.
+  b.dead.insert("bob");
+  int ticks = 0;
+  while (!f.rt->finished() && ticks < 1000) {
+    absl::StatusOr<CoordinatorRuntime::TickResult> t = f.rt->Tick();
+    ASSERT_TRUE(t.ok()) << t.status();
+    if (t->committed && t->committed->round == 1) c.dead.insert("cid");
+    for (FakeClient* x : {&a, &b, &c}) x->Step(*f.rt);
+    f.clock += 100;
+    ++ticks;
+  }
+  ASSERT_TRUE(f.rt->finished());
+  absl::StatusOr<RoundsResponse> rounds = f.rt->AdminRounds(10);
+  ASSERT_TRUE(rounds.ok());
+  ASSERT_EQ(rounds->rounds_size(), 3);
+  std::map<int64_t, nlohmann::json> metrics;
+  for (const RoundInfo& r : rounds->rounds()) {
+    EXPECT_EQ(r.state(), "committed") << r.round() << ": " << r.abort_reason();
+    metrics[r.round()] = nlohmann::json::parse(r.metrics_json());
+  }
+  EXPECT_EQ(metrics[1]["sampled"], 4);
+  EXPECT_EQ(metrics[1]["contributors"], nlohmann::json({"alice", "amy", "cid"}));
+  for (int64_t round : {2, 3}) {
+    EXPECT_EQ(metrics[round]["sampled"], 2) << "round " << round << " samples only the live users";
+    EXPECT_EQ(metrics[round]["contributors"], nlohmann::json({"alice", "amy"}));
+  }
 }
 
 TEST(RuntimeTest, UsersBelongToTheirClient) {
