@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "common/atomic_file.h"
 #include "common/portable_prg.h"
 #include "common/status.h"
@@ -185,6 +186,28 @@ absl::StatusOr<Corpus> LoadSynthetic(absl::string_view args, const CorpusOptions
   return corpus;
 }
 
+// Parses the arguments of shakespeare:DIR[,min_lines=N]. The last comma
+// starts an option only when an '=' follows it, so a directory name may
+// itself contain commas.
+absl::StatusOr<Corpus> LoadShakespeareSpec(absl::string_view args, const CorpusOptions& options) {
+  int64_t min_lines = kShakespeareDefaultMinLines;
+  const size_t comma = args.rfind(',');
+  if (comma != absl::string_view::npos && args.find('=', comma) != absl::string_view::npos) {
+    const absl::string_view option = args.substr(comma + 1);
+    absl::string_view value = option;
+    if (!absl::ConsumePrefix(&value, "min_lines=") || !absl::SimpleAtoi(value, &min_lines) || min_lines < 1) {
+      return absl::InvalidArgumentError(absl::StrCat("shakespeare corpus: bad argument '", option,
+                                                     "' (expected shakespeare:DIR[,min_lines=N], N >= 1)"));
+    }
+    args = args.substr(0, comma);
+  }
+  if (args.empty()) {
+    return absl::InvalidArgumentError(
+        "shakespeare corpus: needs a directory (shakespeare:DIR[,min_lines=N])");
+  }
+  return LoadShakespeare(std::string(args), min_lines, options);
+}
+
 }  // namespace
 
 int64_t Corpus::total_bytes() const {
@@ -208,6 +231,8 @@ absl::StatusOr<Corpus> LoadCorpus(absl::string_view spec, const CorpusOptions& o
   } else if (spec == "debian-changelogs" || absl::StartsWith(spec, "debian-changelogs:")) {
     std::string dir = spec.size() > 18 ? std::string(spec.substr(18)) : "/usr/share/doc";
     result = LoadDebianChangelogs(dir, options);
+  } else if (spec == "shakespeare" || absl::StartsWith(spec, "shakespeare:")) {
+    result = LoadShakespeareSpec(spec.size() > 12 ? spec.substr(12) : "", options);
   } else if (spec == "synthetic" || absl::StartsWith(spec, "synthetic:")) {
     result = LoadSynthetic(spec.size() > 10 ? spec.substr(10) : "", options);
   } else {
@@ -219,7 +244,8 @@ absl::StatusOr<Corpus> LoadCorpus(absl::string_view spec, const CorpusOptions& o
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
           "unknown corpus spec '", spec,
-          "' (expected txt:DIR, jsonl:FILE, debian-changelogs[:DOCDIR] or synthetic[:users=N,...])"));
+          "' (expected txt:DIR, jsonl:FILE, debian-changelogs[:DOCDIR], shakespeare:DIR[,min_lines=N] "
+          "or synthetic[:users=N,...])"));
     }
   }
   if (!result.ok()) return result.status();

@@ -9,6 +9,10 @@
 //   debian-changelogs[:DOCDIR]    /usr/share/doc/*/changelog.Debian.gz: each maintainer
 //                                 is a user; entries deduplicated by (package, version)
 //                                 and ordered by date
+//   shakespeare:DIR[,min_lines=N] the Moby Shakespeare, one *.txt file per play: each
+//                                 (play, role) is a user, id "<file stem>/<ROLE>", as in
+//                                 the LEAF benchmark; roles with fewer than N lines
+//                                 (default 64) are dropped
 //   synthetic[:users=N,bytes=B,seed=S]   generated users with distinct styles, for tests
 // A plain path is read as txt: when it is a directory and jsonl: when it ends
 // in .jsonl.
@@ -73,6 +77,24 @@ std::vector<UserText> SyntheticUsers(int num_users, size_t bytes_per_user, uint6
 
 // Reads the Debian changelog corpus from `doc_dir` (see spec above).
 absl::StatusOr<Corpus> LoadDebianChangelogs(const std::string& doc_dir, const CorpusOptions& options);
+
+// The min_lines of a shakespeare:DIR spec that does not name one.
+inline constexpr int64_t kShakespeareDefaultMinLines = 64;
+
+// Reads the Moby Shakespeare from `dir` (see spec above; the layout rules are
+// in shakespeare.cc). A user's text is the role's spoken lines in play order,
+// stage directions removed, each line ending in '\n', so SplitTrainTest cuts
+// it in time. A line is a speaker line or a continuation line with text left
+// after removing directions. Files without a SCENE line (the poems: sonnets,
+// various, venusandadonis, rapeoflucrece, loverscomplaint) yield no users.
+// Roles with fewer than `min_lines` (>= 1) lines or fewer than
+// options.min_user_bytes bytes are dropped, counted in one problems line
+// each. A file that is not UTF-8 text is an error naming it and the line; under
+// skip_bad_records the whole file is skipped and listed in problems. NotFound
+// when `dir` is not a directory or holds no *.txt file; InvalidArgument when no
+// role is left.
+absl::StatusOr<Corpus> LoadShakespeare(const std::string& dir, int64_t min_lines,
+                                       const CorpusOptions& options);
 
 }  // namespace fedpers
 
