@@ -20,6 +20,7 @@
 #include "coordinator/serve_config.h"
 #include "fedpers/v1/admin.grpc.pb.h"
 #include "nlohmann/json.hpp"
+#include "secure_agg/crypto.h"
 
 namespace fedpers::cli {
 namespace {
@@ -38,6 +39,19 @@ void AddTlsFlags(CLI::App* cmd, TlsFlags& t, const char* role) {
   cmd->add_option("--name", t.name, absl::StrFormat("The %s certificate's name", role));
   cmd->add_flag("--insecure", t.insecure, "No TLS: local experiments only (identity from --identity)");
   cmd->add_option("--identity", t.identity, "Name claimed with --insecure");
+}
+
+// Connection options from --coordinator and the TLS flags of a client command.
+ConnectionOptions ClientConnection(const std::string& coordinator, const TlsFlags& tls) {
+  if (!tls.insecure && (tls.dir.empty() || tls.name.empty())) Fail("give --tls-dir and --name (or --insecure)");
+  ConnectionOptions o;
+  o.coordinator = coordinator;
+  o.insecure = tls.insecure;
+  o.insecure_identity = tls.identity;
+  o.cert_file = tls.dir + "/" + tls.name + ".crt";
+  o.key_file = tls.dir + "/" + tls.name + ".key";
+  o.ca_file = tls.dir + "/ca.crt";
+  return o;
 }
 
 }  // namespace
@@ -127,12 +141,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     absl::StatusOr<ResidualVault> vault = ResidualVault::Open(f->state_dir + "/residual.key");
     if (!vault.ok()) Fail(std::string(vault.status().message()));
     ClientRunOptions o;
-    o.coordinator = f->coordinator;
-    o.insecure = f->tls.insecure;
-    o.insecure_identity = f->tls.identity;
-    o.cert_file = f->tls.dir + "/" + f->tls.name + ".crt";
-    o.key_file = f->tls.dir + "/" + f->tls.name + ".key";
-    o.ca_file = f->tls.dir + "/ca.crt";
+    o.connection = ClientConnection(f->coordinator, f->tls);
     o.rounds = f->rounds;
     o.save_updates_dir = f->save_updates;
     if (!f->kill_at.empty()) {
@@ -143,14 +152,72 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
       }
       o.kill_stage = f->kill_at.substr(colon + 1);
     }
-    if (!o.insecure && (f->tls.dir.empty() || f->tls.name.empty())) Fail("give --tls-dir and --name (or --insecure)");
     std::signal(SIGINT, OnSignal);
     std::signal(SIGTERM, OnSignal);
     absl::StatusOr<ClientRunStats> stats = RunClient(o, sessions, *vault, g_stop);
     if (!stats.ok()) Fail(std::string(stats.status().message()));
-    std::cout << absl::StrFormat("rounds finished %d (committed %d), residuals uploaded %d, reconnects %d\n",
+    std::cout << absl::StrFormat("rounds finished %d (committed %d), residuals uploaded %d, restored %d, reconnects %d\n",
                                  stats->rounds_finished, stats->rounds_committed, stats->residuals_uploaded,
-                                 stats->reconnects);
+                                 stats->residuals_restored, stats->reconnects);
+  });
+
+  // client residual get | delete
+  auto* residual = client->add_subcommand("residual", "A user's residual adapter as the coordinator keeps it (sealed)");
+  residual->require_subcommand(1);
+  struct ResidualFlags {
+    std::string coordinator, user, state_dir = "client-state", out;
+    int64_t version = 0;
+    TlsFlags tls;
+    bool json = false;
+  };
+  auto rf = std::make_shared<ResidualFlags>();
+  auto* get = residual->add_subcommand(
+      "get", "Download a user's sealed residual, open it with this client's key and write it as safetensors");
+  auto* del = residual->add_subcommand("delete", "Delete every stored version of a user's residual");
+  for (CLI::App* cmd : {get, del}) {
+    cmd->add_option("--coordinator", rf->coordinator, "HOST:PORT")->required();
+    cmd->add_option("--user", rf->user, "The user (owned by this client)")->required();
+    cmd->add_flag("--json", rf->json, "Print JSON");
+    AddTlsFlags(cmd, rf->tls, "client");
+  }
+  get->add_option("--state-dir", rf->state_dir, "Where the residual key lives")->capture_default_str();
+  get->add_option("--version", rf->version, "Version to fetch (0: the latest)")->capture_default_str();
+  get->add_option("--out", rf->out, "Output file (safetensors, fedpers' residual layout)")->required();
+  get->callback([rf] {
+    absl::StatusOr<std::unique_ptr<CoordinatorConnection>> c =
+        CoordinatorConnection::Open(ClientConnection(rf->coordinator, rf->tls));
+    if (!c.ok()) Fail(std::string(c.status().message()));
+    absl::StatusOr<std::vector<uint8_t>> blob = (*c)->GetResidual(rf->user, rf->version);
+    if (!blob.ok()) Fail(std::string(blob.status().message()));
+    if (!std::filesystem::exists(rf->state_dir + "/residual.key")) {
+      Fail(absl::StrCat("no residual key in ", rf->state_dir, " (--state-dir of the client that sealed it)"));
+    }
+    absl::StatusOr<ResidualVault> vault = ResidualVault::Open(rf->state_dir + "/residual.key");
+    if (!vault.ok()) Fail(std::string(vault.status().message()));
+    absl::StatusOr<UnsealedResidual> opened = vault->Unseal(rf->user, *blob);
+    if (!opened.ok()) Fail(std::string(opened.status().message()));
+    const std::string plain(opened->plain.begin(), opened->plain.end());
+    if (absl::Status s = WriteFileAtomically(rf->out, plain); !s.ok()) Fail(std::string(s.message()));
+    const std::string sha = secagg::ToHex(secagg::Sha256({std::span<const uint8_t>(opened->plain)}));
+    if (rf->json) {
+      std::cout << nlohmann::json({{"user_id", rf->user}, {"round", opened->version}, {"bytes", plain.size()},
+                                   {"sha256", sha}, {"out", rf->out}}).dump(2) << "\n";
+    } else {
+      std::cout << absl::StrFormat("user %s: residual of round %d (%d bytes, sha256 %s) written to %s\n", rf->user,
+                                   opened->version, plain.size(), sha, rf->out);
+    }
+  });
+  del->callback([rf] {
+    absl::StatusOr<std::unique_ptr<CoordinatorConnection>> c =
+        CoordinatorConnection::Open(ClientConnection(rf->coordinator, rf->tls));
+    if (!c.ok()) Fail(std::string(c.status().message()));
+    absl::StatusOr<int64_t> n = (*c)->DeleteResidual(rf->user);
+    if (!n.ok()) Fail(std::string(n.status().message()));
+    if (rf->json) {
+      std::cout << nlohmann::json({{"user_id", rf->user}, {"deleted_versions", *n}}).dump(2) << "\n";
+    } else {
+      std::cout << absl::StrFormat("user %s: %d residual versions deleted\n", rf->user, *n);
+    }
   });
 
   // admin

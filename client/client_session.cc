@@ -1,5 +1,7 @@
 #include "client/client_session.h"
 
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 #include "common/portable_prg.h"
 #include "common/safetensors.h"
@@ -30,6 +32,18 @@ absl::StatusOr<ClientSession> ClientSession::Create(Gpt2LmHead model, std::strin
 absl::Status ClientSession::ActivateResidual() {
   if (residual_.empty()) return absl::OkStatus();
   return model_->LoadBranch(LoraBranch::kResidual, residual_);
+}
+
+absl::Status ClientSession::RestoreResidual(std::vector<float> residual) {
+  if (residual.size() != residual_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("residual of ", residual.size(), " values; user '", user_id_,
+                                                   "' has a residual of ", residual_.size()));
+  }
+  for (float v : residual) {
+    if (!std::isfinite(v)) return absl::InvalidArgumentError("residual holds NaN or Inf");
+  }
+  residual_ = std::move(residual);
+  return absl::OkStatus();
 }
 
 absl::Status ClientSession::Train(int64_t steps, double lr, bool global, bool residual, uint64_t seed) {

@@ -52,11 +52,15 @@ class ClientSession {
 
   const std::string& user_id() const { return user_id_; }
   const FlatLayout& global_layout() const { return model_->BranchLayout(LoraBranch::kGlobal); }
+  const FlatLayout& residual_layout() const { return model_->BranchLayout(LoraBranch::kResidual); }
   uint64_t layout_fingerprint() const { return global_layout().Fingerprint(); }
   const std::vector<float>& last_delta() const { return last_delta_; }
   const std::vector<float>& residual() const { return residual_; }
   // Loads this user's residual into the shared model (for evaluation).
   absl::Status ActivateResidual();
+  // Replaces the residual (e.g. with the copy the coordinator kept);
+  // InvalidArgument for a wrong size or non-finite values, changing nothing.
+  absl::Status RestoreResidual(std::vector<float> residual);
 
  private:
   ClientSession() = default;

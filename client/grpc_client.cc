@@ -5,17 +5,22 @@
 #include <cctype>
 #include <chrono>
 #include <csignal>
+#include <optional>
 #include <cstdio>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/atomic_file.h"
+#include "common/safetensors.h"
 #include "fedpers/v1/federation.grpc.pb.h"
+#include "secure_agg/crypto.h"
 
 namespace fedpers {
 namespace {
 
 using namespace fedpers::v1;
+
+constexpr size_t kChunkBytes = size_t{1} << 20;
 
 absl::Status FromGrpc(const grpc::Status& s, absl::string_view what) {
   if (s.ok()) return absl::OkStatus();
@@ -27,6 +32,8 @@ absl::Status FromGrpc(const grpc::Status& s, absl::string_view what) {
     case grpc::StatusCode::UNAUTHENTICATED: return absl::UnauthenticatedError(msg);
     case grpc::StatusCode::FAILED_PRECONDITION: return absl::FailedPreconditionError(msg);
     case grpc::StatusCode::INVALID_ARGUMENT: return absl::InvalidArgumentError(msg);
+    case grpc::StatusCode::NOT_FOUND: return absl::NotFoundError(msg);
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return absl::ResourceExhaustedError(msg);
     default: return absl::InternalError(msg);
   }
 }
@@ -43,29 +50,30 @@ const char* StageOf(const PollResponse& response) {
   }
 }
 
-}  // namespace
-
-std::string UpdateFileName(const std::string& user_id) {
-  std::string out;
-  for (unsigned char c : user_id) {
-    if (std::isalnum(c) || c == '.' || c == '_' || c == '@' || c == '-') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      absl::StrAppend(&out, "%", absl::Hex(c, absl::kZeroPad2));
-    }
-  }
-  if (out.empty() || out[0] == '.') out = "%" + out;  // never ".", ".." or a hidden file
-  return out + ".safetensors";
+std::string Sha256Hex(absl::string_view bytes) {
+  secagg::Digest32 d = secagg::Sha256({std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size())});
+  return secagg::ToHex(d);
 }
 
-absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, std::map<std::string, ClientSession*> sessions,
-                                         const ResidualVault& vault, const std::atomic<bool>& stop) {
-  if (sessions.empty()) return absl::InvalidArgumentError("a client needs at least one user");
-  if (o.kill_round > 0 && o.kill_stage != "keys" && o.kill_stage != "shares" && o.kill_stage != "inputs" &&
-      o.kill_stage != "unmasking") {
-    return absl::InvalidArgumentError(absl::StrCat("unknown kill stage '", o.kill_stage,
-                                                   "' (keys, shares, inputs or unmasking)"));
+}  // namespace
+
+struct CoordinatorConnection::Impl {
+  ConnectionOptions options;
+  std::unique_ptr<Federation::Stub> stub;
+
+  std::unique_ptr<grpc::ClientContext> Context(int seconds) const {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+    if (options.insecure) ctx->AddMetadata("x-fedpers-identity", "client:" + options.insecure_identity);
+    return ctx;
   }
+};
+
+CoordinatorConnection::CoordinatorConnection(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CoordinatorConnection::~CoordinatorConnection() = default;
+
+absl::StatusOr<std::unique_ptr<CoordinatorConnection>> CoordinatorConnection::Open(const ConnectionOptions& o) {
+  if (o.coordinator.empty()) return absl::InvalidArgumentError("no coordinator address (HOST:PORT)");
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (o.insecure) {
     std::fprintf(stderr, "WARNING: connecting WITHOUT TLS (--insecure): local experiments only.\n");
@@ -85,17 +93,160 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, std::map<std
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(o.max_message_bytes);
   args.SetMaxSendMessageSize(o.max_message_bytes);
-  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(o.coordinator, creds, args);
-  std::unique_ptr<Federation::Stub> coordinator = Federation::NewStub(channel);
-  auto context = [&](std::unique_ptr<grpc::ClientContext>& ctx, int seconds) {
-    ctx = std::make_unique<grpc::ClientContext>();
-    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
-    if (o.insecure) ctx->AddMetadata("x-fedpers-identity", "client:" + o.insecure_identity);
-  };
+  auto impl = std::make_unique<Impl>();
+  impl->options = o;
+  impl->stub = Federation::NewStub(grpc::CreateCustomChannel(o.coordinator, creds, args));
+  return std::unique_ptr<CoordinatorConnection>(new CoordinatorConnection(std::move(impl)));
+}
+
+absl::StatusOr<JoinResponse> CoordinatorConnection::Join(const JoinRequest& request) {
+  JoinResponse resp;
+  auto ctx = impl_->Context(10);
+  if (absl::Status s = FromGrpc(impl_->stub->Join(ctx.get(), request, &resp), "join"); !s.ok()) return s;
+  return resp;
+}
+
+absl::StatusOr<PollResponse> CoordinatorConnection::Poll(const std::string& user_id) {
+  PollRequest req;
+  req.set_user_id(user_id);
+  PollResponse resp;
+  auto ctx = impl_->Context(10);
+  if (absl::Status s = FromGrpc(impl_->stub->Poll(ctx.get(), req, &resp), "poll"); !s.ok()) return s;
+  return resp;
+}
+
+absl::Status CoordinatorConnection::Upload(const SecAggUpload& upload) {
+  SecAggUploadResponse ack;
+  auto ctx = impl_->Context(30);
+  return FromGrpc(impl_->stub->Upload(ctx.get(), upload, &ack), "upload");
+}
+
+absl::StatusOr<int64_t> CoordinatorConnection::PutResidual(const std::string& user_id, std::span<const uint8_t> blob,
+                                                           bool sealed) {
+  PutResidualResponse put;
+  auto ctx = impl_->Context(60);
+  auto writer = impl_->stub->PutResidual(ctx.get(), &put);
+  for (size_t off = 0; off < blob.size() || off == 0; off += kChunkBytes) {
+    PutResidualChunk chunk;
+    chunk.set_user_id(user_id);
+    chunk.set_sealed(sealed);
+    const size_t n = std::min(kChunkBytes, blob.size() - off);
+    chunk.mutable_chunk()->set_offset(off);
+    chunk.mutable_chunk()->set_total_bytes(blob.size());
+    chunk.mutable_chunk()->set_data(reinterpret_cast<const char*>(blob.data() + off), n);
+    if (!writer->Write(chunk) || blob.empty()) break;
+  }
+  writer->WritesDone();
+  if (absl::Status s = FromGrpc(writer->Finish(), "residual upload"); !s.ok()) return s;
+  return put.version();
+}
+
+absl::StatusOr<std::vector<uint8_t>> CoordinatorConnection::GetResidual(const std::string& user_id, int64_t version) {
+  GetResidualRequest req;
+  req.set_user_id(user_id);
+  req.set_version(version);
+  auto ctx = impl_->Context(60);
+  auto reader = impl_->stub->GetResidual(ctx.get(), req);
+  std::vector<uint8_t> blob;
+  Chunk chunk;
+  std::optional<uint64_t> total;
+  const uint64_t limit = static_cast<uint64_t>(impl_->options.max_message_bytes) * 64;
+  while (reader->Read(&chunk)) {
+    // The coordinator is a peer like any other: check what it sends.
+    if (chunk.total_bytes() > limit || (total && chunk.total_bytes() != *total) || chunk.offset() != blob.size() ||
+        blob.size() + chunk.data().size() > chunk.total_bytes()) {
+      ctx->TryCancel();
+      (void)reader->Finish();
+      return absl::DataLossError(absl::StrCat("residual of user '", user_id, "': inconsistent chunks from the coordinator"));
+    }
+    total = chunk.total_bytes();
+    blob.insert(blob.end(), chunk.data().begin(), chunk.data().end());
+  }
+  if (absl::Status s = FromGrpc(reader->Finish(), "residual download"); !s.ok()) return s;
+  if (!total || blob.size() != *total) {
+    return absl::DataLossError(absl::StrCat("residual of user '", user_id, "': incomplete download"));
+  }
+  return blob;
+}
+
+absl::StatusOr<int64_t> CoordinatorConnection::DeleteResidual(const std::string& user_id) {
+  DeleteResidualRequest req;
+  req.set_user_id(user_id);
+  DeleteResidualResponse resp;
+  auto ctx = impl_->Context(30);
+  if (absl::Status s = FromGrpc(impl_->stub->DeleteResidual(ctx.get(), req, &resp), "residual delete"); !s.ok()) {
+    return s;
+  }
+  return resp.deleted_versions();
+}
+
+std::string UpdateFileName(const std::string& user_id) {
+  std::string out;
+  for (unsigned char c : user_id) {
+    if (std::isalnum(c) || c == '.' || c == '_' || c == '@' || c == '-') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      absl::StrAppend(&out, "%", absl::Hex(c, absl::kZeroPad2));
+    }
+  }
+  if (out.empty() || out[0] == '.') out = "%" + out;  // never ".", ".." or a hidden file
+  return out + ".safetensors";
+}
+
+namespace {
+
+// Fetches, opens and loads each user's latest residual. A user without one
+// starts fresh; one that cannot be used (another layout, another key) is
+// reported and the user starts fresh, since refusing to run would not bring
+// it back.
+absl::Status RestoreResiduals(CoordinatorConnection& coordinator, std::map<std::string, ClientSession*>& sessions,
+                              const ResidualVault& vault, ClientRunStats& stats) {
+  for (auto& [user, session] : sessions) {
+    if (session->residual().empty()) continue;
+    absl::StatusOr<std::vector<uint8_t>> blob = coordinator.GetResidual(user);
+    if (blob.status().code() == absl::StatusCode::kNotFound) continue;
+    if (!blob.ok()) return blob.status();
+    absl::StatusOr<UnsealedResidual> opened = vault.Unseal(user, *blob);
+    absl::Status restored = opened.status();
+    if (opened.ok()) {
+      absl::StatusOr<SafetensorsFile> file =
+          SafetensorsFile::Parse(std::string(opened->plain.begin(), opened->plain.end()));
+      restored = file.status();
+      if (file.ok()) {
+        absl::StatusOr<std::vector<float>> values = session->residual_layout().FromSafetensors(*file);
+        restored = values.ok() ? session->RestoreResidual(std::move(*values)) : values.status();
+      }
+    }
+    if (!restored.ok()) {
+      std::fprintf(stderr, "user %s: the stored residual cannot be used (%s); starting a fresh one\n", user.c_str(),
+                   std::string(restored.message()).c_str());
+      continue;
+    }
+    ++stats.residuals_restored;
+    const std::string plain(opened->plain.begin(), opened->plain.end());
+    std::fprintf(stderr, "user %s: restored the residual of round %ld from the coordinator (sha256 %s)\n",
+                 user.c_str(), static_cast<long>(opened->version), Sha256Hex(plain).c_str());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, std::map<std::string, ClientSession*> sessions,
+                                         const ResidualVault& vault, const std::atomic<bool>& stop) {
+  if (sessions.empty()) return absl::InvalidArgumentError("a client needs at least one user");
+  if (o.kill_round > 0 && o.kill_stage != "keys" && o.kill_stage != "shares" && o.kill_stage != "inputs" &&
+      o.kill_stage != "unmasking") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown kill stage '", o.kill_stage,
+                                                   "' (keys, shares, inputs or unmasking)"));
+  }
+  absl::StatusOr<std::unique_ptr<CoordinatorConnection>> connection = CoordinatorConnection::Open(o.connection);
+  if (!connection.ok()) return connection.status();
+  CoordinatorConnection& coordinator = **connection;
   ClientRunStats stats;
   std::map<std::string, int64_t> finished_per_user, round_of;
   int backoff_ms = 100;
-  bool joined = false;
+  bool joined = false, restored = !o.restore_residuals;
   auto all_done = [&] {
     if (o.rounds <= 0) return false;
     for (const auto& [user, s] : sessions) {
@@ -110,26 +261,30 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, std::map<std
       for (const auto& [user, s] : sessions) req.add_user_ids(user);
       req.set_layout_fingerprint(sessions.begin()->second->layout_fingerprint());
       req.set_client_version("fedpers 0.1.0");
-      JoinResponse resp;
-      std::unique_ptr<grpc::ClientContext> ctx;
-      context(ctx, 10);
-      failure = FromGrpc(coordinator->Join(ctx.get(), req, &resp), "join");
+      failure = coordinator.Join(req).status();
       if (failure.ok()) {
         joined = true;
       } else if (failure.code() != absl::StatusCode::kUnavailable) {
         return failure;  // refused: retrying cannot help
       }
     }
+    if (failure.ok() && joined && !restored) {
+      failure = RestoreResiduals(coordinator, sessions, vault, stats);
+      if (failure.ok()) {
+        restored = true;
+      } else if (failure.code() != absl::StatusCode::kUnavailable) {
+        return failure;
+      }
+    }
     bool worked = false;
     for (auto& [user, session] : sessions) {
       if (!failure.ok() || !joined) break;
-      PollRequest req;
-      req.set_user_id(user);
-      PollResponse resp;
-      std::unique_ptr<grpc::ClientContext> ctx;
-      context(ctx, 10);
-      failure = FromGrpc(coordinator->Poll(ctx.get(), req, &resp), "poll");
-      if (!failure.ok()) break;
+      absl::StatusOr<PollResponse> polled = coordinator.Poll(user);
+      if (!polled.ok()) {
+        failure = polled.status();
+        break;
+      }
+      const PollResponse& resp = *polled;
       const int64_t round = resp.has_invitation() ? resp.invitation().round() : round_of[user];
       if (o.kill_round > 0 && round == o.kill_round && o.kill_stage == StageOf(resp)) {
         std::fprintf(stderr, "fault injection: killing this client in round %ld, stage %s\n",
@@ -142,8 +297,7 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, std::map<std
         round_of[user] = resp.invitation().round();
         reply = session->BeginRound(resp.invitation());
         if (reply.ok() && !o.save_updates_dir.empty()) {
-          const std::vector<float>& delta = session->last_delta();
-          absl::StatusOr<std::string> bytes = session->global_layout().ToSafetensors(delta);
+          absl::StatusOr<std::string> bytes = session->global_layout().ToSafetensors(session->last_delta());
           if (!bytes.ok()) return bytes.status();
           const std::string path = absl::StrCat(o.save_updates_dir, "/round-", round_of[user], "/", UpdateFileName(user));
           if (absl::Status s = WriteFileAtomically(path, *bytes); !s.ok()) return s;
@@ -156,24 +310,19 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, std::map<std
         ++stats.rounds_finished;
         if (resp.finished().committed()) ++stats.rounds_committed;
         if (o.upload_residuals && !session->residual().empty()) {
-          const auto& r = session->residual();
-          std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(r.data()), r.size() * sizeof(float));
+          absl::StatusOr<std::string> plain = session->residual_layout().ToSafetensors(session->residual());
+          if (!plain.ok()) return plain.status();
+          std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(plain->data()), plain->size());
           absl::StatusOr<std::vector<uint8_t>> sealed = vault.Seal(user, resp.finished().round(), bytes);
           if (!sealed.ok()) return sealed.status();
-          PutResidualChunk chunk;
-          chunk.set_user_id(user);
-          chunk.set_sealed(true);
-          chunk.mutable_chunk()->set_offset(0);
-          chunk.mutable_chunk()->set_total_bytes(sealed->size());
-          chunk.mutable_chunk()->set_data(std::string(sealed->begin(), sealed->end()));
-          PutResidualResponse put;
-          std::unique_ptr<grpc::ClientContext> pctx;
-          context(pctx, 30);
-          auto writer = coordinator->PutResidual(pctx.get(), &put);
-          writer->Write(chunk);
-          writer->WritesDone();
-          failure = FromGrpc(writer->Finish(), "residual upload");
-          if (failure.ok()) ++stats.residuals_uploaded;
+          absl::StatusOr<int64_t> version = coordinator.PutResidual(user, *sealed, /*sealed=*/true);
+          failure = version.status();
+          if (version.ok()) {
+            ++stats.residuals_uploaded;
+            std::fprintf(stderr, "user %s: uploaded the residual of round %ld, sealed, as version %ld (sha256 %s)\n",
+                         user.c_str(), static_cast<long>(resp.finished().round()), static_cast<long>(*version),
+                         Sha256Hex(*plain).c_str());
+          }
         }
         continue;
       } else {
@@ -190,10 +339,7 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, std::map<std
       up.set_user_id(user);
       up.set_round(round_of[user]);
       *up.mutable_message() = *reply;
-      SecAggUploadResponse ack;
-      std::unique_ptr<grpc::ClientContext> uctx;
-      context(uctx, 30);
-      absl::Status sent = FromGrpc(coordinator->Upload(uctx.get(), up, &ack), "upload");
+      absl::Status sent = coordinator.Upload(up);
       if (!sent.ok() && sent.code() == absl::StatusCode::kUnavailable) failure = sent;
     }
     if (!failure.ok()) {

@@ -10,6 +10,9 @@
 namespace fedpers {
 namespace {
 
+constexpr char kMagic[4] = {'F', 'P', 'R', 'V'};
+constexpr size_t kHeaderBytes = sizeof(kMagic) + 8;
+
 std::vector<uint8_t> Aad(const std::string& user_id, int64_t version) {
   const std::string aad = absl::StrCat("fedpers residual v1\n", user_id, "\n", version);
   return std::vector<uint8_t>(aad.begin(), aad.end());
@@ -38,26 +41,38 @@ absl::StatusOr<ResidualVault> ResidualVault::Open(const std::string& key_path) {
 
 absl::StatusOr<std::vector<uint8_t>> ResidualVault::Seal(const std::string& user_id, int64_t version,
                                                          std::span<const uint8_t> residual) const {
+  if (version < 0) return absl::InvalidArgumentError("residual version must be >= 0");
   std::vector<uint8_t> nonce(secagg::kGcmNonceBytes);
   if (absl::Status s = secagg::SecureRandomBytes(nonce); !s.ok()) return s;
   absl::StatusOr<secagg::Bytes> sealed = secagg::AesGcmSeal(key_, nonce, residual, Aad(user_id, version));
   if (!sealed.ok()) return sealed.status();
-  nonce.insert(nonce.end(), sealed->begin(), sealed->end());
-  return nonce;
+  std::vector<uint8_t> out(kMagic, kMagic + sizeof(kMagic));
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<uint8_t>(static_cast<uint64_t>(version) >> (8 * i)));
+  out.insert(out.end(), nonce.begin(), nonce.end());
+  out.insert(out.end(), sealed->begin(), sealed->end());
+  return out;
 }
 
-absl::StatusOr<std::vector<uint8_t>> ResidualVault::Unseal(const std::string& user_id, int64_t version,
-                                                           std::span<const uint8_t> sealed) const {
-  if (sealed.size() < secagg::kGcmNonceBytes + secagg::kGcmTagBytes) {
-    return absl::PermissionDeniedError("sealed residual is too short");
+absl::StatusOr<UnsealedResidual> ResidualVault::Unseal(const std::string& user_id,
+                                                       std::span<const uint8_t> sealed) const {
+  if (sealed.size() < kHeaderBytes + secagg::kGcmNonceBytes + secagg::kGcmTagBytes ||
+      !std::equal(kMagic, kMagic + sizeof(kMagic), sealed.begin())) {
+    return absl::PermissionDeniedError(absl::StrCat("residual of user '", user_id, "' is not a sealed residual"));
   }
-  absl::StatusOr<secagg::Bytes> plain = secagg::AesGcmOpen(key_, sealed.first(secagg::kGcmNonceBytes),
-                                                           sealed.subspan(secagg::kGcmNonceBytes), Aad(user_id, version));
-  if (!plain.ok()) {
-    return absl::PermissionDeniedError(absl::StrCat("residual of user '", user_id, "' version ", version,
-                                                    " does not authenticate (altered, swapped or another key)"));
+  uint64_t raw = 0;
+  for (int i = 0; i < 8; ++i) raw |= static_cast<uint64_t>(sealed[sizeof(kMagic) + i]) << (8 * i);
+  UnsealedResidual out;
+  out.version = static_cast<int64_t>(raw);
+  const std::span<const uint8_t> body = sealed.subspan(kHeaderBytes);
+  absl::StatusOr<secagg::Bytes> plain = secagg::AesGcmOpen(key_, body.first(secagg::kGcmNonceBytes),
+                                                           body.subspan(secagg::kGcmNonceBytes),
+                                                           Aad(user_id, out.version));
+  if (out.version < 0 || !plain.ok()) {
+    return absl::PermissionDeniedError(absl::StrCat("residual of user '", user_id, "' (version ", out.version,
+                                                    ") does not authenticate (altered, swapped or another key)"));
   }
-  return *plain;
+  out.plain = std::move(*plain);
+  return out;
 }
 
 }  // namespace fedpers

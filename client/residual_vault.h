@@ -4,7 +4,10 @@
 // but must not read them: the client seals each with AES-256-GCM under a key
 // only it holds (a 32-byte file, mode 0600, created on first use), binding the
 // user id and version in the associated data so that the coordinator cannot
-// swap one user's or version's blob for another's. Thread-compatible.
+// swap one user's or version's blob for another's. The version (the round
+// that produced the residual) also travels in clear in the blob's header, so
+// that a client that lost everything but its key can fetch and open its
+// latest residual. Thread-compatible.
 #ifndef FEDPERS_CLIENT_RESIDUAL_VAULT_H_
 #define FEDPERS_CLIENT_RESIDUAL_VAULT_H_
 
@@ -17,19 +20,24 @@
 
 namespace fedpers {
 
+struct UnsealedResidual {
+  int64_t version = 0;
+  std::vector<uint8_t> plain;
+};
+
 class ResidualVault {
  public:
   // Loads the key at `key_path`, creating it (0600) if absent. DataLoss for a
   // key file of the wrong size.
   static absl::StatusOr<ResidualVault> Open(const std::string& key_path);
 
-  // nonce (12 random bytes) || ciphertext || tag.
+  // "FPRV" || version (8 bytes, little-endian) || nonce (12 random bytes) ||
+  // ciphertext || tag. `version` >= 0.
   absl::StatusOr<std::vector<uint8_t>> Seal(const std::string& user_id, int64_t version,
                                             std::span<const uint8_t> residual) const;
-  // PermissionDenied when the blob was altered, sealed under another key, or
-  // belongs to another user or version.
-  absl::StatusOr<std::vector<uint8_t>> Unseal(const std::string& user_id, int64_t version,
-                                              std::span<const uint8_t> sealed) const;
+  // PermissionDenied when the blob is malformed, was altered (its version
+  // included), sealed under another key, or belongs to another user.
+  absl::StatusOr<UnsealedResidual> Unseal(const std::string& user_id, std::span<const uint8_t> sealed) const;
 
  private:
   secagg::Key32 key_{};

@@ -26,6 +26,30 @@ done
 grep -q "rounds finished 3 (committed 3), residuals uploaded 3" "$work/client1.log"
 /usr/bin/python3 "$(dirname "$0")/check_aggregate.py" "$work/state" "$work/updates" --expect-rounds 3
 
+# Residuals round-trip: what the coordinator returns opens with the client's
+# key to exactly what the client uploaded after round 3.
+uploaded=$(sed -n 's/.*uploaded the residual of round 3, sealed, as version 3 (sha256 \([0-9a-f]*\)).*/\1/p' "$work/client1.log")
+test -n "$uploaded"
+client1=(--coordinator "$addr" --tls-dir "$work/certs" --name partner1)
+"$fedpers" client residual get "${client1[@]}" --user user0000 --state-dir "$work/client1" \
+  --out "$work/residual.safetensors" --json > "$work/residual.json"
+grep -q "\"sha256\": \"$uploaded\"" "$work/residual.json"
+grep -q '"round": 3' "$work/residual.json"
+# A restarted client continues from the residual the coordinator kept.
+pids=()
+e2e_start_client 1 1
+for _ in $(seq 1 100); do grep -q "restored the residual" "$work/client1.log" && break; sleep 0.2; done
+grep -q "user user0000: restored the residual of round 3 from the coordinator (sha256 $uploaded)" "$work/client1.log"
+kill "${pids[0]}"
+wait "${pids[0]}" || true
+# Another client can neither read nor delete it; its owner can delete it.
+if "$fedpers" client residual get --coordinator "$addr" --tls-dir "$work/certs" --name partner2 --user user0000 \
+  --state-dir "$work/client2" --out "$work/stolen" 2> "$work/err3"; then
+  echo "another client read user0000's residual"; exit 1
+fi
+grep -q "belongs to another client" "$work/err3"
+"$fedpers" client residual delete "${client1[@]}" --user user0000 | grep -q "3 residual versions deleted"
+
 admin=(--coordinator "$addr" --tls-dir "$work/certs" --name ops)
 "$fedpers" admin status "${admin[@]}" --json > "$work/status.json"
 grep -q '"last_committed_round": 3' "$work/status.json"

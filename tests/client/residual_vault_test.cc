@@ -37,7 +37,10 @@ TEST(ResidualVaultTest, SealedResidualsRoundTripThroughTheCoordinatorStore) {
   ASSERT_TRUE(back.ok());
   // A second vault on the same key file (the client restarted) opens it.
   auto reopened = ResidualVault::Open(dir + "/residual.key");
-  EXPECT_EQ(*reopened->Unseal("alice", 1, *back), residual);
+  absl::StatusOr<UnsealedResidual> opened = reopened->Unseal("alice", *back);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  EXPECT_EQ(opened->version, 1);
+  EXPECT_EQ(opened->plain, residual);
 }
 
 TEST(ResidualVaultTest, SwappedAlteredOrForeignBlobsAreRefused) {
@@ -46,13 +49,20 @@ TEST(ResidualVaultTest, SwappedAlteredOrForeignBlobsAreRefused) {
   auto other = ResidualVault::Open(dir + "/b.key");
   std::vector<uint8_t> residual(100, 7);
   auto sealed = *vault->Seal("alice", 2, residual);
-  EXPECT_EQ(vault->Unseal("bob", 2, sealed).status().code(), absl::StatusCode::kPermissionDenied) << "another user";
-  EXPECT_FALSE(vault->Unseal("alice", 1, sealed).ok()) << "another version";
-  EXPECT_FALSE(other->Unseal("alice", 2, sealed).ok()) << "another key";
+  EXPECT_EQ(vault->Unseal("bob", sealed).status().code(), absl::StatusCode::kPermissionDenied) << "another user";
+  EXPECT_FALSE(other->Unseal("alice", sealed).ok()) << "another key";
+  auto relabelled = sealed;
+  relabelled[4] = 1;  // the header claims version 1
+  EXPECT_FALSE(vault->Unseal("alice", relabelled).ok()) << "another version";
   auto altered = sealed;
   altered[40] ^= 1;
-  EXPECT_FALSE(vault->Unseal("alice", 2, altered).ok());
-  EXPECT_FALSE(vault->Unseal("alice", 2, std::vector<uint8_t>(10)).ok());
+  EXPECT_FALSE(vault->Unseal("alice", altered).ok());
+  auto no_magic = sealed;
+  no_magic[0] = 'X';
+  EXPECT_FALSE(vault->Unseal("alice", no_magic).ok());
+  EXPECT_FALSE(vault->Unseal("alice", std::vector<uint8_t>(10)).ok());
+  EXPECT_FALSE(vault->Seal("alice", -1, residual).ok());
+  EXPECT_EQ(vault->Unseal("alice", sealed)->plain, residual);
   ASSERT_TRUE(WriteFileAtomically(dir + "/short.key", "abc").ok());
   EXPECT_EQ(ResidualVault::Open(dir + "/short.key").status().code(), absl::StatusCode::kDataLoss);
 }
