@@ -134,7 +134,8 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
       const UserText* u = corpus->Find(user);
       if (u == nullptr) Fail(absl::StrCat("user '", user, "' is not in ", corpus->spec));
       TextSplit split = SplitTrainTest(u->text, 0.8);
-      absl::StatusOr<ClientSession> s = ClientSession::Create(*model, user, ByteTokenizer::Encode(split.train), opts);
+      absl::StatusOr<ClientSession> s =
+          ClientSession::Create(*model, user, [train = split.train] { return ByteTokenizer::Encode(train); }, opts);
       if (!s.ok()) Fail(std::string(s.status().message()));
       sessions[user] = &owned.emplace(user, std::move(*s)).first->second;
     }
@@ -154,7 +155,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     }
     std::signal(SIGINT, OnSignal);
     std::signal(SIGTERM, OnSignal);
-    absl::StatusOr<ClientRunStats> stats = RunClient(o, sessions, *vault, g_stop);
+    absl::StatusOr<ClientRunStats> stats = RunClient(o, *model, sessions, *vault, g_stop);
     if (!stats.ok()) Fail(std::string(stats.status().message()));
     std::cout << absl::StrFormat("rounds finished %d (committed %d), residuals uploaded %d, restored %d, reconnects %d\n",
                                  stats->rounds_finished, stats->rounds_committed, stats->residuals_uploaded,

@@ -1,5 +1,6 @@
 #include "client/client_session.h"
 
+#include <chrono>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -9,29 +10,116 @@
 
 namespace fedpers {
 
-absl::StatusOr<ClientSession> ClientSession::Create(Gpt2LmHead model, std::string user_id,
-                                                    std::vector<int32_t> train_tokens, LocalTrainingOptions options) {
+absl::StatusOr<TrainingSchedule> ParseTrainingSchedule(absl::string_view name) {
+  if (name == "joint") return TrainingSchedule::kJoint;
+  if (name == "alternating") return TrainingSchedule::kAlternating;
+  if (name == "residual-after-global") return TrainingSchedule::kResidualAfterGlobal;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown training schedule '", name, "' (joint, alternating or residual-after-global)"));
+}
+
+const char* TrainingScheduleName(TrainingSchedule schedule) {
+  switch (schedule) {
+    case TrainingSchedule::kJoint: return "joint";
+    case TrainingSchedule::kAlternating: return "alternating";
+    case TrainingSchedule::kResidualAfterGlobal: return "residual-after-global";
+  }
+  return "?";
+}
+
+absl::StatusOr<double> TrainBranches(Gpt2LmHead model, const std::vector<int32_t>& tokens, int64_t global_steps,
+                                     int64_t residual_steps, const LocalTrainingOptions& o, uint64_t seed) {
+  const auto start = std::chrono::steady_clock::now();
+  const bool has_residual = !model->BranchParameters(LoraBranch::kResidual).empty();
+  if (!has_residual) residual_steps = 0;
+  if (global_steps < 0 || residual_steps < 0) return absl::InvalidArgumentError("negative step count");
+  auto make = [&](bool global, bool residual, int64_t steps, double lr,
+                  uint64_t s) -> absl::StatusOr<std::unique_ptr<Trainer>> {
+    std::vector<torch::Tensor> params;
+    if (global) {
+      for (auto& t : model->BranchParameters(LoraBranch::kGlobal)) params.push_back(t);
+    }
+    if (residual) {
+      for (auto& t : model->BranchParameters(LoraBranch::kResidual)) params.push_back(t);
+    }
+    TrainOptions t;
+    t.steps = steps;
+    t.batch_size = o.batch_size;
+    t.seq_len = o.seq_len;
+    t.learning_rate = lr;
+    t.seed = s;
+    return Trainer::Create(model, std::move(params), tokens, t);
+  };
+  absl::Status status;
+  if (o.schedule == TrainingSchedule::kJoint && global_steps > 0 && residual_steps > 0) {
+    // One optimizer over both branches; the global learning rate for both.
+    absl::StatusOr<std::unique_ptr<Trainer>> t =
+        make(true, true, global_steps + residual_steps, o.global_learning_rate, seed);
+    status = t.ok() ? (*t)->Run(global_steps + residual_steps) : t.status();
+  } else {
+    std::unique_ptr<Trainer> g, u;
+    if (global_steps > 0) {
+      absl::StatusOr<std::unique_ptr<Trainer>> t = make(true, false, global_steps, o.global_learning_rate, seed);
+      if (!t.ok()) return t.status();
+      g = std::move(*t);
+    }
+    if (residual_steps > 0) {
+      absl::StatusOr<std::unique_ptr<Trainer>> t =
+          make(false, true, residual_steps, o.residual_learning_rate, seed + 1);
+      if (!t.ok()) return t.status();
+      u = std::move(*t);
+    }
+    if (o.schedule == TrainingSchedule::kAlternating && g && u) {
+      // Interleave in proportion: after k of the n = g + u steps, about
+      // k g / n have gone to the global branch.
+      const int64_t n = global_steps + residual_steps;
+      int64_t done_g = 0, done_u = 0;
+      for (int64_t k = 0; k < n && status.ok(); ++k) {
+        if (done_g * n < (k + 1) * global_steps && done_g < global_steps) {
+          status = g->Run(++done_g);
+        } else {
+          status = u->Run(++done_u);
+        }
+      }
+    } else {
+      if (g) status = g->Run(global_steps);
+      if (status.ok() && u) status = u->Run(residual_steps);
+    }
+  }
+  for (LoraBranch b : {LoraBranch::kGlobal, LoraBranch::kResidual}) {
+    for (auto& p : model->BranchParameters(b)) p.set_requires_grad(false);
+  }
+  if (!status.ok()) return status;
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+absl::StatusOr<ClientSession> ClientSession::Create(Gpt2LmHead model, std::string user_id, TokenSource train_tokens,
+                                                    LocalTrainingOptions options) {
   if (user_id.empty()) return absl::InvalidArgumentError("empty user id");
-  if (train_tokens.size() < 2) return absl::InvalidArgumentError(absl::StrCat("user '", user_id, "' has no training text"));
+  if (!train_tokens) return absl::InvalidArgumentError(absl::StrCat("user '", user_id, "' has no training text"));
   if (!model->lora_config().global_enabled) return absl::InvalidArgumentError("federated rounds need the global LoRA branch");
+  if (options.global_steps < 0 || options.residual_steps < 0) return absl::InvalidArgumentError("negative step count");
   ClientSession s;
-  s.model_ = model;
   s.user_id_ = std::move(user_id);
   s.train_tokens_ = std::move(train_tokens);
   s.options_ = options;
+  s.global_layout_ = model->BranchLayout(LoraBranch::kGlobal);
   if (model->lora_config().residual_enabled) {
+    s.residual_layout_ = model->BranchLayout(LoraBranch::kResidual);
     model->ResetResidual(Fnv1a64(s.user_id_) ^ options.seed);
     s.residual_ = model->FlattenBranch(LoraBranch::kResidual);
   }
-  absl::StatusOr<dp::RandomSource> rng = dp::RandomSource::FromCsprng();
-  if (!rng.ok()) return rng.status();
-  s.rng_ = std::move(*rng);
+  if (options.noise_seed == 0) {
+    absl::StatusOr<dp::RandomSource> rng = dp::RandomSource::FromCsprng();
+    if (!rng.ok()) return rng.status();
+    s.csprng_ = std::move(*rng);
+  }
   return s;
 }
 
-absl::Status ClientSession::ActivateResidual() {
+absl::Status ClientSession::ActivateResidual(Gpt2LmHead model) const {
   if (residual_.empty()) return absl::OkStatus();
-  return model_->LoadBranch(LoraBranch::kResidual, residual_);
+  return model->LoadBranch(LoraBranch::kResidual, residual_);
 }
 
 absl::Status ClientSession::RestoreResidual(std::vector<float> residual) {
@@ -46,32 +134,14 @@ absl::Status ClientSession::RestoreResidual(std::vector<float> residual) {
   return absl::OkStatus();
 }
 
-absl::Status ClientSession::Train(int64_t steps, double lr, bool global, bool residual, uint64_t seed) {
-  if (steps <= 0) return absl::OkStatus();
-  std::vector<torch::Tensor> params;
-  if (global) {
-    for (auto& t : model_->BranchParameters(LoraBranch::kGlobal)) params.push_back(t);
+absl::StatusOr<fedpers::v1::SecAggClientMessage> ClientSession::BeginRound(const fedpers::v1::RoundInvitation& inv,
+                                                                           Gpt2LmHead model) {
+  EndRound();
+  if (model->BranchLayout(LoraBranch::kGlobal).Fingerprint() != global_layout_.Fingerprint() ||
+      (!residual_.empty() && !(model->BranchLayout(LoraBranch::kResidual) == residual_layout_))) {
+    return absl::FailedPreconditionError("the model's adapter layout differs from this session's");
   }
-  if (residual) {
-    for (auto& t : model_->BranchParameters(LoraBranch::kResidual)) params.push_back(t);
-  }
-  if (params.empty()) return absl::OkStatus();
-  TrainOptions o;
-  o.steps = steps;
-  o.batch_size = options_.batch_size;
-  o.seq_len = options_.seq_len;
-  o.learning_rate = lr;
-  o.seed = seed;
-  absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(model_, params, train_tokens_, o);
-  if (!trainer.ok()) return trainer.status();
-  absl::Status s = (*trainer)->Run(steps);
-  for (auto& p : params) p.set_requires_grad(false);
-  return s;
-}
-
-absl::StatusOr<fedpers::v1::SecAggClientMessage> ClientSession::BeginRound(const fedpers::v1::RoundInvitation& inv) {
-  const FlatLayout& layout = model_->BranchLayout(LoraBranch::kGlobal);
-  if (inv.layout_fingerprint() != layout.Fingerprint()) {
+  if (inv.layout_fingerprint() != global_layout_.Fingerprint()) {
     return absl::FailedPreconditionError("the coordinator's global adapter layout differs from this client's model");
   }
   absl::StatusOr<secagg::RingConfig> ring = dp::RingFromProto(inv.ring());
@@ -80,29 +150,26 @@ absl::StatusOr<fedpers::v1::SecAggClientMessage> ClientSession::BeginRound(const
   if (!dpc.ok()) return dpc.status();
   absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Parse(inv.global_adapter());
   if (!file.ok()) return absl::InvalidArgumentError(absl::StrCat("global adapter: ", file.status().message()));
-  absl::StatusOr<std::vector<float>> global = layout.FromSafetensors(*file);
+  absl::StatusOr<std::vector<float>> global = global_layout_.FromSafetensors(*file);
   if (!global.ok()) return global.status();
-  if (absl::Status s = model_->LoadBranch(LoraBranch::kGlobal, *global); !s.ok()) return s;
-  if (absl::Status s = ActivateResidual(); !s.ok()) return s;
+  if (absl::Status s = model->LoadBranch(LoraBranch::kGlobal, *global); !s.ok()) return s;
+  if (absl::Status s = ActivateResidual(model); !s.ok()) return s;
   // Local training with this round's seed (reproducible per user and round).
   const uint64_t seed = options_.seed ^ Fnv1a64(absl::StrCat(user_id_, "/", inv.round()));
-  const bool has_residual = !residual_.empty();
-  absl::Status trained;
-  if (options_.schedule == TrainingSchedule::kJoint) {
-    trained = Train(std::max(options_.global_steps, options_.residual_steps), options_.global_learning_rate, true,
-                    has_residual, seed);
-  } else {
-    trained = Train(options_.global_steps, options_.global_learning_rate, true, false, seed);
-    if (trained.ok() && has_residual) {
-      trained = Train(options_.residual_steps, options_.residual_learning_rate, false, true, seed + 1);
-    }
-  }
-  if (!trained.ok()) return trained;
-  std::vector<float> after = model_->FlattenBranch(LoraBranch::kGlobal);
+  absl::StatusOr<double> seconds =
+      TrainBranches(model, train_tokens_(), options_.global_steps, options_.residual_steps, options_, seed);
+  if (!seconds.ok()) return seconds.status();
+  last_training_seconds_ = *seconds;
+  std::vector<float> after = model->FlattenBranch(LoraBranch::kGlobal);
   last_delta_.resize(after.size());
   for (size_t i = 0; i < after.size(); ++i) last_delta_[i] = after[i] - (*global)[i];
-  if (has_residual) residual_ = model_->FlattenBranch(LoraBranch::kResidual);
-  absl::StatusOr<std::vector<uint32_t>> encoded = dp::PrivatizeForSecAgg(last_delta_, *ring, *dpc, *rng_);
+  if (!residual_.empty()) residual_ = model->FlattenBranch(LoraBranch::kResidual);
+  std::optional<dp::RandomSource> seeded;
+  if (options_.noise_seed != 0) {
+    seeded = dp::RandomSource::FromTestSeed(Fnv1a64(absl::StrCat(options_.noise_seed, "/", user_id_, "/", inv.round())));
+  }
+  absl::StatusOr<std::vector<uint32_t>> encoded =
+      dp::PrivatizeForSecAgg(last_delta_, *ring, *dpc, seeded ? *seeded : *csprng_);
   if (!encoded.ok()) return encoded.status();
   absl::StatusOr<secagg::SecAggClient> client =
       secagg::SecAggClient::Create(inv.secagg(), inv.secagg_id(), std::move(*encoded));
@@ -114,6 +181,11 @@ absl::StatusOr<fedpers::v1::SecAggClientMessage> ClientSession::BeginRound(const
 absl::StatusOr<fedpers::v1::SecAggClientMessage> ClientSession::Handle(const fedpers::v1::SecAggServerMessage& message) {
   if (!secagg_) return absl::FailedPreconditionError("no round in progress");
   return secagg_->Handle(message);
+}
+
+void ClientSession::EndRound() {
+  secagg_.reset();
+  std::vector<float>().swap(last_delta_);
 }
 
 }  // namespace fedpers

@@ -1,10 +1,12 @@
 // One user's side of federated rounds: on an invitation it loads the global
-// adapter, trains locally (global B_g and the user's residual), and runs the
-// update pipeline (clip, DP noise, ring encoding, SecAgg+) over the resulting
-// delta. The residual never leaves except sealed (ResidualVault).
+// adapter into a model, trains locally (global B_g and the user's residual),
+// and runs the update pipeline (clip, DP noise, ring encoding, SecAgg+) over
+// the resulting delta. The residual never leaves except sealed
+// (ResidualVault).
 #ifndef FEDPERS_CLIENT_CLIENT_SESSION_H_
 #define FEDPERS_CLIENT_CLIENT_SESSION_H_
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -19,10 +21,17 @@
 
 namespace fedpers {
 
+// How a round's local steps are split between the global adapter and the
+// residual. Every schedule costs global_steps + residual_steps training
+// steps, so schedules compare at equal compute.
 enum class TrainingSchedule {
-  kJoint,                // global and residual together
-  kResidualAfterGlobal,  // global steps, then residual steps
+  kJoint,                // every step trains both branches
+  kAlternating,          // steps alternate between the branches, in proportion
+  kResidualAfterGlobal,  // the global steps, then the residual steps
 };
+// "joint", "alternating", "residual-after-global".
+absl::StatusOr<TrainingSchedule> ParseTrainingSchedule(absl::string_view name);
+const char* TrainingScheduleName(TrainingSchedule schedule);
 
 struct LocalTrainingOptions {
   int64_t global_steps = 20;
@@ -32,48 +41,69 @@ struct LocalTrainingOptions {
   int64_t seq_len = 0;  // 0: n_positions
   double global_learning_rate = 3e-3;
   double residual_learning_rate = 3e-3;
-  uint64_t seed = 1;
+  uint64_t seed = 1;  // batches and residual init, per (user, round)
+  // Non-zero: stochastic rounding and DP noise are drawn from a stream seeded
+  // by (noise_seed, user, round), so a simulation replays exactly. 0 (every
+  // deployment): OpenSSL's CSPRNG.
+  uint64_t noise_seed = 0;
 };
 
-// Owns the user's data and residual; shares the (frozen) base model. Not
-// thread-safe; one round at a time.
+// Trains `model`'s global and residual branches on `tokens` for the given
+// step counts, split by options.schedule (joint: one optimizer at the global
+// learning rate), batches seeded by `seed`. Leaves every branch frozen
+// (requires_grad false) afterwards. Returns the seconds spent.
+absl::StatusOr<double> TrainBranches(Gpt2LmHead model, const std::vector<int32_t>& tokens, int64_t global_steps,
+                                     int64_t residual_steps, const LocalTrainingOptions& options, uint64_t seed);
+
+// The user's training tokens, produced on demand (a round at a time), so
+// that an idle session holds no copy of its data.
+using TokenSource = std::function<std::vector<int32_t>()>;
+
+// Owns the user's residual and the state of the running round; borrows the
+// model of each call. Not thread-safe; one round at a time. Several sessions
+// may use one model in turn, and a session may use a different model (with
+// the same configuration) in each round.
 class ClientSession {
  public:
-  // `model` carries both LoRA branches; the session swaps its own residual
-  // in and out of it, so several sessions can share one model sequentially.
-  static absl::StatusOr<ClientSession> Create(Gpt2LmHead model, std::string user_id, std::vector<int32_t> train_tokens,
+  // `model` fixes the layouts and initializes the residual; it is not kept.
+  static absl::StatusOr<ClientSession> Create(Gpt2LmHead model, std::string user_id, TokenSource train_tokens,
                                               LocalTrainingOptions options);
 
-  // Starts a round: checks the invitation (layout, ring, DP), loads B_g,
-  // trains, and returns AdvertiseKeys. The plain delta it computed is kept
-  // for inspection (last_delta) until the next round.
-  absl::StatusOr<fedpers::v1::SecAggClientMessage> BeginRound(const fedpers::v1::RoundInvitation& invitation);
+  // Starts a round on `model`: checks the invitation (layout, ring, DP),
+  // loads B_g and this user's residual, trains, and returns AdvertiseKeys.
+  // The plain delta is kept (last_delta) until EndRound.
+  absl::StatusOr<fedpers::v1::SecAggClientMessage> BeginRound(const fedpers::v1::RoundInvitation& invitation,
+                                                              Gpt2LmHead model);
   absl::StatusOr<fedpers::v1::SecAggClientMessage> Handle(const fedpers::v1::SecAggServerMessage& message);
+  // Frees what the round held (SecAgg+ state, the delta); the residual stays.
+  void EndRound();
 
   const std::string& user_id() const { return user_id_; }
-  const FlatLayout& global_layout() const { return model_->BranchLayout(LoraBranch::kGlobal); }
-  const FlatLayout& residual_layout() const { return model_->BranchLayout(LoraBranch::kResidual); }
-  uint64_t layout_fingerprint() const { return global_layout().Fingerprint(); }
+  const FlatLayout& global_layout() const { return global_layout_; }
+  const FlatLayout& residual_layout() const { return residual_layout_; }
+  uint64_t layout_fingerprint() const { return global_layout_.Fingerprint(); }
   const std::vector<float>& last_delta() const { return last_delta_; }
   const std::vector<float>& residual() const { return residual_; }
-  // Loads this user's residual into the shared model (for evaluation).
-  absl::Status ActivateResidual();
+  // Seconds the last BeginRound spent in local training (optimizer steps).
+  double last_training_seconds() const { return last_training_seconds_; }
+  // Loads this user's residual into `model` (for evaluation).
+  absl::Status ActivateResidual(Gpt2LmHead model) const;
   // Replaces the residual (e.g. with the copy the coordinator kept);
   // InvalidArgument for a wrong size or non-finite values, changing nothing.
   absl::Status RestoreResidual(std::vector<float> residual);
 
  private:
   ClientSession() = default;
-  absl::Status Train(int64_t steps, double lr, bool global, bool residual, uint64_t seed);
 
-  Gpt2LmHead model_{nullptr};
   std::string user_id_;
-  std::vector<int32_t> train_tokens_;
+  TokenSource train_tokens_;
   LocalTrainingOptions options_;
+  FlatLayout global_layout_, residual_layout_;
   std::vector<float> residual_;
   std::vector<float> last_delta_;
+  double last_training_seconds_ = 0;
   std::optional<secagg::SecAggClient> secagg_;
-  std::optional<dp::RandomSource> rng_;
+  std::optional<dp::RandomSource> csprng_;  // when options_.noise_seed == 0
 };
 
 }  // namespace fedpers

@@ -232,8 +232,9 @@ absl::Status RestoreResiduals(CoordinatorConnection& coordinator, std::map<std::
 
 }  // namespace
 
-absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, std::map<std::string, ClientSession*> sessions,
-                                         const ResidualVault& vault, const std::atomic<bool>& stop) {
+absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead model,
+                                         std::map<std::string, ClientSession*> sessions, const ResidualVault& vault,
+                                         const std::atomic<bool>& stop) {
   if (sessions.empty()) return absl::InvalidArgumentError("a client needs at least one user");
   if (o.kill_round > 0 && o.kill_stage != "keys" && o.kill_stage != "shares" && o.kill_stage != "inputs" &&
       o.kill_stage != "unmasking") {
@@ -295,7 +296,7 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, std::map<std
       absl::StatusOr<SecAggClientMessage> reply = absl::NotFoundError("");
       if (resp.has_invitation()) {
         round_of[user] = resp.invitation().round();
-        reply = session->BeginRound(resp.invitation());
+        reply = session->BeginRound(resp.invitation(), model);
         if (reply.ok() && !o.save_updates_dir.empty()) {
           absl::StatusOr<std::string> bytes = session->global_layout().ToSafetensors(session->last_delta());
           if (!bytes.ok()) return bytes.status();
@@ -306,6 +307,7 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, std::map<std
         reply = session->Handle(resp.secagg());
       } else if (resp.has_finished()) {
         worked = true;
+        session->EndRound();
         ++finished_per_user[user];
         ++stats.rounds_finished;
         if (resp.finished().committed()) ++stats.rounds_committed;

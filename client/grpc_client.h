@@ -85,12 +85,13 @@ struct ClientRunStats {
           reconnects = 0;
 };
 
-// Runs until `stop` is set or every user saw `rounds` rounds end. Sessions
-// and vault must outlive the call. Errors only for what retrying cannot fix
+// Runs until `stop` is set or every user saw `rounds` rounds end; the users'
+// sessions train in turn on `model`. Sessions and vault must outlive the call. Errors only for what retrying cannot fix
 // (bad TLS files, a refused join). Logs one line per residual upload and
 // restore to stderr, with the SHA-256 of the plain residual file.
-absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& options, std::map<std::string, ClientSession*> sessions,
-                                         const ResidualVault& vault, const std::atomic<bool>& stop);
+absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& options, Gpt2LmHead model,
+                                         std::map<std::string, ClientSession*> sessions, const ResidualVault& vault,
+                                         const std::atomic<bool>& stop);
 
 }  // namespace fedpers
 

@@ -4,8 +4,10 @@
 #include <cstring>
 #include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/portable_prg.h"
 #include "common/status.h"
 
 namespace fedpers {
@@ -158,8 +160,22 @@ absl::StatusOr<FlatLayout> BranchLayout(const ModelConfig& model, const LoraConf
 absl::StatusOr<FlatLayout> GlobalAdapterLayout(const ModelConfig& model, const LoraConfig& lora) {
   return BranchLayout(model, lora, lora.global_enabled, "global",
                       [&](int64_t in, int64_t out, const std::string& prefix, std::vector<TensorSpec>& specs) {
+                        if (lora.train_global_a) specs.push_back({prefix + "lora_A_global", {lora.global_rank, in}});
                         specs.push_back({prefix + "lora_B_global", {out, lora.global_rank}});
                       });
+}
+
+absl::StatusOr<std::vector<float>> InitialGlobalAdapter(const ModelConfig& model, const LoraConfig& lora) {
+  FEDPERS_ASSIGN_OR_RETURN(FlatLayout layout, GlobalAdapterLayout(model, lora));
+  std::vector<float> flat(static_cast<size_t>(layout.total_size()), 0.0f);
+  for (size_t i = 0; i < layout.num_tensors(); ++i) {
+    const TensorSpec& t = layout.tensors()[i];
+    if (!absl::EndsWith(t.name, ".lora_A_global")) continue;
+    // Seeded by the parameter's full name, exactly as the model derives it.
+    std::vector<float> a = DeriveLoraA(lora.global_seed, t.name, t.shape[0], t.shape[1]);
+    std::copy(a.begin(), a.end(), flat.begin() + layout.offset(i));
+  }
+  return flat;
 }
 
 absl::StatusOr<FlatLayout> ResidualAdapterLayout(const ModelConfig& model, const LoraConfig& lora) {

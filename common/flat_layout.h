@@ -72,6 +72,9 @@ std::string LoraParamName(int64_t layer, const std::string& target, absl::string
 absl::StatusOr<FlatLayout> GlobalAdapterLayout(const ModelConfig& model, const LoraConfig& lora);
 // The residual adapter (A_u [r_u, in], then B_u [out, r_u] per target).
 absl::StatusOr<FlatLayout> ResidualAdapterLayout(const ModelConfig& model, const LoraConfig& lora);
+// The global adapter every federation starts from, in GlobalAdapterLayout
+// order: B_g = 0, and with train_global_a the seeded A_g the model derives.
+absl::StatusOr<std::vector<float>> InitialGlobalAdapter(const ModelConfig& model, const LoraConfig& lora);
 
 }  // namespace fedpers
 

@@ -214,6 +214,7 @@ absl::StatusOr<LoraConfig> ParseLoraConfigJson(const std::string& json_text) {
       else if (k == "global_rank") c.global_rank = it.value().get<int64_t>();
       else if (k == "global_alpha") c.global_alpha = it.value().get<double>();
       else if (k == "global_seed") c.global_seed = it.value().get<uint64_t>();
+      else if (k == "train_global_a") c.train_global_a = it.value().get<bool>();
       else if (k == "residual_enabled") c.residual_enabled = it.value().get<bool>();
       else if (k == "residual_rank") c.residual_rank = it.value().get<int64_t>();
       else if (k == "residual_alpha") c.residual_alpha = it.value().get<double>();
@@ -238,6 +239,7 @@ std::string LoraConfigToJson(const LoraConfig& c) {
   j["global_rank"] = c.global_rank;
   j["global_alpha"] = c.global_alpha;
   j["global_seed"] = c.global_seed;
+  if (c.train_global_a) j["train_global_a"] = true;
   j["residual_enabled"] = c.residual_enabled;
   j["residual_rank"] = c.residual_rank;
   j["residual_alpha"] = c.residual_alpha;

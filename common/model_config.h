@@ -58,6 +58,11 @@ struct LoraConfig {
   int64_t global_rank = 8;
   double global_alpha = 16;
   uint64_t global_seed = 0x5eedf00dULL;
+  // The `fedavg-lora` baseline: A_g is trained and aggregated too (it starts
+  // from the same seeded values). Averaging both factors is not the average
+  // of the clients' model changes (mean(B) mean(A) != mean(B A)), which is
+  // why fedpers freezes A_g by default.
+  bool train_global_a = false;
   bool residual_enabled = true;
   int64_t residual_rank = 4;
   double residual_alpha = 8;

@@ -65,6 +65,13 @@ absl::StatusOr<std::unique_ptr<RoundMachine>> RoundMachine::Create(StateStore* s
   absl::StatusOr<std::optional<CommittedState>> latest = store->LatestCommitted();
   if (!latest.ok()) return latest.status();
   m->global_ = Eigen::VectorXf::Zero(m->layout_.total_size());
+  if (!settings.initial_global.empty()) {
+    if (static_cast<int64_t>(settings.initial_global.size()) != m->layout_.total_size()) {
+      return absl::InvalidArgumentError(absl::StrCat("initial global adapter has ", settings.initial_global.size(),
+                                                     " values; the layout needs ", m->layout_.total_size()));
+    }
+    m->global_ = Eigen::Map<const Eigen::VectorXf>(settings.initial_global.data(), m->layout_.total_size());
+  }
   absl::StatusOr<PrivacyLedger> ledger = PrivacyLedger::Create(settings.delta, settings.epsilon_budget);
   if (!ledger.ok()) return ledger.status();
   m->ledger_ = std::move(*ledger);

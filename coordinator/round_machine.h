@@ -44,6 +44,12 @@ struct RoundSettings {
   StrategyConfig strategy;
   double delta = 1e-5;
   double epsilon_budget = std::numeric_limits<double>::infinity();
+  // Where the global adapter starts before any committed round
+  // (InitialGlobalAdapter); empty: all zeros (B_g = 0).
+  std::vector<float> initial_global;
+  // Non-zero: round r samples and rotates with a seed derived from (seed, r),
+  // so a simulation or test replays exactly. 0: fresh randomness per round.
+  uint64_t seed = 0;
   absl::Status Validate() const;
 };
 

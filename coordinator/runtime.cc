@@ -1,8 +1,11 @@
 #include "coordinator/runtime.h"
 
 #include <chrono>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/portable_prg.h"
+#include "secure_agg/crypto.h"
 
 namespace fedpers {
 namespace {
@@ -166,8 +169,15 @@ absl::StatusOr<CoordinatorRuntime::TickResult> CoordinatorRuntime::Tick() {
     if (now - last_round_end_ms_ < settings_.round_interval_ms) return result;
     std::vector<std::string> eligible = EligibleUsers(now);
     if (static_cast<int64_t>(eligible.size()) < settings_.round.min_clients) return result;
-    absl::StatusOr<std::map<std::string, RoundInvitation>> invitations =
-        machine_->Open(eligible, static_cast<uint64_t>(now) ^ 0x9e3779b97f4a7c15ULL);
+    uint64_t seed = 0;
+    if (settings_.round.seed != 0) {
+      seed = Fnv1a64(absl::StrCat(settings_.round.seed, "/round/", machine_->current_round() + 1));
+    } else {
+      absl::StatusOr<secagg::Key32> fresh = secagg::RandomKey32();
+      if (!fresh.ok()) return fresh.status();
+      std::memcpy(&seed, fresh->data(), sizeof(seed));
+    }
+    absl::StatusOr<std::map<std::string, RoundInvitation>> invitations = machine_->Open(eligible, seed);
     if (!invitations.ok()) {
       // Budget exhausted or too few users: stay idle and say why.
       result.aborted = std::string(invitations.status().message());

@@ -59,7 +59,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::string& text, const std:
       const Json& rj = j["round"];
       if (absl::Status s = OnlyKeys(rj, {"clients_per_round", "min_clients", "ring_bits", "clip_norm", "noise_multiplier",
                                          "central_noise", "rotate", "threshold", "strategy", "server_learning_rate",
-                                         "delta", "epsilon_budget"}, "round");
+                                         "delta", "epsilon_budget", "seed"}, "round");
           !s.ok()) {
         return s;
       }
@@ -75,6 +75,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::string& text, const std:
       r.strategy.server_learning_rate = rj.value("server_learning_rate", r.strategy.server_learning_rate);
       r.delta = rj.value("delta", r.delta);
       r.epsilon_budget = rj.value("epsilon_budget", r.epsilon_budget);
+      r.seed = rj.value("seed", r.seed);
     }
     const std::string base = Resolve(j.at("base").get<std::string>(), config_dir);
     absl::StatusOr<std::string> model_json = ReadFileToString(base + "/config.json");
@@ -90,6 +91,9 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::string& text, const std:
     absl::StatusOr<FlatLayout> layout = GlobalAdapterLayout(*model, lora);
     if (!layout.ok()) return layout.status();
     c.layout = *layout;
+    absl::StatusOr<std::vector<float>> initial = InitialGlobalAdapter(*model, lora);
+    if (!initial.ok()) return initial.status();
+    if (lora.train_global_a) r.initial_global = std::move(*initial);
   } catch (const Json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("serve config: ", e.what()));
   }

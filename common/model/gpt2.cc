@@ -29,10 +29,14 @@ LoraConv1DImpl::LoraConv1DImpl(int64_t in, int64_t out, const std::string& full_
   bias = register_parameter("bias", torch::zeros({out}));
   if (targeted && lora.global_enabled) {
     global_scale_ = lora.global_scale();
-    lora_A_global = register_buffer(
-        "lora_A_global",
+    torch::Tensor a_g =
         FromFloats(DeriveLoraA(lora.global_seed, full_name + ".lora_A_global", lora.global_rank, in),
-                   {lora.global_rank, in}));
+                   {lora.global_rank, in});
+    // Frozen (a buffer) unless the fedavg-lora baseline trains it.
+    lora_A_global = lora.train_global_a ? register_parameter("lora_A_global", a_g)
+                                        : register_buffer("lora_A_global", a_g);
+    global_seed_ = lora.global_seed;
+    train_global_a_ = lora.train_global_a;
     lora_B_global = register_parameter("lora_B_global", torch::zeros({out, lora.global_rank}));
     global_on_ = true;
   }
@@ -86,7 +90,7 @@ class FusedLoraFunction : public torch::autograd::Function<FusedLoraFunction> {
                         &b_u = saved[5];
     const double s_g = ctx->saved_data["s_g"].toDouble(), s_u = ctx->saved_data["s_u"].toDouble();
     const torch::Tensor& gy = grads[0];
-    torch::Tensor gx, gb_g, ga_u, gb_u;
+    torch::Tensor gx, ga_g, gb_g, ga_u, gb_u;
     if (ctx->needs_input_grad(0)) gx = gy.mm(w.t());
     const bool want_b_g = b_g.numel() > 0 && ctx->needs_input_grad(4);
     const bool want_b_u = b_u.numel() > 0 && ctx->needs_input_grad(6);
@@ -99,9 +103,9 @@ class FusedLoraFunction : public torch::autograd::Function<FusedLoraFunction> {
       if (want_b_g) gb_g = gb.narrow(1, 0, r_g).mul(s_g);
       if (want_b_u) gb_u = gb.narrow(1, r_g, a_u.size(0)).mul(s_u);
     }
+    if (b_g.numel() > 0 && ctx->needs_input_grad(3)) ga_g = gy.mm(b_g).t().mm(x).mul_(s_g);
     if (b_u.numel() > 0 && ctx->needs_input_grad(5)) ga_u = gy.mm(b_u).t().mm(x).mul_(s_u);
-    return {gx, torch::Tensor(), torch::Tensor(), torch::Tensor(), gb_g, ga_u, gb_u, torch::Tensor(),
-            torch::Tensor()};
+    return {gx, torch::Tensor(), torch::Tensor(), ga_g, gb_g, ga_u, gb_u, torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -164,10 +168,14 @@ void LoraConv1DImpl::ResetResidual(uint64_t seed) {
   lora_B_residual.zero_();
 }
 
-void LoraConv1DImpl::ResetGlobalB() {
+void LoraConv1DImpl::ResetGlobal() {
   if (!lora_B_global.defined()) return;
   torch::NoGradGuard no_grad;
   lora_B_global.zero_();
+  if (train_global_a_) {
+    const int64_t r = lora_A_global.size(0);
+    lora_A_global.copy_(FromFloats(DeriveLoraA(global_seed_, full_name_ + ".lora_A_global", r, in_), {r, in_}));
+  }
 }
 
 Gpt2AttentionImpl::Gpt2AttentionImpl(const ModelConfig& c, const LoraConfig& lora, int64_t layer)
@@ -438,6 +446,7 @@ std::vector<torch::Tensor> Gpt2LmHeadImpl::BranchParameters(LoraBranch b) {
   for (LoraConv1D& m : lora_modules_) {
     if (!m->has_branch(b)) continue;
     if (b == LoraBranch::kGlobal) {
+      if (lora_.train_global_a) out.push_back(m->lora_A_global);
       out.push_back(m->lora_B_global);
     } else {
       out.push_back(m->lora_A_residual);
@@ -491,7 +500,7 @@ void Gpt2LmHeadImpl::ResetResidual(uint64_t seed) {
 }
 
 void Gpt2LmHeadImpl::ResetGlobal() {
-  for (LoraConv1D& m : lora_modules_) m->ResetGlobalB();
+  for (LoraConv1D& m : lora_modules_) m->ResetGlobal();
 }
 
 void Gpt2LmHeadImpl::Merge() {

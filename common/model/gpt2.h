@@ -54,7 +54,8 @@ class LoraConv1DImpl : public torch::nn::Module {
   // Re-derives the residual factors for a new user: A_u from (seed, name) by
   // the portable PRG, B_u = 0.
   void ResetResidual(uint64_t seed);
-  void ResetGlobalB();
+  // B_g = 0, and A_g re-derived when it is trained (fedavg-lora).
+  void ResetGlobal();
 
   torch::Tensor weight, bias;
   torch::Tensor lora_A_global, lora_B_global;      // [r_g, in] buffer, [out, r_g]
@@ -64,6 +65,8 @@ class LoraConv1DImpl : public torch::nn::Module {
   std::string full_name_;
   int64_t in_, out_;
   double global_scale_ = 0, residual_scale_ = 0;
+  uint64_t global_seed_ = 0;
+  bool train_global_a_ = false;
   bool global_on_ = false, residual_on_ = false;
   bool merged_ = false;
   torch::Tensor unmerged_weight_;
@@ -143,8 +146,8 @@ class Gpt2LmHeadImpl : public torch::nn::Module {
 
   std::vector<LoraConv1D>& lora_modules() { return lora_modules_; }
   void SetBranchEnabled(LoraBranch b, bool enabled);
-  // Trainable tensors of a branch, in canonical layout order (global: B_g;
-  // residual: A_u, B_u per module).
+  // Trainable tensors of a branch, in canonical layout order (global: B_g,
+  // or A_g, B_g with train_global_a; residual: A_u, B_u per module).
   std::vector<torch::Tensor> BranchParameters(LoraBranch b);
   // The canonical flat layout of a branch (same as GlobalAdapterLayout /
   // ResidualAdapterLayout).

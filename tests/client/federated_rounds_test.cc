@@ -40,7 +40,8 @@ TEST(FederatedRoundsTest, GlobalAdapterIsTheMeanOfClientDeltas) {
   for (const UserText& u : users) {
     TextSplit split = SplitTrainTest(u.text, 0.8);
     held_out[u.user_id] = ByteTokenizer::Encode(split.test);
-    auto s = ClientSession::Create(model, u.user_id, ByteTokenizer::Encode(split.train), opts);
+    std::vector<int32_t> train = ByteTokenizer::Encode(split.train);
+    auto s = ClientSession::Create(model, u.user_id, [train] { return train; }, opts);
     ASSERT_TRUE(s.ok()) << s.status();
     sessions.emplace(u.user_id, std::move(*s));
   }
@@ -60,7 +61,7 @@ TEST(FederatedRoundsTest, GlobalAdapterIsTheMeanOfClientDeltas) {
     Eigen::VectorXf expected = (*machine)->global();
     Eigen::VectorXf mean = Eigen::VectorXf::Zero(expected.size());
     for (auto& [name, inv] : *invitations) {
-      auto advert = sessions.at(name).BeginRound(inv);
+      auto advert = sessions.at(name).BeginRound(inv, model);
       ASSERT_TRUE(advert.ok()) << advert.status();
       const auto& d = sessions.at(name).last_delta();
       mean += Eigen::Map<const Eigen::VectorXf>(d.data(), static_cast<Eigen::Index>(d.size()));

@@ -97,9 +97,11 @@ TEST(LoraTest, FlattenAndLoadRoundTrip) {
 }
 
 // The fused LoRA forward/backward must match plain autograd through the
-// separate branch products.
-TEST(LoraTest, FusedGradientsMatchReferenceAutograd) {
-  Gpt2LmHead m = RandomModel();
+// separate branch products, with A_g frozen and trained (fedavg-lora).
+void CheckFusedGradients(bool train_global_a) {
+  LoraConfig lora;
+  lora.train_global_a = train_global_a;
+  Gpt2LmHead m = RandomModel(lora);
   RandomizeAdapters(m);
   std::vector<torch::Tensor> params = m->BranchParameters(LoraBranch::kGlobal);
   for (auto& t : m->BranchParameters(LoraBranch::kResidual)) params.push_back(t);
@@ -118,6 +120,32 @@ TEST(LoraTest, FusedGradientsMatchReferenceAutograd) {
     const double scale = params[i].grad().abs().max().item<double>();
     EXPECT_LT((fused[i] - params[i].grad()).abs().max().item<double>(), 1e-4 * scale + 1e-7) << i;
   }
+}
+
+TEST(LoraTest, FusedGradientsMatchReferenceAutograd) { CheckFusedGradients(false); }
+TEST(LoraTest, FusedGradientsMatchReferenceAutogradWithTrainedGlobalA) { CheckFusedGradients(true); }
+
+// fedavg-lora: A_g is part of the global adapter, starts from the seeded
+// values the coordinator derives without libtorch, and a reset restores them.
+TEST(LoraTest, TrainedGlobalAIsInTheLayoutAndStartsSeeded) {
+  LoraConfig lora;
+  lora.train_global_a = true;
+  Gpt2LmHead m = RandomModel(lora);
+  const FlatLayout& layout = m->BranchLayout(LoraBranch::kGlobal);
+  EXPECT_EQ(layout.tensors()[0].name, "transformer.h.0.attn.c_attn.lora_A_global");
+  EXPECT_EQ(layout.tensors()[1].name, "transformer.h.0.attn.c_attn.lora_B_global");
+  absl::StatusOr<std::vector<float>> initial = InitialGlobalAdapter(testing::SmallConfig(), lora);
+  ASSERT_TRUE(initial.ok()) << initial.status();
+  EXPECT_EQ(m->FlattenBranch(LoraBranch::kGlobal), *initial);
+  RandomizeAdapters(m);
+  EXPECT_NE(m->FlattenBranch(LoraBranch::kGlobal), *initial);
+  m->ResetGlobal();
+  EXPECT_EQ(m->FlattenBranch(LoraBranch::kGlobal), *initial);
+  // The frozen default keeps A_g out of the layout: B_g only, initially 0.
+  LoraConfig frozen;
+  EXPECT_EQ(GlobalAdapterLayout(testing::SmallConfig(), frozen)->num_tensors(), 4u * 2);
+  EXPECT_EQ(*InitialGlobalAdapter(testing::SmallConfig(), frozen),
+            std::vector<float>(GlobalAdapterLayout(testing::SmallConfig(), frozen)->total_size(), 0.0f));
 }
 
 TEST(LoraTest, GeluKernelMatchesTorch) {
