@@ -20,6 +20,7 @@ void RegisterBench(CLI::App& app, const GlobalOptions& global);
 void RegisterData(CLI::App& app, const GlobalOptions& global);
 void RegisterPki(CLI::App& app, const GlobalOptions& global);
 void RegisterFederation(CLI::App& app, const GlobalOptions& global);
+void RegisterSimulate(CLI::App& app, const GlobalOptions& global);
 
 // Prints "error: <message>" to stderr and exits the subcommand with code 1.
 [[noreturn]] void Fail(const std::string& message);

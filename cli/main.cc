@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   RegisterData(app, global);
   RegisterPki(app, global);
   RegisterFederation(app, global);
+  RegisterSimulate(app, global);
   try {
     app.parse(argc, argv);
   } catch (const CLI::RuntimeError& e) {

@@ -10,23 +10,6 @@
 
 namespace fedpers {
 
-absl::StatusOr<TrainingSchedule> ParseTrainingSchedule(absl::string_view name) {
-  if (name == "joint") return TrainingSchedule::kJoint;
-  if (name == "alternating") return TrainingSchedule::kAlternating;
-  if (name == "residual-after-global") return TrainingSchedule::kResidualAfterGlobal;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown training schedule '", name, "' (joint, alternating or residual-after-global)"));
-}
-
-const char* TrainingScheduleName(TrainingSchedule schedule) {
-  switch (schedule) {
-    case TrainingSchedule::kJoint: return "joint";
-    case TrainingSchedule::kAlternating: return "alternating";
-    case TrainingSchedule::kResidualAfterGlobal: return "residual-after-global";
-  }
-  return "?";
-}
-
 absl::StatusOr<double> TrainBranches(Gpt2LmHead model, const std::vector<int32_t>& tokens, int64_t global_steps,
                                      int64_t residual_steps, const LocalTrainingOptions& o, uint64_t seed) {
   const auto start = std::chrono::steady_clock::now();

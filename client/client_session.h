@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "client/local_training.h"
 #include "common/model/gpt2.h"
 #include "common/model/trainer.h"
 #include "fedpers/v1/round.pb.h"
@@ -20,33 +21,6 @@
 #include "secure_agg/secagg_client.h"
 
 namespace fedpers {
-
-// How a round's local steps are split between the global adapter and the
-// residual. Every schedule costs global_steps + residual_steps training
-// steps, so schedules compare at equal compute.
-enum class TrainingSchedule {
-  kJoint,                // every step trains both branches
-  kAlternating,          // steps alternate between the branches, in proportion
-  kResidualAfterGlobal,  // the global steps, then the residual steps
-};
-// "joint", "alternating", "residual-after-global".
-absl::StatusOr<TrainingSchedule> ParseTrainingSchedule(absl::string_view name);
-const char* TrainingScheduleName(TrainingSchedule schedule);
-
-struct LocalTrainingOptions {
-  int64_t global_steps = 20;
-  int64_t residual_steps = 20;
-  TrainingSchedule schedule = TrainingSchedule::kResidualAfterGlobal;
-  int64_t batch_size = 8;
-  int64_t seq_len = 0;  // 0: n_positions
-  double global_learning_rate = 3e-3;
-  double residual_learning_rate = 3e-3;
-  uint64_t seed = 1;  // batches and residual init, per (user, round)
-  // Non-zero: stochastic rounding and DP noise are drawn from a stream seeded
-  // by (noise_seed, user, round), so a simulation replays exactly. 0 (every
-  // deployment): OpenSSL's CSPRNG.
-  uint64_t noise_seed = 0;
-};
 
 // Trains `model`'s global and residual branches on `tokens` for the given
 // step counts, split by options.schedule (joint: one optimizer at the global

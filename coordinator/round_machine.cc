@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "common/portable_prg.h"
 #include "common/safetensors.h"
 #include "nlohmann/json.hpp"
 #include "secure_agg/secagg_common.h"
@@ -27,6 +28,16 @@ absl::Status RoundSettings::Validate() const {
   if (!(delta > 0 && delta < 1)) return absl::InvalidArgumentError("delta must be in (0, 1)");
   if (!(epsilon_budget > 0)) return absl::InvalidArgumentError("epsilon_budget must be positive");
   return strategy.Validate();
+}
+
+uint64_t RoundSeed(uint64_t seed, int64_t round) { return Fnv1a64(absl::StrCat(seed, "/round/", round)); }
+
+std::vector<std::string> SampleClients(std::span<const std::string> eligible, int64_t n, std::mt19937_64& gen) {
+  std::vector<std::string> pool(eligible.begin(), eligible.end());
+  std::shuffle(pool.begin(), pool.end(), gen);
+  pool.resize(static_cast<size_t>(std::clamp<int64_t>(n, 0, static_cast<int64_t>(pool.size()))));
+  std::sort(pool.begin(), pool.end());
+  return pool;
 }
 
 std::vector<uint8_t> SerializeStrategyState(const std::map<std::string, Eigen::VectorXf>& state) {
@@ -123,11 +134,8 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
     if (absl::Status s = ledger_->CheckCanOpen(round, q, settings_.noise_multiplier, eligible); !s.ok()) return s;
   }
   // Sample n of the eligible uniformly.
-  std::vector<std::string> pool(eligible.begin(), eligible.end());
   std::mt19937_64 gen(seed);
-  std::shuffle(pool.begin(), pool.end(), gen);
-  pool.resize(static_cast<size_t>(n));
-  std::sort(pool.begin(), pool.end());
+  std::vector<std::string> pool = SampleClients(eligible, n, gen);
   // SecAgg parameters: derived degree and threshold, or the complete graph
   // with t = ceil(2n/3) for samples too small for the bounds.
   SecAggParams params;

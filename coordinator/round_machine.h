@@ -120,6 +120,13 @@ class RoundMachine {
   std::map<std::string, bool> answered_;
 };
 
+// The seed of round `round` when RoundSettings::seed is set.
+uint64_t RoundSeed(uint64_t seed, int64_t round);
+// A uniform sample of `n` of `eligible`, returned sorted. The coordinator
+// draws each round's clients with it from a generator seeded by the round's
+// seed, so a simulation's local-only baseline can replay the same draws.
+std::vector<std::string> SampleClients(std::span<const std::string> eligible, int64_t n, std::mt19937_64& gen);
+
 // Strategy state <-> bytes (a safetensors file of its named vectors).
 std::vector<uint8_t> SerializeStrategyState(const std::map<std::string, Eigen::VectorXf>& state);
 absl::StatusOr<std::map<std::string, Eigen::VectorXf>> ParseStrategyState(std::span<const uint8_t> bytes);

@@ -155,6 +155,12 @@ std::vector<std::string> CoordinatorRuntime::EligibleUsers(int64_t now) const {
   return eligible;
 }
 
+std::vector<float> CoordinatorRuntime::GlobalAdapter() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const Eigen::VectorXf& g = machine_->global();
+  return std::vector<float>(g.data(), g.data() + g.size());
+}
+
 bool CoordinatorRuntime::finished() const {
   std::lock_guard<std::mutex> lock(mu_);
   return settings_.max_rounds > 0 && committed_here_ >= settings_.max_rounds;
@@ -171,7 +177,7 @@ absl::StatusOr<CoordinatorRuntime::TickResult> CoordinatorRuntime::Tick() {
     if (static_cast<int64_t>(eligible.size()) < settings_.round.min_clients) return result;
     uint64_t seed = 0;
     if (settings_.round.seed != 0) {
-      seed = Fnv1a64(absl::StrCat(settings_.round.seed, "/round/", machine_->current_round() + 1));
+      seed = RoundSeed(settings_.round.seed, machine_->current_round() + 1);
     } else {
       absl::StatusOr<secagg::Key32> fresh = secagg::RandomKey32();
       if (!fresh.ok()) return fresh.status();

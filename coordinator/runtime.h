@@ -77,6 +77,8 @@ class CoordinatorRuntime {
   absl::StatusOr<fedpers::v1::UsersResponse> AdminUsers();
 
   bool finished() const;  // max_rounds committed
+  // A copy of the current global adapter (flat, in the layout's order).
+  std::vector<float> GlobalAdapter() const;
 
  private:
   CoordinatorRuntime() = default;

@@ -31,6 +31,7 @@ struct PretrainOptions {
   double train_fraction = 0.8;
   uint64_t seed = 1;
   bool resume = true;  // continue from the checkpoint in `out` if one is there
+  bool skip_bad_records = false;  // skip malformed corpus records instead of failing
   bool progress = true;
 };
 

@@ -2,6 +2,7 @@
 #include <chrono>
 #include <csignal>
 #include <filesystem>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -93,11 +94,14 @@ absl::StatusOr<PretrainResult> RunPretrain(const PretrainOptions& o) {
   if (config.tokenizer != "byte") {
     return absl::InvalidArgumentError("pretrain trains byte-level models; the config must use the byte tokenizer");
   }
-  FEDPERS_ASSIGN_OR_RETURN(Corpus corpus, LoadCorpus(o.corpus));
+  CorpusOptions corpus_options;
+  corpus_options.skip_bad_records = o.skip_bad_records;
+  FEDPERS_ASSIGN_OR_RETURN(Corpus corpus, LoadCorpus(o.corpus, corpus_options));
   std::vector<int32_t> train, test;
   PretrainResult result;
+  const std::set<std::string> excluded(o.exclude_users.begin(), o.exclude_users.end());
   for (const UserText& u : corpus.users) {
-    if (std::find(o.exclude_users.begin(), o.exclude_users.end(), u.user_id) != o.exclude_users.end()) continue;
+    if (excluded.count(u.user_id)) continue;
     TextSplit split = SplitTrainTest(u.text, o.train_fraction);
     std::vector<int32_t> a = ByteTokenizer::Encode(split.train);
     std::vector<int32_t> b = ByteTokenizer::Encode(split.test);

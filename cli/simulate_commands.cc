@@ -1,0 +1,134 @@
+// `fedpers simulate` and `fedpers sweep`.
+#include <filesystem>
+#include <iostream>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "cli/commands.h"
+#include "common/atomic_file.h"
+#include "simulations/report.h"
+#include "simulations/sweep.h"
+
+namespace fedpers::cli {
+namespace {
+
+absl::StatusOr<ExperimentConfig> LoadExperimentConfig(const std::string& path) {
+  if (path.empty()) return ExperimentConfig();
+  absl::StatusOr<std::string> text = ReadFileToString(path, size_t{1} << 24);
+  if (!text.ok()) return text.status();
+  absl::StatusOr<ExperimentConfig> c = ParseExperimentConfig(*text);
+  if (!c.ok()) return absl::Status(c.status().code(), absl::StrCat(path, ": ", c.status().message()));
+  return c;
+}
+
+// Command-line overrides of an experiment config.
+struct Overrides {
+  std::string config, out, data, methods, schedule;
+  int64_t users = -1, rounds = -1, clients_per_round = -1;
+  double noise_multiplier = -1;
+  bool json = false;
+};
+
+void AddOverrides(CLI::App* cmd, Overrides& o) {
+  cmd->add_option("--config", o.config, "Experiment config (JSON; docs/simulation.md). Without it: the defaults");
+  cmd->add_option("--out", o.out, "Run directory (overrides the config's \"out\")");
+  cmd->add_option("--data", o.data, "Corpus spec (overrides \"data\")");
+  cmd->add_option("--users", o.users, "Federated users (overrides \"users\"; 0: all with enough text)");
+  cmd->add_option("--rounds", o.rounds, "Rounds (overrides \"rounds\")");
+  cmd->add_option("--clients-per-round", o.clients_per_round, "Clients per round (overrides \"clients_per_round\")");
+  cmd->add_option("--noise-multiplier", o.noise_multiplier, "DP noise multiplier z (overrides; 0: no noise)");
+  cmd->add_option("--schedule", o.schedule, "joint | alternating | residual-after-global (overrides)");
+  cmd->add_flag("--json", o.json, "Print the summary as JSON");
+}
+
+ExperimentConfig Resolve(const Overrides& o) {
+  absl::StatusOr<ExperimentConfig> c = LoadExperimentConfig(o.config);
+  if (!c.ok()) Fail(std::string(c.status().message()));
+  if (!o.out.empty()) c->out = o.out;
+  if (!o.data.empty()) c->data = o.data;
+  if (o.users >= 0) c->users = o.users;
+  if (o.rounds >= 0) c->rounds = o.rounds;
+  if (o.clients_per_round >= 0) c->clients_per_round = o.clients_per_round;
+  if (o.noise_multiplier >= 0) c->noise_multiplier = o.noise_multiplier;
+  if (!o.methods.empty()) {
+    c->methods.clear();
+    for (absl::string_view name : absl::StrSplit(o.methods, ',')) {
+      absl::StatusOr<Method> m = ParseMethod(name);
+      if (!m.ok()) Fail(std::string(m.status().message()));
+      c->methods.push_back(*m);
+    }
+  }
+  if (!o.schedule.empty()) {
+    absl::StatusOr<TrainingSchedule> s = ParseTrainingSchedule(o.schedule);
+    if (!s.ok()) Fail(std::string(s.status().message()));
+    c->local.schedule = *s;
+  }
+  if (absl::Status s = c->Validate(); !s.ok()) Fail(std::string(s.message()));
+  return *c;
+}
+
+}  // namespace
+
+void RegisterSimulate(CLI::App& app, const GlobalOptions& global) {
+  auto* cmd = app.add_subcommand(
+      "simulate", "Simulate federated personalization with virtual clients and compare the methods");
+  auto o = std::make_shared<Overrides>();
+  AddOverrides(cmd, *o);
+  cmd->add_option("--methods", o->methods,
+                  "Comma-separated: base,local,global,global+residual,fedavg-lora,centralized (overrides)");
+  cmd->callback([o, &global] {
+    const ExperimentConfig config = Resolve(*o);
+    absl::StatusOr<std::unique_ptr<MetricsLog>> log =
+        MetricsLog::Create((std::filesystem::path(config.out) / "metrics.jsonl").string());
+    if (!log.ok()) Fail(std::string(log.status().message()));
+    ExperimentHooks hooks;
+    hooks.progress = !global.quiet;
+    hooks.on_round = [&log](const RoundRecord& r) { (*log)->Append(r); };
+    absl::StatusOr<ExperimentResult> result = RunExperiment(config, hooks);
+    if (!result.ok()) Fail(std::string(result.status().message()));
+    absl::StatusOr<ReportFiles> files = WriteReport(*result, config.out);
+    if (!files.ok()) Fail(std::string(files.status().message()));
+    for (const std::string& w : files->warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+    if (o->json) {
+      nlohmann::ordered_json j = ExperimentSummaryJson(*result);
+      j["run_dir"] = config.out;
+      j["plots"] = files->plots;
+      std::cout << j.dump(2) << "\n";
+      return;
+    }
+    std::cout << absl::StrFormat("%d users of %s, %d rounds, %d clients per round (%.0f s)\n\n", result->users.size(),
+                                 config.data, config.rounds, config.clients_per_round, result->wall_seconds)
+              << ResultsTable(*result) << "\n";
+    std::cout << "report: " << (std::filesystem::path(config.out) / "report.md").string() << "\n";
+    for (const std::string& p : files->plots) std::cout << "plot:   " << p << "\n";
+  });
+
+  auto* sweep = app.add_subcommand(
+      "sweep", "Run global+residual over a grid of ranks, ring bits, noise and clients per round; table and Pareto front");
+  auto so = std::make_shared<Overrides>();
+  auto grid = std::make_shared<SweepGrid>();
+  AddOverrides(sweep, *so);
+  sweep->add_option("--global-rank", grid->global_rank, "Global LoRA ranks to try")->delimiter(',');
+  sweep->add_option("--residual-rank", grid->residual_rank, "Residual LoRA ranks to try")->delimiter(',');
+  sweep->add_option("--ring-bits", grid->ring_bits, "SecAgg ring bits to try")->delimiter(',');
+  sweep->add_option("--noise", grid->noise_multiplier, "Noise multipliers to try")->delimiter(',');
+  sweep->add_option("--clients", grid->clients_per_round, "Clients per round to try")->delimiter(',');
+  sweep->callback([so, grid, &global] {
+    ExperimentConfig config = Resolve(*so);
+    if (so->out.empty() && so->config.empty()) config.out = "runs/sweep";
+    absl::StatusOr<SweepResult> result = RunSweep(config, *grid, !global.quiet);
+    if (!result.ok()) Fail(std::string(result.status().message()));
+    absl::StatusOr<ReportFiles> files = WriteSweepReport(*result, config.out);
+    if (!files.ok()) Fail(std::string(files.status().message()));
+    for (const std::string& w : files->warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+    if (so->json) {
+      std::cout << SweepJson(*result).dump(2) << "\n";
+      return;
+    }
+    std::cout << SweepTable(*result) << "\n"
+              << "report: " << (std::filesystem::path(config.out) / "sweep.md").string() << "\n";
+    for (const std::string& p : files->plots) std::cout << "plot:   " << p << "\n";
+  });
+}
+
+}  // namespace fedpers::cli

@@ -1,0 +1,43 @@
+// What a client does locally in a round: how many steps on which adapter,
+// in which order, with which optimizer settings. Torch-free, so that
+// experiment configs and the command line can name it without libtorch.
+#ifndef FEDPERS_CLIENT_LOCAL_TRAINING_H_
+#define FEDPERS_CLIENT_LOCAL_TRAINING_H_
+
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace fedpers {
+
+// How a round's local steps are split between the global adapter and the
+// residual. Every schedule costs global_steps + residual_steps training
+// steps, so schedules compare at equal compute.
+enum class TrainingSchedule {
+  kJoint,                // every step trains both branches
+  kAlternating,          // steps alternate between the branches, in proportion
+  kResidualAfterGlobal,  // the global steps, then the residual steps
+};
+// "joint", "alternating", "residual-after-global".
+absl::StatusOr<TrainingSchedule> ParseTrainingSchedule(absl::string_view name);
+const char* TrainingScheduleName(TrainingSchedule schedule);
+
+struct LocalTrainingOptions {
+  int64_t global_steps = 20;
+  int64_t residual_steps = 20;
+  TrainingSchedule schedule = TrainingSchedule::kResidualAfterGlobal;
+  int64_t batch_size = 8;
+  int64_t seq_len = 0;  // 0: n_positions
+  double global_learning_rate = 3e-3;
+  double residual_learning_rate = 3e-3;
+  uint64_t seed = 1;  // batches and residual init, per (user, round)
+  // Non-zero: stochastic rounding and DP noise are drawn from a stream seeded
+  // by (noise_seed, user, round), so a simulation replays exactly. 0 (every
+  // deployment): OpenSSL's CSPRNG.
+  uint64_t noise_seed = 0;
+};
+
+}  // namespace fedpers
+
+#endif  // FEDPERS_CLIENT_LOCAL_TRAINING_H_

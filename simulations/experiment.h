@@ -1,0 +1,164 @@
+// A simulated federated-personalization experiment: N virtual users of one
+// corpus, the methods compared on the same users, data and local compute,
+// and the measurements behind the performance-privacy-efficiency tradeoff.
+// Federated methods run the deployment's round logic (CoordinatorRuntime,
+// ClientSession, SecAgg+, DP) over an in-memory transport. Torch-free
+// header: the command line and the sweep include it without libtorch.
+#ifndef FEDPERS_SIMULATIONS_EXPERIMENT_H_
+#define FEDPERS_SIMULATIONS_EXPERIMENT_H_
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "client/local_training.h"
+#include "common/model_config.h"
+#include "coordinator/strategy.h"
+
+namespace fedpers {
+
+enum class Method {
+  kBase,            // the base model, no adaptation
+  kLocal,           // each user's residual, trained only on its own data
+  kGlobal,          // the federated global adapter (frozen A_g), no residual
+  kGlobalResidual,  // fedpers: federated global adapter + per-user residual
+  kFedAvgLora,      // both global factors trained and averaged (inexact), no residual
+  kCentralized,     // the global adapter trained on the pooled data, no privacy: the upper bound
+};
+// "base", "local", "global", "global+residual", "fedavg-lora", "centralized".
+const char* MethodName(Method method);
+absl::StatusOr<Method> ParseMethod(absl::string_view name);
+std::vector<Method> AllMethods();
+
+struct PretrainSettings {
+  std::string config = "tiny";  // named config or config.json path
+  int64_t steps = 600;
+  int64_t batch_size = 16;
+  double learning_rate = 3e-3;
+};
+
+struct ExperimentConfig {
+  // Users.
+  std::string data = "debian-changelogs";  // corpus spec (common/corpus.h)
+  bool skip_bad_records = false;           // skip malformed records (listed) instead of failing
+  int64_t users = 20;                      // federated users; 0: every user with enough text
+  int64_t min_user_bytes = 8000;           // users with less text are not selected
+  std::string select = "random";           // random | largest
+  double train_fraction = 0.8;             // each user's earliest text trains, the rest tests
+  // Base model: `base` when it holds one; otherwise pretrained there (default
+  // <out>/base) on the corpus's other users, which never join the federation.
+  std::string base;
+  PretrainSettings pretrain;
+  LoraConfig lora;  // ranks, alphas, targets; the methods switch branches
+  std::vector<Method> methods = AllMethods();
+  // Rounds.
+  int64_t rounds = 10;
+  int64_t clients_per_round = 10;
+  int64_t min_clients = 0;  // survivors needed to commit; 0: max(2, ceil(clients_per_round / 2))
+  LocalTrainingOptions local;
+  // Privacy and communication.
+  bool secure_agg = true;  // SecAgg+ (the only aggregation the round machine runs)
+  uint32_t ring_bits = 32;
+  double clip_norm = 0.5;
+  double noise_multiplier = 0.3;  // z; 0 turns DP noise off
+  double delta = 1e-5;
+  StrategyConfig strategy;
+  double dropout = 0;  // probability that a sampled client drops out at each SecAgg+ stage
+  // Evaluation and execution.
+  int64_t eval_every = 0;     // rounds between evaluations; 0: about 5 over the run
+  int64_t eval_tokens = 4096; // per user, from the start of its test split; 0: all
+  int workers = 0;            // parallel clients; 0: one per core
+  uint64_t seed = 1;          // everything random in the experiment derives from it
+  std::string out = "runs/simulate";
+
+  // InvalidArgument naming the first bad field.
+  absl::Status Validate() const;
+  int64_t EffectiveMinClients() const;
+  int64_t EffectiveEvalEvery() const;
+};
+
+// Parses a JSON experiment config over the defaults; unknown keys and wrong
+// types are errors that name the key. Nested objects: "pretrain", "lora"
+// (LoraConfig keys), "local" (global_steps, residual_steps, schedule,
+// batch_size, seq_len, global_learning_rate, residual_learning_rate),
+// "strategy" (name, server_learning_rate, beta1, beta2, tau).
+absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_text);
+// The fully resolved config, as JSON (what the run directory records).
+std::string ExperimentConfigToJson(const ExperimentConfig& config);
+
+struct EvalSummary {
+  double loss = 0, perplexity = 0, accuracy = 0;  // means over users
+};
+
+struct UserResult {
+  std::string user_id;
+  int64_t train_bytes = 0, test_bytes = 0;
+  int64_t participations = 0;  // rounds the user trained in
+  double loss = 0, perplexity = 0, accuracy = 0;
+  int64_t eval_tokens = 0;
+};
+
+// One round of one method (an evaluation point for `base`, which trains
+// nothing, and for `centralized`, whose "rounds" are equal slices of its
+// pooled training).
+struct RoundRecord {
+  Method method = Method::kBase;
+  int64_t round = 0;
+  bool committed = true;
+  std::string abort_reason;
+  int64_t sampled = 0, contributors = 0;
+  double bytes_up_per_client = 0, bytes_down_per_client = 0;  // protobuf payloads
+  double client_seconds = 0;       // mean per sampled client: training + update pipeline + SecAgg+
+  double training_seconds = 0;     // the round's local training alone (critical path over workers)
+  double coordinator_seconds = 0;  // the coordinator's own work in the round
+  double wall_seconds = 0;         // the round from opening to commit or abort
+  double epsilon = 0;              // after the round (0 without noise)
+  std::optional<EvalSummary> eval;  // when evaluated after this round
+};
+
+struct MethodResult {
+  Method method = Method::kBase;
+  std::vector<UserResult> users;  // final, in user order
+  EvalSummary final_eval;
+  // Shares of users whose final accuracy is strictly higher than with the
+  // `global` / `base` method (present only when that method ran).
+  std::optional<double> improved_over_global, improved_over_base;
+  double bytes_up_per_client_round = 0, bytes_down_per_client_round = 0;
+  double client_seconds_per_round = 0, coordinator_seconds_per_round = 0;
+  double epsilon = 0;
+  int64_t rounds_committed = 0, rounds_aborted = 0;
+  double wall_seconds = 0;  // the method's whole run, evaluations included
+};
+
+struct ExperimentResult {
+  ExperimentConfig config;  // resolved (base directory, min_clients, eval_every)
+  std::vector<std::string> users;  // the federated users
+  int64_t corpus_users = 0;         // users in the corpus
+  std::vector<std::string> corpus_problems;  // skipped records, dropped users
+  std::string base_model;           // directory
+  bool pretrained_here = false;
+  int64_t residual_values = 0, global_values = 0;  // adapter sizes (floats)
+  std::vector<RoundRecord> rounds;
+  std::vector<MethodResult> methods;
+  double wall_seconds = 0;
+};
+
+struct ExperimentHooks {
+  bool progress = true;  // progress bars on stderr
+  // Called after every round record (and its evaluation); the runner writes
+  // metrics.jsonl from it as the run goes.
+  std::function<void(const RoundRecord&)> on_round;
+};
+
+// Runs the experiment. The run directory (config.out) receives the base
+// model when pretrained there, and the coordinator state of each federated
+// method under state/<method>. Errors name what was wrong (config, corpus,
+// base model); a method whose rounds all abort still reports its rounds.
+absl::StatusOr<ExperimentResult> RunExperiment(const ExperimentConfig& config, const ExperimentHooks& hooks = {});
+
+}  // namespace fedpers
+
+#endif  // FEDPERS_SIMULATIONS_EXPERIMENT_H_

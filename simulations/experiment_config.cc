@@ -1,0 +1,261 @@
+// Experiment config: names, validation and JSON (no libtorch).
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+#include "simulations/experiment.h"
+
+namespace fedpers {
+namespace {
+
+using Json = nlohmann::json;
+
+constexpr Method kAllMethods[] = {Method::kBase,       Method::kLocal,      Method::kGlobal,
+                                  Method::kGlobalResidual, Method::kFedAvgLora, Method::kCentralized};
+
+// Reads `key` of `j` into `out` when present, naming the key on a type error.
+template <typename T>
+absl::Status Read(const Json& j, const char* key, T& out, absl::string_view where) {
+  if (!j.contains(key)) return absl::OkStatus();
+  try {
+    out = j.at(key).get<T>();
+  } catch (const Json::exception&) {
+    return absl::InvalidArgumentError(absl::StrCat(where, "\"", key, "\" has a value of the wrong type"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OnlyKeys(const Json& j, std::initializer_list<const char*> keys, absl::string_view where) {
+  if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(where, " must be a JSON object"));
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (std::none_of(keys.begin(), keys.end(), [&](const char* k) { return it.key() == k; })) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown key \"", it.key(), "\" in ", where));
+    }
+  }
+  return absl::OkStatus();
+}
+
+#define FEDPERS_READ(json, key, field, where)                                         \
+  if (absl::Status s_ = Read(json, key, field, where); !s_.ok()) return s_
+
+}  // namespace
+
+const char* MethodName(Method method) {
+  switch (method) {
+    case Method::kBase: return "base";
+    case Method::kLocal: return "local";
+    case Method::kGlobal: return "global";
+    case Method::kGlobalResidual: return "global+residual";
+    case Method::kFedAvgLora: return "fedavg-lora";
+    case Method::kCentralized: return "centralized";
+  }
+  return "?";
+}
+
+absl::StatusOr<Method> ParseMethod(absl::string_view name) {
+  for (Method m : kAllMethods) {
+    if (name == MethodName(m)) return m;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown method '", name, "' (base, local, global, global+residual, fedavg-lora, centralized)"));
+}
+
+std::vector<Method> AllMethods() { return std::vector<Method>(std::begin(kAllMethods), std::end(kAllMethods)); }
+
+int64_t ExperimentConfig::EffectiveMinClients() const {
+  if (min_clients > 0) return min_clients;
+  return std::max<int64_t>(2, (clients_per_round + 1) / 2);
+}
+
+int64_t ExperimentConfig::EffectiveEvalEvery() const {
+  if (eval_every > 0) return eval_every;
+  return std::max<int64_t>(1, (rounds + 4) / 5);
+}
+
+absl::Status ExperimentConfig::Validate() const {
+  auto bad = [](absl::string_view what) { return absl::InvalidArgumentError(absl::StrCat("experiment config: ", what)); };
+  if (data.empty()) return bad("\"data\" names no corpus");
+  if (users < 0) return bad("\"users\" must be >= 0");
+  if (min_user_bytes < 1) return bad("\"min_user_bytes\" must be positive");
+  if (select != "random" && select != "largest") return bad("\"select\" must be \"random\" or \"largest\"");
+  if (!(train_fraction > 0 && train_fraction < 1)) return bad("\"train_fraction\" must be in (0, 1)");
+  if (pretrain.steps < 1 || pretrain.batch_size < 1 || !(pretrain.learning_rate > 0)) {
+    return bad("\"pretrain\" needs positive steps, batch_size and learning_rate");
+  }
+  if (absl::Status s = lora.Validate(); !s.ok()) return s;
+  if (!lora.global_enabled || !lora.residual_enabled) {
+    return bad("\"lora\" must keep both branches on (the methods switch them)");
+  }
+  if (methods.empty()) return bad("\"methods\" is empty");
+  if (rounds < 1) return bad("\"rounds\" must be at least 1");
+  if (clients_per_round < 2) return bad("\"clients_per_round\" must be at least 2");
+  if (users != 0 && clients_per_round > users) return bad("\"clients_per_round\" exceeds \"users\"");
+  const int64_t mc = EffectiveMinClients();
+  if (mc < 2 || mc > clients_per_round) return bad("\"min_clients\" must be in [2, clients_per_round]");
+  if (local.global_steps < 0 || local.residual_steps < 0 || local.global_steps + local.residual_steps < 1) {
+    return bad("\"local\" needs non-negative step counts, not both 0");
+  }
+  if (local.batch_size < 1 || local.seq_len < 0) return bad("\"local\" batch_size must be positive, seq_len >= 0");
+  if (!(local.global_learning_rate > 0) || !(local.residual_learning_rate > 0)) {
+    return bad("\"local\" learning rates must be positive");
+  }
+  if (!secure_agg) return bad("\"secure_agg\": false is not supported yet; every round runs SecAgg+");
+  if (ring_bits < 8 || ring_bits > 32) return bad("\"ring_bits\" must be in [8, 32]");
+  if (!(clip_norm > 0)) return bad("\"clip_norm\" must be positive");
+  if (!(noise_multiplier >= 0) || !std::isfinite(noise_multiplier)) return bad("\"noise_multiplier\" must be >= 0");
+  if (!(delta > 0 && delta < 1)) return bad("\"delta\" must be in (0, 1)");
+  if (absl::Status s = strategy.Validate(); !s.ok()) return s;
+  if (!(dropout >= 0 && dropout < 1)) return bad("\"dropout\" must be in [0, 1)");
+  if (eval_every < 0 || eval_tokens < 0) return bad("\"eval_every\" and \"eval_tokens\" must be >= 0");
+  if (workers < 0) return bad("\"workers\" must be >= 0");
+  if (out.empty()) return bad("\"out\" is empty");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_text) {
+  Json j = Json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InvalidArgumentError("experiment config is not valid JSON");
+  const char* top = "the experiment config";
+  if (absl::Status s = OnlyKeys(j, {"data", "skip_bad_records", "users", "min_user_bytes", "select", "train_fraction",
+                                    "base", "pretrain", "lora", "methods", "rounds", "clients_per_round",
+                                    "min_clients", "local", "secure_agg", "ring_bits", "clip_norm",
+                                    "noise_multiplier", "delta", "strategy", "dropout", "eval_every", "eval_tokens",
+                                    "workers", "seed", "out"},
+                                top);
+      !s.ok()) {
+    return s;
+  }
+  ExperimentConfig c;
+  FEDPERS_READ(j, "data", c.data, "");
+  FEDPERS_READ(j, "skip_bad_records", c.skip_bad_records, "");
+  FEDPERS_READ(j, "users", c.users, "");
+  FEDPERS_READ(j, "min_user_bytes", c.min_user_bytes, "");
+  FEDPERS_READ(j, "select", c.select, "");
+  FEDPERS_READ(j, "train_fraction", c.train_fraction, "");
+  FEDPERS_READ(j, "base", c.base, "");
+  if (j.contains("pretrain")) {
+    const Json& p = j["pretrain"];
+    if (absl::Status s = OnlyKeys(p, {"config", "steps", "batch_size", "learning_rate"}, "\"pretrain\""); !s.ok()) {
+      return s;
+    }
+    FEDPERS_READ(p, "config", c.pretrain.config, "pretrain: ");
+    FEDPERS_READ(p, "steps", c.pretrain.steps, "pretrain: ");
+    FEDPERS_READ(p, "batch_size", c.pretrain.batch_size, "pretrain: ");
+    FEDPERS_READ(p, "learning_rate", c.pretrain.learning_rate, "pretrain: ");
+  }
+  if (j.contains("lora")) {
+    absl::StatusOr<LoraConfig> lora = ParseLoraConfigJson(j["lora"].dump());
+    if (!lora.ok()) return lora.status();
+    c.lora = *lora;
+  }
+  if (j.contains("methods")) {
+    std::vector<std::string> names;
+    FEDPERS_READ(j, "methods", names, "");
+    c.methods.clear();
+    for (const std::string& n : names) {
+      absl::StatusOr<Method> m = ParseMethod(n);
+      if (!m.ok()) return m.status();
+      if (std::find(c.methods.begin(), c.methods.end(), *m) != c.methods.end()) {
+        return absl::InvalidArgumentError(absl::StrCat("method '", n, "' is listed twice"));
+      }
+      c.methods.push_back(*m);
+    }
+  }
+  FEDPERS_READ(j, "rounds", c.rounds, "");
+  FEDPERS_READ(j, "clients_per_round", c.clients_per_round, "");
+  FEDPERS_READ(j, "min_clients", c.min_clients, "");
+  if (j.contains("local")) {
+    const Json& l = j["local"];
+    if (absl::Status s = OnlyKeys(l, {"global_steps", "residual_steps", "schedule", "batch_size", "seq_len",
+                                      "global_learning_rate", "residual_learning_rate"},
+                                  "\"local\"");
+        !s.ok()) {
+      return s;
+    }
+    FEDPERS_READ(l, "global_steps", c.local.global_steps, "local: ");
+    FEDPERS_READ(l, "residual_steps", c.local.residual_steps, "local: ");
+    FEDPERS_READ(l, "batch_size", c.local.batch_size, "local: ");
+    FEDPERS_READ(l, "seq_len", c.local.seq_len, "local: ");
+    FEDPERS_READ(l, "global_learning_rate", c.local.global_learning_rate, "local: ");
+    FEDPERS_READ(l, "residual_learning_rate", c.local.residual_learning_rate, "local: ");
+    if (l.contains("schedule")) {
+      std::string name;
+      FEDPERS_READ(l, "schedule", name, "local: ");
+      absl::StatusOr<TrainingSchedule> schedule = ParseTrainingSchedule(name);
+      if (!schedule.ok()) return schedule.status();
+      c.local.schedule = *schedule;
+    }
+  }
+  FEDPERS_READ(j, "secure_agg", c.secure_agg, "");
+  FEDPERS_READ(j, "ring_bits", c.ring_bits, "");
+  FEDPERS_READ(j, "clip_norm", c.clip_norm, "");
+  FEDPERS_READ(j, "noise_multiplier", c.noise_multiplier, "");
+  FEDPERS_READ(j, "delta", c.delta, "");
+  if (j.contains("strategy")) {
+    const Json& st = j["strategy"];
+    if (absl::Status s = OnlyKeys(st, {"name", "server_learning_rate", "beta1", "beta2", "tau"}, "\"strategy\"");
+        !s.ok()) {
+      return s;
+    }
+    FEDPERS_READ(st, "name", c.strategy.name, "strategy: ");
+    FEDPERS_READ(st, "server_learning_rate", c.strategy.server_learning_rate, "strategy: ");
+    FEDPERS_READ(st, "beta1", c.strategy.beta1, "strategy: ");
+    FEDPERS_READ(st, "beta2", c.strategy.beta2, "strategy: ");
+    FEDPERS_READ(st, "tau", c.strategy.tau, "strategy: ");
+  }
+  FEDPERS_READ(j, "dropout", c.dropout, "");
+  FEDPERS_READ(j, "eval_every", c.eval_every, "");
+  FEDPERS_READ(j, "eval_tokens", c.eval_tokens, "");
+  FEDPERS_READ(j, "workers", c.workers, "");
+  FEDPERS_READ(j, "seed", c.seed, "");
+  FEDPERS_READ(j, "out", c.out, "");
+  if (absl::Status s = c.Validate(); !s.ok()) return s;
+  return c;
+}
+
+std::string ExperimentConfigToJson(const ExperimentConfig& c) {
+  nlohmann::ordered_json j;
+  j["data"] = c.data;
+  j["skip_bad_records"] = c.skip_bad_records;
+  j["users"] = c.users;
+  j["min_user_bytes"] = c.min_user_bytes;
+  j["select"] = c.select;
+  j["train_fraction"] = c.train_fraction;
+  j["base"] = c.base;
+  j["pretrain"] = {{"config", c.pretrain.config}, {"steps", c.pretrain.steps}, {"batch_size", c.pretrain.batch_size},
+                   {"learning_rate", c.pretrain.learning_rate}};
+  j["lora"] = nlohmann::ordered_json::parse(LoraConfigToJson(c.lora));
+  std::vector<std::string> methods;
+  for (Method m : c.methods) methods.push_back(MethodName(m));
+  j["methods"] = methods;
+  j["rounds"] = c.rounds;
+  j["clients_per_round"] = c.clients_per_round;
+  j["min_clients"] = c.EffectiveMinClients();
+  j["local"] = {{"global_steps", c.local.global_steps},
+                {"residual_steps", c.local.residual_steps},
+                {"schedule", TrainingScheduleName(c.local.schedule)},
+                {"batch_size", c.local.batch_size},
+                {"seq_len", c.local.seq_len},
+                {"global_learning_rate", c.local.global_learning_rate},
+                {"residual_learning_rate", c.local.residual_learning_rate}};
+  j["secure_agg"] = c.secure_agg;
+  j["ring_bits"] = c.ring_bits;
+  j["clip_norm"] = c.clip_norm;
+  j["noise_multiplier"] = c.noise_multiplier;
+  j["delta"] = c.delta;
+  j["strategy"] = {{"name", c.strategy.name},
+                   {"server_learning_rate", c.strategy.server_learning_rate},
+                   {"beta1", c.strategy.beta1},
+                   {"beta2", c.strategy.beta2},
+                   {"tau", c.strategy.tau}};
+  j["dropout"] = c.dropout;
+  j["eval_every"] = c.EffectiveEvalEvery();
+  j["eval_tokens"] = c.eval_tokens;
+  j["workers"] = c.workers;
+  j["seed"] = c.seed;
+  j["out"] = c.out;
+  return j.dump(2) + "\n";
+}
+
+}  // namespace fedpers

@@ -1,0 +1,362 @@
+#include "simulations/report.h"
+
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
+#include "common/atomic_file.h"
+#include "common/table.h"
+
+namespace fedpers {
+namespace {
+
+namespace fs = std::filesystem;
+using OJson = nlohmann::ordered_json;
+
+std::string CsvField(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  return absl::StrCat("\"", absl::StrReplaceAll(s, {{"\"", "\"\""}}), "\"");
+}
+
+// File-name form of a method ("global+residual" -> "global-residual").
+std::string Slug(Method m) { return absl::StrReplaceAll(MethodName(m), {{"+", "-"}}); }
+
+// gnuplot string literal (single quotes, doubled inside).
+std::string GpString(const std::string& s) { return absl::StrCat("'", absl::StrReplaceAll(s, {{"'", "''"}}), "'"); }
+
+const MethodResult* Find(const ExperimentResult& r, Method m) {
+  for (const MethodResult& x : r.methods) {
+    if (x.method == m) return &x;
+  }
+  return nullptr;
+}
+
+// Nothing leaves the user (base, local) or no privacy at all (centralized).
+bool SharesNothing(Method m) { return m == Method::kBase || m == Method::kLocal; }
+
+double MeanTrainBytes(const MethodResult& m) {
+  double s = 0;
+  for (const UserResult& u : m.users) s += static_cast<double>(u.train_bytes);
+  return m.users.empty() ? 0 : s / static_cast<double>(m.users.size());
+}
+
+std::string EpsilonText(const ExperimentResult& r, const MethodResult& m) {
+  if (SharesNothing(m.method)) return "0 (nothing shared)";
+  if (m.method == Method::kCentralized) return "inf (raw data pooled)";
+  if (r.config.noise_multiplier == 0) return "inf (no noise)";
+  return absl::StrFormat("%.3g", m.epsilon);
+}
+
+std::string OptionalPercent(const std::optional<double>& v) {
+  return v ? absl::StrFormat("%.0f%%", 100 * *v) : std::string("-");
+}
+
+// Writes the script and its data, runs gnuplot, returns the PNG path.
+absl::Status Plot(const std::string& run_dir, const std::string& name, const std::string& body,
+                  ReportFiles& files) {
+  const std::string script = (fs::path(run_dir) / "plots" / (name + ".gp")).string();
+  const std::string png = (fs::path(run_dir) / "plots" / (name + ".png")).string();
+  const std::string svg = (fs::path(run_dir) / "plots" / (name + ".svg")).string();
+  const std::string text = absl::StrCat(
+      "set terminal pngcairo size 960,600 font 'Sans,11'\nset output ", GpString(png), "\n", body,
+      "\nset terminal svg size 960,600 font 'Sans,11' background '#ffffff'\nset output ", GpString(svg), "\nreplot\n");
+  if (absl::Status s = WriteFileAtomically(script, text); !s.ok()) return s;
+  files.written.push_back(script);
+  if (absl::Status s = RunGnuplot(script); !s.ok()) return s;
+  files.written.push_back(png);
+  files.written.push_back(svg);
+  files.plots.push_back(png);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string HumanBytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 3) {
+    bytes /= 1024;
+    ++u;
+  }
+  return u == 0 ? absl::StrFormat("%.0f B", bytes) : absl::StrFormat("%.1f %s", bytes, units[u]);
+}
+
+OJson RoundRecordToJson(const RoundRecord& r) {
+  OJson j;
+  j["method"] = MethodName(r.method);
+  j["round"] = r.round;
+  j["committed"] = r.committed;
+  if (!r.abort_reason.empty()) j["abort_reason"] = r.abort_reason;
+  j["sampled"] = r.sampled;
+  j["contributors"] = r.contributors;
+  j["bytes_up_per_client"] = r.bytes_up_per_client;
+  j["bytes_down_per_client"] = r.bytes_down_per_client;
+  j["client_seconds"] = r.client_seconds;
+  j["training_seconds"] = r.training_seconds;
+  j["coordinator_seconds"] = r.coordinator_seconds;
+  j["wall_seconds"] = r.wall_seconds;
+  j["epsilon"] = r.epsilon;
+  if (r.eval) {
+    j["eval"] = {{"loss", r.eval->loss}, {"perplexity", r.eval->perplexity}, {"accuracy", r.eval->accuracy}};
+  }
+  return j;
+}
+
+OJson MethodResultToJson(const MethodResult& m) {
+  OJson j;
+  j["method"] = MethodName(m.method);
+  j["accuracy"] = m.final_eval.accuracy;
+  j["loss"] = m.final_eval.loss;
+  j["perplexity"] = m.final_eval.perplexity;
+  j["improved_over_global"] = m.improved_over_global ? OJson(*m.improved_over_global) : OJson(nullptr);
+  j["improved_over_base"] = m.improved_over_base ? OJson(*m.improved_over_base) : OJson(nullptr);
+  j["bytes_up_per_client_round"] = m.bytes_up_per_client_round;
+  j["bytes_down_per_client_round"] = m.bytes_down_per_client_round;
+  j["client_seconds_per_round"] = m.client_seconds_per_round;
+  j["coordinator_seconds_per_round"] = m.coordinator_seconds_per_round;
+  j["epsilon"] = m.epsilon;
+  j["rounds_committed"] = m.rounds_committed;
+  j["rounds_aborted"] = m.rounds_aborted;
+  j["wall_seconds"] = m.wall_seconds;
+  return j;
+}
+
+OJson ExperimentSummaryJson(const ExperimentResult& r) {
+  OJson j;
+  j["corpus"] = r.config.data;
+  j["corpus_users"] = r.corpus_users;
+  j["users"] = r.users.size();
+  j["base_model"] = r.base_model;
+  j["pretrained_here"] = r.pretrained_here;
+  j["global_adapter_values"] = r.global_values;
+  j["residual_adapter_values"] = r.residual_values;
+  j["rounds"] = r.config.rounds;
+  j["clients_per_round"] = r.config.clients_per_round;
+  j["schedule"] = TrainingScheduleName(r.config.local.schedule);
+  j["noise_multiplier"] = r.config.noise_multiplier;
+  j["clip_norm"] = r.config.clip_norm;
+  j["delta"] = r.config.delta;
+  j["wall_seconds"] = r.wall_seconds;
+  OJson methods = OJson::array();
+  for (const MethodResult& m : r.methods) methods.push_back(MethodResultToJson(m));
+  j["methods"] = methods;
+  return j;
+}
+
+absl::StatusOr<std::unique_ptr<MetricsLog>> MetricsLog::Create(const std::string& path) {
+  std::error_code ec;
+  fs::create_directories(fs::path(path).parent_path(), ec);
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (f == nullptr) return absl::InternalError(absl::StrCat("cannot write '", path, "'"));
+  return std::unique_ptr<MetricsLog>(new MetricsLog(f));
+}
+
+MetricsLog::~MetricsLog() { std::fclose(file_); }
+
+void MetricsLog::Append(const RoundRecord& record) {
+  const std::string line = RoundRecordToJson(record).dump() + "\n";
+  std::fwrite(line.data(), 1, line.size(), file_);
+  std::fflush(file_);
+}
+
+absl::Status RunGnuplot(const std::string& script_path) {
+  if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) {
+    return absl::FailedPreconditionError("gnuplot is not installed (sudo apt-get install gnuplot-nox); plots skipped");
+  }
+  const std::string cmd = absl::StrCat("gnuplot '", absl::StrReplaceAll(script_path, {{"'", "'\\''"}}), "' 2>&1");
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return absl::InternalError("cannot start gnuplot");
+  std::string out;
+  char buf[512];
+  while (size_t n = fread(buf, 1, sizeof(buf), p)) out.append(buf, n);
+  const int status = pclose(p);
+  if (status != 0) return absl::InternalError(absl::StrCat("gnuplot failed on ", script_path, ": ", out));
+  return absl::OkStatus();
+}
+
+std::string ResultsTable(const ExperimentResult& r) {
+  Table t({"method", "accuracy", "loss", "ppl", ">global", ">base", "up/client/round", "down/client/round",
+           "client s/round", "coord s/round", "epsilon"});
+  for (const MethodResult& m : r.methods) {
+    const bool federated = m.bytes_up_per_client_round > 0;
+    t.AddRow({MethodName(m.method), absl::StrFormat("%.4f", m.final_eval.accuracy),
+              absl::StrFormat("%.4f", m.final_eval.loss), absl::StrFormat("%.3f", m.final_eval.perplexity),
+              OptionalPercent(m.improved_over_global), OptionalPercent(m.improved_over_base),
+              federated ? HumanBytes(m.bytes_up_per_client_round) : "-",
+              federated ? HumanBytes(m.bytes_down_per_client_round) : "-",
+              m.client_seconds_per_round > 0 ? absl::StrFormat("%.2f", m.client_seconds_per_round) : "-",
+              federated ? absl::StrFormat("%.3f", m.coordinator_seconds_per_round) : "-", EpsilonText(r, m)});
+  }
+  return t.Render();
+}
+
+absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::string& run_dir) {
+  ReportFiles files;
+  std::error_code ec;
+  fs::create_directories(fs::path(run_dir) / "plots", ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create '", run_dir, "/plots': ", ec.message()));
+  auto write = [&](const std::string& name, const std::string& text) -> absl::Status {
+    const std::string path = (fs::path(run_dir) / name).string();
+    if (absl::Status s = WriteFileAtomically(path, text); !s.ok()) return s;
+    files.written.push_back(path);
+    return absl::OkStatus();
+  };
+  if (absl::Status s = write("config.json", ExperimentConfigToJson(r.config)); !s.ok()) return s;
+  std::string csv = "method,user_id,train_bytes,test_bytes,participations,loss,perplexity,accuracy,eval_tokens\n";
+  for (const MethodResult& m : r.methods) {
+    for (const UserResult& u : m.users) {
+      absl::StrAppend(&csv, MethodName(m.method), ",", CsvField(u.user_id), ",", u.train_bytes, ",", u.test_bytes, ",",
+                      u.participations, ",", absl::StrFormat("%.6f,%.6f,%.6f", u.loss, u.perplexity, u.accuracy), ",",
+                      u.eval_tokens, "\n");
+    }
+  }
+  if (absl::Status s = write("users.csv", csv); !s.ok()) return s;
+  if (absl::Status s = write("summary.json", ExperimentSummaryJson(r).dump(2) + "\n"); !s.ok()) return s;
+
+  // Plot data.
+  std::string curves;
+  std::vector<std::string> plot_lines;
+  int index = 0;
+  for (const MethodResult& m : r.methods) {
+    absl::StrAppend(&curves, "# ", MethodName(m.method), "\n");
+    for (const RoundRecord& rec : r.rounds) {
+      if (rec.method == m.method && rec.eval) absl::StrAppend(&curves, rec.round, " ", rec.eval->accuracy, "\n");
+    }
+    absl::StrAppend(&curves, "\n\n");
+    plot_lines.push_back(absl::StrCat("'plots/accuracy.dat' index ", index++, " with linespoints lw 2 pt 7 title ",
+                                      GpString(MethodName(m.method))));
+  }
+  if (absl::Status s = write("plots/accuracy.dat", curves); !s.ok()) return s;
+  double max_eps = 0, max_kib = 0;
+  for (const MethodResult& m : r.methods) {
+    if (!SharesNothing(m.method) && m.method != Method::kCentralized && std::isfinite(m.epsilon)) {
+      max_eps = std::max(max_eps, m.epsilon);
+    }
+    max_kib = std::max(max_kib, m.bytes_up_per_client_round / 1024);
+  }
+  const double inf_x = max_eps > 0 ? 1.25 * max_eps : 1.0;
+  std::string tradeoff = "# method epsilon_x accuracy kib_up label\n";
+  for (const MethodResult& m : r.methods) {
+    double eps_x = SharesNothing(m.method) ? 0 : m.epsilon;
+    std::string label = MethodName(m.method);
+    if (m.method == Method::kCentralized || (!SharesNothing(m.method) && r.config.noise_multiplier == 0)) {
+      eps_x = inf_x;
+      label += m.method == Method::kCentralized ? " (raw data, eps=inf)" : " (eps=inf)";
+    }
+    double kib = m.bytes_up_per_client_round / 1024;
+    if (m.method == Method::kCentralized) {
+      kib = MeanTrainBytes(m) / 1024 / static_cast<double>(r.config.rounds);
+      label = "centralized (raw text / rounds)";
+    }
+    absl::StrAppend(&tradeoff, Slug(m.method), " ", eps_x, " ", m.final_eval.accuracy, " ", kib, " \"", label, "\"\n");
+  }
+  if (absl::Status s = write("plots/tradeoff.dat", tradeoff); !s.ok()) return s;
+
+  // gnuplot resolves data paths from its working directory: make them absolute.
+  const std::string dir = fs::absolute(run_dir).string();
+  auto data = [&](const std::string& f) { return GpString((fs::path(dir) / "plots" / f).string()); };
+  std::string acc_plot = absl::StrCat(
+      "set title 'Mean next-token accuracy per round (", r.users.size(), " users, ", r.config.data, ")' noenhanced\n",
+      "set xlabel 'round'\nset ylabel 'mean held-out accuracy'\nset key outside right\nset grid\n"
+      "set xrange [0:", r.config.rounds, "]\nplot ");
+  for (size_t i = 0; i < plot_lines.size(); ++i) {
+    absl::StrAppend(&acc_plot, i ? ", \\\n  " : "",
+                    absl::StrReplaceAll(plot_lines[i], {{"'plots/accuracy.dat'", data("accuracy.dat")}}));
+  }
+  const std::string tradeoff_plot = absl::StrCat(
+      "set multiplot layout 1,2 title 'Accuracy against privacy and communication' noenhanced\n"
+      "set grid\nunset key\nset ylabel 'mean held-out accuracy'\n"
+      "set xlabel 'epsilon (delta ", absl::StrFormat("%g", r.config.delta), "; right edge: no privacy)'\n",
+      "set xrange [-0.05*", inf_x, ":", 1.45 * inf_x, "]\n",
+      "plot ", data("tradeoff.dat"), " using 2:3 with points pt 7 ps 1.6, '' using 2:3:5 with labels offset 0,1 font ',9' noenhanced\n",
+      "set xlabel 'KiB sent per client per round'\nset xrange [-0.05*", std::max(1.0, max_kib), ":", 1.4 * std::max(1.0, max_kib), "]\n",
+      "plot ", data("tradeoff.dat"), " using 4:3 with points pt 7 ps 1.6, '' using 4:3:5 with labels offset 0,1 font ',9' noenhanced\n",
+      "unset multiplot\n");
+  std::vector<std::pair<std::string, std::string>> plots = {{"accuracy_per_round", acc_plot},
+                                                             {"tradeoff", tradeoff_plot}};
+  const MethodResult* gr = Find(r, Method::kGlobalResidual);
+  const MethodResult* gl = Find(r, Method::kGlobal);
+  const MethodResult* lo = Find(r, Method::kLocal);
+  if (gr && (gl || lo)) {
+    std::string users = "# user_index global local global+residual\n";
+    for (size_t i = 0; i < gr->users.size(); ++i) {
+      absl::StrAppend(&users, i, " ", gl ? gl->users[i].accuracy : NAN, " ", lo ? lo->users[i].accuracy : NAN, " ",
+                      gr->users[i].accuracy, "\n");
+    }
+    if (absl::Status s = write("plots/users.dat", users); !s.ok()) return s;
+    std::string body =
+        "set title 'Per-user accuracy: global+residual against one adapter' noenhanced\n"
+        "set xlabel 'accuracy with global (or local) only'\nset ylabel 'accuracy with global+residual'\n"
+        "set key top left\nset grid\nset size ratio -1\nplot ";
+    if (gl) absl::StrAppend(&body, data("users.dat"), " using 2:4 with points pt 7 title 'vs global', ");
+    if (lo) absl::StrAppend(&body, data("users.dat"), " using 3:4 with points pt 9 title 'vs local', ");
+    absl::StrAppend(&body, "x with lines dt 2 lc 'gray' title 'equal'");
+    plots.emplace_back("users", body);
+  }
+  for (const auto& [name, body] : plots) {
+    absl::Status s = Plot(run_dir, name, body, files);
+    if (!s.ok()) {
+      files.warnings.push_back(std::string(s.message()));
+      if (s.code() == absl::StatusCode::kFailedPrecondition) break;  // no gnuplot: no plot will work
+    }
+  }
+
+  // report.md
+  const ExperimentConfig& c = r.config;
+  std::string md = absl::StrCat("# fedpers simulation: ", c.data, "\n\n");
+  absl::StrAppend(&md, r.users.size(), " users (of ", r.corpus_users, " in the corpus, ", c.select, ", at least ",
+                  c.min_user_bytes, " bytes each), ", c.rounds, " rounds of ", c.clients_per_round,
+                  " clients; local budget ", c.local.global_steps + c.local.residual_steps, " steps per round (",
+                  TrainingScheduleName(c.local.schedule), ": ", c.local.global_steps, " global + ",
+                  c.local.residual_steps, " residual), batch ", c.local.batch_size, ". SecAgg+ in a ", c.ring_bits,
+                  "-bit ring; clip ", c.clip_norm, ", noise multiplier ", c.noise_multiplier, ", delta ", c.delta,
+                  "; server strategy ", c.strategy.name, ". Base model `", r.base_model, "`",
+                  r.pretrained_here ? " (pretrained for this run on the users that do not federate)" : "",
+                  ". Global adapter ", r.global_values, " values, residual ", r.residual_values, " values per user.\n\n");
+  absl::StrAppend(&md, "## Results\n\n| method | accuracy | loss | perplexity | users better than global | better than base | "
+                       "up / client / round | down / client / round | client s / round | coordinator s / round | epsilon |\n"
+                       "|---|---|---|---|---|---|---|---|---|---|---|\n");
+  for (const MethodResult& m : r.methods) {
+    const bool federated = m.bytes_up_per_client_round > 0;
+    absl::StrAppend(&md, "| ", MethodName(m.method), " | ", absl::StrFormat("%.4f", m.final_eval.accuracy), " | ",
+                    absl::StrFormat("%.4f", m.final_eval.loss), " | ", absl::StrFormat("%.3f", m.final_eval.perplexity),
+                    " | ", OptionalPercent(m.improved_over_global), " | ", OptionalPercent(m.improved_over_base), " | ",
+                    federated ? HumanBytes(m.bytes_up_per_client_round) : "-", " | ",
+                    federated ? HumanBytes(m.bytes_down_per_client_round) : "-", " | ",
+                    m.client_seconds_per_round > 0 ? absl::StrFormat("%.2f", m.client_seconds_per_round) : "-", " | ",
+                    federated ? absl::StrFormat("%.3f", m.coordinator_seconds_per_round) : "-", " | ",
+                    EpsilonText(r, m), " |\n");
+  }
+  absl::StrAppend(&md,
+                  "\nAccuracy is next-token (byte) top-1 accuracy on each user's held-out latest ",
+                  absl::StrFormat("%.0f", 100 * (1 - c.train_fraction)), "% (first ", c.eval_tokens,
+                  " tokens), averaged over users; loss is cross-entropy in nats per token. Bytes are protobuf payloads "
+                  "(invitation with the global adapter down; SecAgg+ messages up), without gRPC/TLS framing. "
+                  "`local` and `base` share nothing; `centralized` pools the raw training text (no privacy) and "
+                  "trains the global adapter for as many steps as all clients together.\n\n## Plots\n\n");
+  for (const std::string& png : files.plots) {
+    const std::string rel = fs::relative(png, run_dir).string();
+    const std::string stem = fs::path(png).stem().string();
+    absl::StrAppend(&md, "![", stem, "](", rel, ") ([SVG](", fs::path(rel).replace_extension(".svg").string(), "))\n\n");
+  }
+  for (const std::string& w : files.warnings) absl::StrAppend(&md, "Note: ", w, "\n\n");
+  absl::StrAppend(&md, "## Files\n\n- `config.json`: the resolved configuration\n- `metrics.jsonl`: one line per "
+                       "round and method\n- `users.csv`: final per-user results of every method\n- `summary.json`: "
+                       "the table above\n");
+  if (!r.corpus_problems.empty()) {
+    absl::StrAppend(&md, "\n## Corpus notes\n\n");
+    for (size_t i = 0; i < r.corpus_problems.size() && i < 20; ++i) absl::StrAppend(&md, "- ", r.corpus_problems[i], "\n");
+    if (r.corpus_problems.size() > 20) absl::StrAppend(&md, "- ... ", r.corpus_problems.size() - 20, " more\n");
+  }
+  if (absl::Status s = write("report.md", md); !s.ok()) return s;
+  return files;
+}
+
+}  // namespace fedpers

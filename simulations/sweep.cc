@@ -1,0 +1,212 @@
+#include "simulations/sweep.h"
+
+#include <cmath>
+#include <filesystem>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/atomic_file.h"
+#include "common/table.h"
+
+namespace fedpers {
+namespace {
+
+namespace fs = std::filesystem;
+
+template <typename T>
+std::vector<T> AxisOr(const std::vector<T>& axis, T fallback) {
+  return axis.empty() ? std::vector<T>{fallback} : axis;
+}
+
+std::string EpsText(double eps) { return std::isfinite(eps) ? absl::StrFormat("%.3g", eps) : "inf"; }
+
+}  // namespace
+
+void MarkParetoFront(std::vector<SweepPoint>& points) {
+  for (SweepPoint& p : points) {
+    p.pareto = true;
+    for (const SweepPoint& q : points) {
+      const bool no_worse = q.accuracy >= p.accuracy && q.epsilon <= p.epsilon && q.bytes_up <= p.bytes_up;
+      const bool better = q.accuracy > p.accuracy || q.epsilon < p.epsilon || q.bytes_up < p.bytes_up;
+      if (no_worse && better) {
+        p.pareto = false;
+        break;
+      }
+    }
+  }
+}
+
+absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const SweepGrid& grid, bool progress) {
+  SweepResult result;
+  result.base = base_in;
+  ExperimentConfig& base = result.base;
+  base.methods = {Method::kGlobalResidual};
+  if (base.base.empty()) base.base = (fs::path(base.out) / "base").string();
+  std::vector<ExperimentConfig> configs;
+  for (int64_t gr : AxisOr(grid.global_rank, base.lora.global_rank)) {
+    for (int64_t rr : AxisOr(grid.residual_rank, base.lora.residual_rank)) {
+      for (uint32_t bits : AxisOr(grid.ring_bits, base.ring_bits)) {
+        for (double z : AxisOr(grid.noise_multiplier, base.noise_multiplier)) {
+          for (int64_t n : AxisOr(grid.clients_per_round, base.clients_per_round)) {
+            ExperimentConfig c = base;
+            c.lora.global_rank = gr;
+            c.lora.residual_rank = rr;
+            c.ring_bits = bits;
+            c.noise_multiplier = z;
+            c.clients_per_round = n;
+            c.min_clients = 0;
+            c.out = (fs::path(base.out) / "points" / absl::StrCat(configs.size())).string();
+            if (absl::Status s = c.Validate(); !s.ok()) {
+              return absl::InvalidArgumentError(absl::StrCat("sweep point ", configs.size(), ": ", s.message()));
+            }
+            configs.push_back(std::move(c));
+          }
+        }
+      }
+    }
+  }
+  for (size_t i = 0; i < configs.size(); ++i) {
+    const ExperimentConfig& c = configs[i];
+    if (progress) {
+      std::fprintf(stderr, "sweep point %zu/%zu: global rank %ld, residual rank %ld, ring %u bits, z %g, %ld clients\n",
+                   i + 1, configs.size(), static_cast<long>(c.lora.global_rank), static_cast<long>(c.lora.residual_rank),
+                   c.ring_bits, c.noise_multiplier, static_cast<long>(c.clients_per_round));
+    }
+    ExperimentHooks hooks;
+    hooks.progress = progress;
+    absl::StatusOr<ExperimentResult> r = RunExperiment(c, hooks);
+    if (!r.ok()) return absl::Status(r.status().code(), absl::StrCat("sweep point ", i, ": ", r.status().message()));
+    const MethodResult& m = r->methods.front();
+    SweepPoint p;
+    p.global_rank = c.lora.global_rank;
+    p.residual_rank = c.lora.residual_rank;
+    p.ring_bits = c.ring_bits;
+    p.noise_multiplier = c.noise_multiplier;
+    p.clients_per_round = c.clients_per_round;
+    p.accuracy = m.final_eval.accuracy;
+    p.loss = m.final_eval.loss;
+    p.epsilon = c.noise_multiplier > 0 ? m.epsilon : std::numeric_limits<double>::infinity();
+    p.bytes_up = m.bytes_up_per_client_round;
+    p.bytes_down = m.bytes_down_per_client_round;
+    p.client_seconds = m.client_seconds_per_round;
+    p.rounds_committed = m.rounds_committed;
+    p.rounds_aborted = m.rounds_aborted;
+    for (const RoundRecord& rec : r->rounds) {
+      if (!rec.committed && !rec.abort_reason.empty()) {
+        p.note = rec.abort_reason;
+        break;
+      }
+    }
+    if (p.rounds_committed == 0) p.epsilon = 0;  // nothing left any client
+    result.points.push_back(std::move(p));
+  }
+  MarkParetoFront(result.points);
+  return result;
+}
+
+nlohmann::ordered_json SweepJson(const SweepResult& r) {
+  nlohmann::ordered_json points = nlohmann::ordered_json::array();
+  for (const SweepPoint& p : r.points) {
+    points.push_back({{"global_rank", p.global_rank},
+                      {"residual_rank", p.residual_rank},
+                      {"ring_bits", p.ring_bits},
+                      {"noise_multiplier", p.noise_multiplier},
+                      {"clients_per_round", p.clients_per_round},
+                      {"accuracy", p.accuracy},
+                      {"loss", p.loss},
+                      {"epsilon", std::isfinite(p.epsilon) ? nlohmann::ordered_json(p.epsilon) : nlohmann::ordered_json("inf")},
+                      {"bytes_up_per_client_round", p.bytes_up},
+                      {"bytes_down_per_client_round", p.bytes_down},
+                      {"client_seconds_per_round", p.client_seconds},
+                      {"rounds_committed", p.rounds_committed},
+                      {"rounds_aborted", p.rounds_aborted},
+                      {"note", p.note},
+                      {"pareto", p.pareto}});
+  }
+  return {{"data", r.base.data}, {"rounds", r.base.rounds}, {"points", points}};
+}
+
+std::string SweepTable(const SweepResult& r) {
+  Table t({"#", "r_g", "r_u", "ring bits", "z", "clients", "accuracy", "epsilon", "up/client/round", "pareto", "note"});
+  for (size_t i = 0; i < r.points.size(); ++i) {
+    const SweepPoint& p = r.points[i];
+    t.AddRow({absl::StrCat(i), absl::StrCat(p.global_rank), absl::StrCat(p.residual_rank), absl::StrCat(p.ring_bits),
+              absl::StrFormat("%g", p.noise_multiplier), absl::StrCat(p.clients_per_round),
+              absl::StrFormat("%.4f", p.accuracy), EpsText(p.epsilon), HumanBytes(p.bytes_up), p.pareto ? "*" : "",
+              p.note.substr(0, 60)});
+  }
+  return t.Render();
+}
+
+absl::StatusOr<ReportFiles> WriteSweepReport(const SweepResult& r, const std::string& dir) {
+  ReportFiles files;
+  auto write = [&](const std::string& name, const std::string& text) -> absl::Status {
+    const std::string path = (fs::path(dir) / name).string();
+    if (absl::Status s = WriteFileAtomically(path, text); !s.ok()) return s;
+    files.written.push_back(path);
+    return absl::OkStatus();
+  };
+  std::string csv = "global_rank,residual_rank,ring_bits,noise_multiplier,clients_per_round,accuracy,loss,epsilon,"
+                    "bytes_up_per_client_round,bytes_down_per_client_round,client_seconds_per_round,pareto\n";
+  double max_eps = 0;
+  for (const SweepPoint& p : r.points) {
+    absl::StrAppend(&csv, p.global_rank, ",", p.residual_rank, ",", p.ring_bits, ",", p.noise_multiplier, ",",
+                    p.clients_per_round, ",", absl::StrFormat("%.6f,%.6f", p.accuracy, p.loss), ",", EpsText(p.epsilon),
+                    ",", p.bytes_up, ",", p.bytes_down, ",", p.client_seconds, ",", p.pareto ? 1 : 0, "\n");
+    if (std::isfinite(p.epsilon)) max_eps = std::max(max_eps, p.epsilon);
+  }
+  if (absl::Status s = write("sweep.csv", csv); !s.ok()) return s;
+  if (absl::Status s = write("sweep.json", SweepJson(r).dump(2) + "\n"); !s.ok()) return s;
+  const double inf_x = max_eps > 0 ? 1.25 * max_eps : 1.0;
+  std::string dat = "# epsilon_x accuracy kib_up pareto label\n";
+  for (size_t i = 0; i < r.points.size(); ++i) {
+    const SweepPoint& p = r.points[i];
+    absl::StrAppend(&dat, std::isfinite(p.epsilon) ? p.epsilon : inf_x, " ", p.accuracy, " ", p.bytes_up / 1024, " ",
+                    p.pareto ? 1 : 0, " \"#", i, "\"\n");
+  }
+  if (absl::Status s = write("plots/sweep.dat", dat); !s.ok()) return s;
+  const std::string data = absl::StrCat("'", fs::absolute(fs::path(dir) / "plots" / "sweep.dat").string(), "'");
+  const std::string png = (fs::path(dir) / "plots" / "sweep.png").string();
+  const std::string svg = (fs::path(dir) / "plots" / "sweep.svg").string();
+  const std::string script = absl::StrCat(
+      "set terminal pngcairo size 960,600 font 'Sans,11'\nset output '", png, "'\n",
+      "set multiplot layout 1,2 title 'Sweep: accuracy against epsilon and bytes (filled: Pareto front)'\n"
+      "set grid\nunset key\nset ylabel 'mean held-out accuracy'\n",
+      "set xlabel 'epsilon (right edge: no noise)'\n",
+      "plot ", data, " using 1:($4==1?$2:1/0) with points pt 7 ps 1.6, ", data,
+      " using 1:($4==0?$2:1/0) with points pt 6 ps 1.4, ", data, " using 1:2:5 with labels offset 0,1 font ',9'\n",
+      "set xlabel 'KiB sent per client per round'\n",
+      "plot ", data, " using 3:($4==1?$2:1/0) with points pt 7 ps 1.6, ", data,
+      " using 3:($4==0?$2:1/0) with points pt 6 ps 1.4, ", data, " using 3:2:5 with labels offset 0,1 font ',9'\n",
+      "unset multiplot\n",
+      "set terminal svg size 960,600 font 'Sans,11' background '#ffffff'\nset output '", svg, "'\nreplot\n");
+  const std::string script_path = (fs::path(dir) / "plots" / "sweep.gp").string();
+  if (absl::Status s = WriteFileAtomically(script_path, script); !s.ok()) return s;
+  files.written.push_back(script_path);
+  if (absl::Status s = RunGnuplot(script_path); s.ok()) {
+    files.written.push_back(png);
+    files.written.push_back(svg);
+    files.plots.push_back(png);
+  } else {
+    files.warnings.push_back(std::string(s.message()));
+  }
+  std::string md = absl::StrCat("# fedpers sweep: ", r.base.data, "\n\nglobal+residual, ", r.base.rounds,
+                                " rounds per point; `*` marks the Pareto front (accuracy up, epsilon down, bytes "
+                                "up down). Per-point runs are in `points/<#>/`.\n\n| # | r_g | r_u | ring bits | z | "
+                                "clients | accuracy | epsilon | up / client / round | Pareto | note |\n"
+                                "|---|---|---|---|---|---|---|---|---|---|---|\n");
+  for (size_t i = 0; i < r.points.size(); ++i) {
+    const SweepPoint& p = r.points[i];
+    absl::StrAppend(&md, "| ", i, " | ", p.global_rank, " | ", p.residual_rank, " | ", p.ring_bits, " | ",
+                    absl::StrFormat("%g", p.noise_multiplier), " | ", p.clients_per_round, " | ",
+                    absl::StrFormat("%.4f", p.accuracy), " | ", EpsText(p.epsilon), " | ", HumanBytes(p.bytes_up),
+                    " | ", p.pareto ? "*" : "", " | ", p.note, " |\n");
+  }
+  if (!files.plots.empty()) absl::StrAppend(&md, "\n![sweep](plots/sweep.png) ([SVG](plots/sweep.svg))\n");
+  for (const std::string& w : files.warnings) absl::StrAppend(&md, "\nNote: ", w, "\n");
+  if (absl::Status s = write("sweep.md", md); !s.ok()) return s;
+  return files;
+}
+
+}  // namespace fedpers

@@ -1,0 +1,60 @@
+// `fedpers sweep`: global+residual over a grid of global and residual rank,
+// ring bits, noise multiplier and clients per round, on the same users and
+// base model; one table and the Pareto front of accuracy (up), epsilon
+// (down) and bytes sent per client per round (down). Torch-free.
+#ifndef FEDPERS_SIMULATIONS_SWEEP_H_
+#define FEDPERS_SIMULATIONS_SWEEP_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+#include "simulations/experiment.h"
+#include "simulations/report.h"
+
+namespace fedpers {
+
+// An empty axis keeps the base config's value.
+struct SweepGrid {
+  std::vector<int64_t> global_rank, residual_rank;
+  std::vector<uint32_t> ring_bits;
+  std::vector<double> noise_multiplier;
+  std::vector<int64_t> clients_per_round;
+};
+
+struct SweepPoint {
+  int64_t global_rank = 0, residual_rank = 0;
+  uint32_t ring_bits = 0;
+  double noise_multiplier = 0;
+  int64_t clients_per_round = 0;
+  double accuracy = 0, loss = 0;
+  double epsilon = 0;  // infinity without noise
+  double bytes_up = 0, bytes_down = 0;  // per client per round
+  double client_seconds = 0;
+  int64_t rounds_committed = 0, rounds_aborted = 0;
+  std::string note;  // the first abort reason, if any
+  bool pareto = false;
+};
+
+struct SweepResult {
+  ExperimentConfig base;
+  std::vector<SweepPoint> points;
+};
+
+// Runs every grid point (the base config with methods = global+residual and
+// the point's values; run directories under base.out/points/). The base
+// model is pretrained once, by the first point, when base.base has none.
+absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base, const SweepGrid& grid, bool progress);
+
+// Marks the points no other point beats on all three objectives.
+void MarkParetoFront(std::vector<SweepPoint>& points);
+
+nlohmann::ordered_json SweepJson(const SweepResult& result);
+std::string SweepTable(const SweepResult& result);
+// sweep.csv, sweep.json, plots/sweep.{png,svg} and sweep.md in `dir`.
+absl::StatusOr<ReportFiles> WriteSweepReport(const SweepResult& result, const std::string& dir);
+
+}  // namespace fedpers
+
+#endif  // FEDPERS_SIMULATIONS_SWEEP_H_
