@@ -138,7 +138,14 @@ absl::StatusOr<std::vector<uint32_t>> PrivatizeForSecAgg(std::span<const float> 
     // Float rounding in the transform can nudge the norm above S: clip again.
     if (absl::StatusOr<double> n2 = secagg::ClipL2(v, ring.clip_norm); !n2.ok()) return n2.status();
   }
-  absl::StatusOr<std::vector<uint32_t>> encoded = secagg::EncodeToRing(v, ring);
+  // The rounding key comes from the caller's source: the CSPRNG in a
+  // deployment, a seeded stream in a reproducible simulation.
+  secagg::Key32 rounding_key;
+  for (size_t i = 0; i < rounding_key.size(); i += 8) {
+    const uint64_t word = rng.Next64();
+    for (size_t b = 0; b < 8; ++b) rounding_key[i + b] = static_cast<uint8_t>(word >> (8 * b));
+  }
+  absl::StatusOr<std::vector<uint32_t>> encoded = secagg::EncodeToRing(v, ring, rounding_key);
   if (!encoded.ok()) return encoded.status();
   const double sigma = config.ClientSigma(ring);
   if (sigma > 0) {

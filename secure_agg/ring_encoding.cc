@@ -65,14 +65,19 @@ absl::StatusOr<double> ClipL2(std::span<float> values, double clip_norm) {
 }
 
 absl::StatusOr<std::vector<uint32_t>> EncodeToRing(std::span<const float> values, const RingConfig& config) {
+  absl::StatusOr<Key32> key = RandomKey32();
+  if (!key.ok()) return key.status();
+  return EncodeToRing(values, config, *key);
+}
+
+absl::StatusOr<std::vector<uint32_t>> EncodeToRing(std::span<const float> values, const RingConfig& config,
+                                                   const Key32& rounding_key) {
   if (absl::Status s = config.Validate(); !s.ok()) return s;
   std::vector<float> clipped(values.begin(), values.end());
   absl::StatusOr<double> norm = ClipL2(clipped, config.clip_norm);
   if (!norm.ok()) return norm.status();
-  // One 32-bit uniform per coordinate from AES-CTR under a fresh random key.
-  absl::StatusOr<Key32> key = RandomKey32();
-  if (!key.ok()) return key.status();
-  absl::StatusOr<AesCtrPrg> prg = AesCtrPrg::Create(*key);
+  // One 32-bit uniform per coordinate from AES-CTR under the rounding key.
+  absl::StatusOr<AesCtrPrg> prg = AesCtrPrg::Create(rounding_key);
   if (!prg.ok()) return prg.status();
   std::vector<uint32_t> random(clipped.size());
   if (absl::Status s = prg->Generate(0, {reinterpret_cast<uint8_t*>(random.data()), random.size() * 4}); !s.ok()) {

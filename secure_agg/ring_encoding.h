@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "secure_agg/crypto.h"
 
 namespace fedpers::secagg {
 
@@ -40,8 +41,11 @@ struct RingConfig {
 absl::StatusOr<double> ClipL2(std::span<float> values, double clip_norm);
 
 // Encodes `values` (clipped to the config's S first) into ring elements
-// (uint32 each, reduced mod 2^b). Randomness for the rounding comes from the
-// CSPRNG. Thread-safe.
+// (uint32 each, reduced mod 2^b). The rounding's coin flips come from
+// AES-256-CTR under `rounding_key` (one fresh random key per encoding; the
+// overload without a key draws one from the CSPRNG). Thread-safe.
+absl::StatusOr<std::vector<uint32_t>> EncodeToRing(std::span<const float> values, const RingConfig& config,
+                                                   const Key32& rounding_key);
 absl::StatusOr<std::vector<uint32_t>> EncodeToRing(std::span<const float> values, const RingConfig& config);
 
 // Decodes a ring vector (a single encoding or a sum of up to n) back to

@@ -242,20 +242,22 @@ absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::st
     max_kib = std::max(max_kib, m.bytes_up_per_client_round / 1024);
   }
   const double inf_x = max_eps > 0 ? 1.25 * max_eps : 1.0;
-  std::string tradeoff = "# method epsilon_x accuracy kib_up label\n";
+  std::string tradeoff = "# method epsilon_x accuracy kib_up epsilon_label bytes_label\n";
   for (const MethodResult& m : r.methods) {
     double eps_x = SharesNothing(m.method) ? 0 : m.epsilon;
-    std::string label = MethodName(m.method);
+    std::string eps_label = MethodName(m.method), bytes_label = MethodName(m.method);
     if (m.method == Method::kCentralized || (!SharesNothing(m.method) && r.config.noise_multiplier == 0)) {
       eps_x = inf_x;
-      label += m.method == Method::kCentralized ? " (raw data, eps=inf)" : " (eps=inf)";
+      eps_label += m.method == Method::kCentralized ? " (raw data: no privacy)" : " (no noise)";
     }
     double kib = m.bytes_up_per_client_round / 1024;
     if (m.method == Method::kCentralized) {
+      // Raw text sent once, spread over the rounds for comparison.
       kib = MeanTrainBytes(m) / 1024 / static_cast<double>(r.config.rounds);
-      label = "centralized (raw text / rounds)";
+      bytes_label += " (raw text / rounds)";
     }
-    absl::StrAppend(&tradeoff, Slug(m.method), " ", eps_x, " ", m.final_eval.accuracy, " ", kib, " \"", label, "\"\n");
+    absl::StrAppend(&tradeoff, Slug(m.method), " ", eps_x, " ", m.final_eval.accuracy, " ", kib, " \"", eps_label,
+                    "\" \"", bytes_label, "\"\n");
   }
   if (absl::Status s = write("plots/tradeoff.dat", tradeoff); !s.ok()) return s;
 
@@ -265,7 +267,7 @@ absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::st
   std::string acc_plot = absl::StrCat(
       "set title 'Mean next-token accuracy per round (", r.users.size(), " users, ", r.config.data, ")' noenhanced\n",
       "set xlabel 'round'\nset ylabel 'mean held-out accuracy'\nset key outside right\nset grid\n"
-      "set xrange [0:", r.config.rounds, "]\nplot ");
+      "set xrange [0:", r.config.rounds, "]\n", r.config.rounds <= 20 ? "set xtics 1\n" : "", "plot ");
   for (size_t i = 0; i < plot_lines.size(); ++i) {
     absl::StrAppend(&acc_plot, i ? ", \\\n  " : "",
                     absl::StrReplaceAll(plot_lines[i], {{"'plots/accuracy.dat'", data("accuracy.dat")}}));
@@ -274,10 +276,10 @@ absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::st
       "set multiplot layout 1,2 title 'Accuracy against privacy and communication' noenhanced\n"
       "set grid\nunset key\nset ylabel 'mean held-out accuracy'\n"
       "set xlabel 'epsilon (delta ", absl::StrFormat("%g", r.config.delta), "; right edge: no privacy)'\n",
-      "set xrange [-0.05*", inf_x, ":", 1.45 * inf_x, "]\n",
-      "plot ", data("tradeoff.dat"), " using 2:3 with points pt 7 ps 1.6, '' using 2:3:5 with labels offset 0,1 font ',9' noenhanced\n",
-      "set xlabel 'KiB sent per client per round'\nset xrange [-0.05*", std::max(1.0, max_kib), ":", 1.4 * std::max(1.0, max_kib), "]\n",
-      "plot ", data("tradeoff.dat"), " using 4:3 with points pt 7 ps 1.6, '' using 4:3:5 with labels offset 0,1 font ',9' noenhanced\n",
+      "set xrange [", -0.15 * inf_x, ":", 1.45 * inf_x, "]\nset offsets 0, 0, graph 0.08, graph 0.05\n",
+      "plot ", data("tradeoff.dat"), " using 2:3 with points pt 7 ps 1.6 lc rgb '#1f77b4', '' using 2:3:5 with labels offset 0,1 font ',9' noenhanced\n",
+      "set xlabel 'KiB sent per client per round'\nset xrange [", -0.15 * std::max(1.0, max_kib), ":", 1.4 * std::max(1.0, max_kib), "]\n",
+      "plot ", data("tradeoff.dat"), " using 4:3 with points pt 7 ps 1.6 lc rgb '#1f77b4', '' using 4:3:6 with labels offset 0,1 font ',9' noenhanced\n",
       "unset multiplot\n");
   std::vector<std::pair<std::string, std::string>> plots = {{"accuracy_per_round", acc_plot},
                                                              {"tradeoff", tradeoff_plot}};

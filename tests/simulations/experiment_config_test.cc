@@ -1,0 +1,75 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "simulations/experiment.h"
+#include "simulations/sweep.h"
+
+namespace fedpers {
+namespace {
+
+TEST(ExperimentConfigTest, DefaultsAreValidAndRoundTripThroughJson) {
+  ExperimentConfig defaults;
+  ASSERT_TRUE(defaults.Validate().ok()) << defaults.Validate();
+  EXPECT_EQ(defaults.methods.size(), 6u);
+  EXPECT_TRUE(defaults.secure_agg);
+  EXPECT_GT(defaults.noise_multiplier, 0) << "DP is on by default";
+  absl::StatusOr<ExperimentConfig> back = ParseExperimentConfig(ExperimentConfigToJson(defaults));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(ExperimentConfigToJson(*back), ExperimentConfigToJson(defaults));
+}
+
+TEST(ExperimentConfigTest, ParsesNestedSectionsAndMethods) {
+  absl::StatusOr<ExperimentConfig> c = ParseExperimentConfig(R"({
+    "data": "synthetic:users=8", "users": 8, "rounds": 3, "clients_per_round": 4,
+    "methods": ["global+residual", "local"], "lora": {"global_rank": 4, "residual_rank": 2},
+    "local": {"global_steps": 5, "residual_steps": 7, "schedule": "alternating"},
+    "strategy": {"name": "fedyogi", "server_learning_rate": 0.01}, "noise_multiplier": 0})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->methods, (std::vector<Method>{Method::kGlobalResidual, Method::kLocal}));
+  EXPECT_EQ(c->lora.global_rank, 4);
+  EXPECT_EQ(c->local.schedule, TrainingSchedule::kAlternating);
+  EXPECT_EQ(c->local.residual_steps, 7);
+  EXPECT_EQ(c->strategy.name, "fedyogi");
+  EXPECT_EQ(c->EffectiveMinClients(), 2);
+  EXPECT_EQ(c->EffectiveEvalEvery(), 1);
+}
+
+TEST(ExperimentConfigTest, BadConfigsAreNamedErrors) {
+  auto error = [](const std::string& json) {
+    absl::StatusOr<ExperimentConfig> c = ParseExperimentConfig(json);
+    EXPECT_FALSE(c.ok()) << json;
+    return c.ok() ? std::string() : std::string(c.status().message());
+  };
+  EXPECT_NE(error(R"({"rounds": 3, "colour": 1})").find("\"colour\""), std::string::npos);
+  EXPECT_NE(error(R"({"rounds": "three"})").find("\"rounds\""), std::string::npos);
+  EXPECT_NE(error(R"({"methods": ["global", "magic"]})").find("magic"), std::string::npos);
+  EXPECT_NE(error(R"({"methods": ["local", "local"]})").find("twice"), std::string::npos);
+  EXPECT_NE(error(R"({"local": {"schedule": "sometimes"}})").find("sometimes"), std::string::npos);
+  EXPECT_NE(error(R"({"local": {"speed": 1}})").find("\"speed\""), std::string::npos);
+  EXPECT_NE(error(R"({"users": 4, "clients_per_round": 10})").find("clients_per_round"), std::string::npos);
+  EXPECT_NE(error(R"({"dropout": 1.5})").find("dropout"), std::string::npos);
+  EXPECT_NE(error(R"({"noise_multiplier": -1})").find("noise_multiplier"), std::string::npos);
+  EXPECT_NE(error("[1, 2]").find("object"), std::string::npos);
+  EXPECT_NE(error("{not json").find("JSON"), std::string::npos);
+}
+
+TEST(SweepTest, ParetoFrontKeepsTheUndominatedPoints) {
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<SweepPoint> p(5);
+  p[0].accuracy = 0.60; p[0].epsilon = inf; p[0].bytes_up = 100;  // best accuracy, no privacy
+  p[1].accuracy = 0.55; p[1].epsilon = 2;   p[1].bytes_up = 100;  // private
+  p[2].accuracy = 0.55; p[2].epsilon = 4;   p[2].bytes_up = 100;  // dominated by 1
+  p[3].accuracy = 0.50; p[3].epsilon = 2;   p[3].bytes_up = 50;   // cheapest
+  p[4].accuracy = 0.50; p[4].epsilon = 2;   p[4].bytes_up = 60;   // dominated by 3
+  MarkParetoFront(p);
+  EXPECT_TRUE(p[0].pareto);
+  EXPECT_TRUE(p[1].pareto);
+  EXPECT_FALSE(p[2].pareto);
+  EXPECT_TRUE(p[3].pareto);
+  EXPECT_FALSE(p[4].pareto);
+}
+
+}  // namespace
+}  // namespace fedpers
