@@ -4,6 +4,7 @@
 #include "absl/strings/str_format.h"
 #include "bench/round_bench.h"
 #include "bench/secagg_bench.h"
+#include "bench/simulate_bench.h"
 #include "bench/train_bench.h"
 #include "cli/commands.h"
 #include "common/table.h"
@@ -150,6 +151,69 @@ void RegisterBench(CLI::App& app, const GlobalOptions& global) {
                 absl::StrFormat("%.3f", f.coordinator_seconds), absl::StrFormat("%.1f", f.bytes_up_per_client / 1024),
                 absl::StrFormat("%.1f", f.bytes_down_per_client / 1024)});
     }
+    std::cout << t.Render();
+  });
+
+  auto* sim = bench->add_subcommand(
+      "simulate", "Simulation cost: round wall time over local training time, and peak memory with 1,000 "
+                  "registered users against 1,000 residuals");
+  auto so = std::make_shared<SimulateBenchOptions>();
+  auto simjson = std::make_shared<bool>(false);
+  auto probe = std::make_shared<std::string>();
+  sim->add_option("--config", so->config, "Base model config (randomly initialized)")->capture_default_str();
+  sim->add_option("--users", so->users, "Registered virtual users")->capture_default_str();
+  sim->add_option("--small-users", so->small_users, "Second user count, for the memory per user")->capture_default_str();
+  sim->add_option("--clients", so->clients_per_round, "Clients per round")->capture_default_str();
+  sim->add_option("--rounds", so->rounds, "Timed rounds (after one untimed)")->capture_default_str();
+  sim->add_option("--global-steps", so->global_steps, "Local steps on the global adapter")->capture_default_str();
+  sim->add_option("--residual-steps", so->residual_steps, "Local steps on the residual")->capture_default_str();
+  sim->add_option("--batch-size", so->batch_size, "Windows per step")->capture_default_str();
+  sim->add_option("--seq-len", so->seq_len, "Window length (0: n_positions)")->capture_default_str();
+  sim->add_option("--user-bytes", so->user_bytes, "Synthetic text per user")->capture_default_str();
+  sim->add_option("--workers", so->workers, "Parallel clients (0: one per core)")->capture_default_str();
+  sim->add_option("--probe", *probe, "Internal: run one measurement (idle | run) and print JSON")->group("");
+  sim->add_flag("--json", *simjson, "Print one JSON object");
+  sim->callback([so, simjson, probe, &global] {
+    so->threads = global.threads;
+    if (!probe->empty()) {
+      if (absl::Status s = RunSimulateBenchProbe(*probe, *so); !s.ok()) Fail(std::string(s.message()));
+      return;
+    }
+    so->progress = !global.quiet;
+    absl::StatusOr<SimulateBenchResult> r = RunSimulateBench(*so);
+    if (!r.ok()) Fail(std::string(r.status().message()));
+    if (*simjson) {
+      std::cout << nlohmann::json({{"users", r->users},
+                                   {"clients_per_round", r->clients_per_round},
+                                   {"workers", r->workers},
+                                   {"round_wall_seconds", r->round_wall_seconds},
+                                   {"round_training_seconds", r->round_training_seconds},
+                                   {"round_ratios", r->round_ratios},
+                                   {"median_ratio", r->median_ratio},
+                                   {"median_coordinator_seconds", r->median_coordinator_seconds},
+                                   {"residual_bytes", r->residual_bytes},
+                                   {"idle_rss_bytes", r->idle_rss_bytes},
+                                   {"peak_rss_bytes", r->peak_rss_bytes},
+                                   {"small_peak_rss_bytes", r->small_peak_rss_bytes},
+                                   {"memory_ratio", r->memory_ratio},
+                                   {"marginal_ratio", r->marginal_ratio}})
+                       .dump(2)
+                << "\n";
+      return;
+    }
+    std::cout << absl::StrFormat("%d virtual users, %d clients per round, %d workers\n\n", r->users,
+                                 r->clients_per_round, r->workers);
+    Table t({"measure", "value", "target"});
+    std::string ratios;
+    for (double x : r->round_ratios) absl::StrAppend(&ratios, ratios.empty() ? "" : " ", absl::StrFormat("%.3f", x));
+    t.AddRow({"round wall / local training (median)", absl::StrFormat("%.3f", r->median_ratio), "<= 1.15"});
+    t.AddRow({"  per round", ratios, ""});
+    t.AddRow({"coordinator s / round (median)", absl::StrFormat("%.3f", r->median_coordinator_seconds), ""});
+    t.AddRow({"one residual", absl::StrFormat("%.1f KiB", r->residual_bytes / 1024.0), ""});
+    t.AddRow({"idle RSS (base model held)", absl::StrFormat("%.1f MiB", r->idle_rss_bytes / 1048576.0), ""});
+    t.AddRow({absl::StrFormat("peak RSS, %d users", r->users), absl::StrFormat("%.1f MiB", r->peak_rss_bytes / 1048576.0), ""});
+    t.AddRow({"(peak - idle) / (users x residual)", absl::StrFormat("%.3f", r->memory_ratio), "<= 1.1"});
+    t.AddRow({"marginal memory per user / residual", absl::StrFormat("%.3f", r->marginal_ratio), ""});
     std::cout << t.Render();
   });
 }

@@ -86,9 +86,9 @@ absl::StatusOr<ClientSession> ClientSession::Create(Gpt2LmHead model, std::strin
   s.user_id_ = std::move(user_id);
   s.train_tokens_ = std::move(train_tokens);
   s.options_ = options;
-  s.global_layout_ = model->BranchLayout(LoraBranch::kGlobal);
+  s.global_fingerprint_ = model->BranchLayout(LoraBranch::kGlobal).Fingerprint();
   if (model->lora_config().residual_enabled) {
-    s.residual_layout_ = model->BranchLayout(LoraBranch::kResidual);
+    s.residual_fingerprint_ = model->BranchLayout(LoraBranch::kResidual).Fingerprint();
     model->ResetResidual(Fnv1a64(s.user_id_) ^ options.seed);
     s.residual_ = model->FlattenBranch(LoraBranch::kResidual);
   }
@@ -120,11 +120,11 @@ absl::Status ClientSession::RestoreResidual(std::vector<float> residual) {
 absl::StatusOr<fedpers::v1::SecAggClientMessage> ClientSession::BeginRound(const fedpers::v1::RoundInvitation& inv,
                                                                            Gpt2LmHead model) {
   EndRound();
-  if (model->BranchLayout(LoraBranch::kGlobal).Fingerprint() != global_layout_.Fingerprint() ||
-      (!residual_.empty() && !(model->BranchLayout(LoraBranch::kResidual) == residual_layout_))) {
+  if (model->BranchLayout(LoraBranch::kGlobal).Fingerprint() != global_fingerprint_ ||
+      (!residual_.empty() && model->BranchLayout(LoraBranch::kResidual).Fingerprint() != residual_fingerprint_)) {
     return absl::FailedPreconditionError("the model's adapter layout differs from this session's");
   }
-  if (inv.layout_fingerprint() != global_layout_.Fingerprint()) {
+  if (inv.layout_fingerprint() != global_fingerprint_) {
     return absl::FailedPreconditionError("the coordinator's global adapter layout differs from this client's model");
   }
   absl::StatusOr<secagg::RingConfig> ring = dp::RingFromProto(inv.ring());
@@ -133,7 +133,7 @@ absl::StatusOr<fedpers::v1::SecAggClientMessage> ClientSession::BeginRound(const
   if (!dpc.ok()) return dpc.status();
   absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Parse(inv.global_adapter());
   if (!file.ok()) return absl::InvalidArgumentError(absl::StrCat("global adapter: ", file.status().message()));
-  absl::StatusOr<std::vector<float>> global = global_layout_.FromSafetensors(*file);
+  absl::StatusOr<std::vector<float>> global = model->BranchLayout(LoraBranch::kGlobal).FromSafetensors(*file);
   if (!global.ok()) return global.status();
   if (absl::Status s = model->LoadBranch(LoraBranch::kGlobal, *global); !s.ok()) return s;
   if (absl::Status s = ActivateResidual(model); !s.ok()) return s;

@@ -53,9 +53,10 @@ class ClientSession {
   void EndRound();
 
   const std::string& user_id() const { return user_id_; }
-  const FlatLayout& global_layout() const { return global_layout_; }
-  const FlatLayout& residual_layout() const { return residual_layout_; }
-  uint64_t layout_fingerprint() const { return global_layout_.Fingerprint(); }
+  // Fingerprints of the adapter layouts the session was created for; a model
+  // it is given must have the same (its layouts serve the session).
+  uint64_t layout_fingerprint() const { return global_fingerprint_; }
+  uint64_t residual_fingerprint() const { return residual_fingerprint_; }
   const std::vector<float>& last_delta() const { return last_delta_; }
   const std::vector<float>& residual() const { return residual_; }
   // Seconds the last BeginRound spent in local training (optimizer steps).
@@ -72,7 +73,8 @@ class ClientSession {
   std::string user_id_;
   TokenSource train_tokens_;
   LocalTrainingOptions options_;
-  FlatLayout global_layout_, residual_layout_;
+  // Fingerprints, not layouts: thousands of sessions share the models' layouts.
+  uint64_t global_fingerprint_ = 0, residual_fingerprint_ = 0;
   std::vector<float> residual_;
   std::vector<float> last_delta_;
   double last_training_seconds_ = 0;

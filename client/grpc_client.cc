@@ -199,8 +199,9 @@ namespace {
 // starts fresh; one that cannot be used (another layout, another key) is
 // reported and the user starts fresh, since refusing to run would not bring
 // it back.
-absl::Status RestoreResiduals(CoordinatorConnection& coordinator, std::map<std::string, ClientSession*>& sessions,
-                              const ResidualVault& vault, ClientRunStats& stats) {
+absl::Status RestoreResiduals(CoordinatorConnection& coordinator, Gpt2LmHead model,
+                              std::map<std::string, ClientSession*>& sessions, const ResidualVault& vault,
+                              ClientRunStats& stats) {
   for (auto& [user, session] : sessions) {
     if (session->residual().empty()) continue;
     absl::StatusOr<std::vector<uint8_t>> blob = coordinator.GetResidual(user);
@@ -213,7 +214,7 @@ absl::Status RestoreResiduals(CoordinatorConnection& coordinator, std::map<std::
           SafetensorsFile::Parse(std::string(opened->plain.begin(), opened->plain.end()));
       restored = file.status();
       if (file.ok()) {
-        absl::StatusOr<std::vector<float>> values = session->residual_layout().FromSafetensors(*file);
+        absl::StatusOr<std::vector<float>> values = model->BranchLayout(LoraBranch::kResidual).FromSafetensors(*file);
         restored = values.ok() ? session->RestoreResidual(std::move(*values)) : values.status();
       }
     }
@@ -270,7 +271,7 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
       }
     }
     if (failure.ok() && joined && !restored) {
-      failure = RestoreResiduals(coordinator, sessions, vault, stats);
+      failure = RestoreResiduals(coordinator, model, sessions, vault, stats);
       if (failure.ok()) {
         restored = true;
       } else if (failure.code() != absl::StatusCode::kUnavailable) {
@@ -298,7 +299,7 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
         round_of[user] = resp.invitation().round();
         reply = session->BeginRound(resp.invitation(), model);
         if (reply.ok() && !o.save_updates_dir.empty()) {
-          absl::StatusOr<std::string> bytes = session->global_layout().ToSafetensors(session->last_delta());
+          absl::StatusOr<std::string> bytes = model->BranchLayout(LoraBranch::kGlobal).ToSafetensors(session->last_delta());
           if (!bytes.ok()) return bytes.status();
           const std::string path = absl::StrCat(o.save_updates_dir, "/round-", round_of[user], "/", UpdateFileName(user));
           if (absl::Status s = WriteFileAtomically(path, *bytes); !s.ok()) return s;
@@ -312,7 +313,7 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
         ++stats.rounds_finished;
         if (resp.finished().committed()) ++stats.rounds_committed;
         if (o.upload_residuals && !session->residual().empty()) {
-          absl::StatusOr<std::string> plain = session->residual_layout().ToSafetensors(session->residual());
+          absl::StatusOr<std::string> plain = model->BranchLayout(LoraBranch::kResidual).ToSafetensors(session->residual());
           if (!plain.ok()) return plain.status();
           std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(plain->data()), plain->size());
           absl::StatusOr<std::vector<uint8_t>> sealed = vault.Seal(user, resp.finished().round(), bytes);
