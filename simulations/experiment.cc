@@ -475,11 +475,11 @@ absl::StatusOr<ExperimentResult> RunExperiment(const ExperimentConfig& config, c
   result.base_model = c.base;
   if (!std::filesystem::exists(std::filesystem::path(c.base) / "model.safetensors")) {
     PretrainOptions p;
-    p.corpus = c.data;
+    p.corpus = c.pretrain.corpus.empty() ? c.data : c.pretrain.corpus;
     p.skip_bad_records = c.skip_bad_records;
     p.config = c.pretrain.config;
     p.out = c.base;
-    p.exclude_users = result.users;
+    if (c.pretrain.corpus.empty()) p.exclude_users = result.users;
     p.steps = c.pretrain.steps;
     p.batch_size = c.pretrain.batch_size;
     p.learning_rate = c.pretrain.learning_rate;

@@ -34,10 +34,21 @@ absl::StatusOr<Method> ParseMethod(absl::string_view name);
 std::vector<Method> AllMethods();
 
 struct PretrainSettings {
+  // Corpus spec to pretrain on; empty: the experiment's corpus without the
+  // federated users.
+  std::string corpus;
   std::string config = "tiny";  // named config or config.json path
   int64_t steps = 600;
   int64_t batch_size = 16;
   double learning_rate = 3e-3;
+};
+
+// A published figure to show beside the results (e.g. LEAF's), with what
+// differs (model, split) in `note`.
+struct ReferenceResult {
+  std::string name;
+  double accuracy = 0;
+  std::string note;
 };
 
 struct ExperimentConfig {
@@ -62,8 +73,8 @@ struct ExperimentConfig {
   // Privacy and communication.
   bool secure_agg = true;  // SecAgg+ (the only aggregation the round machine runs)
   uint32_t ring_bits = 32;
-  double clip_norm = 0.5;
-  double noise_multiplier = 0.3;  // z; 0 turns DP noise off
+  double clip_norm = 2.0;
+  double noise_multiplier = 0.1;  // z; 0 turns DP noise off
   double delta = 1e-5;
   StrategyConfig strategy;
   double dropout = 0;  // probability that a sampled client drops out at each SecAgg+ stage
@@ -73,6 +84,7 @@ struct ExperimentConfig {
   int workers = 0;            // parallel clients; 0: one per core
   uint64_t seed = 1;          // everything random in the experiment derives from it
   std::string out = "runs/simulate";
+  std::vector<ReferenceResult> references;  // shown in report.md and the accuracy plot
 
   // InvalidArgument naming the first bad field.
   absl::Status Validate() const;

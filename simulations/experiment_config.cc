@@ -121,7 +121,7 @@ absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_t
                                     "base", "pretrain", "lora", "methods", "rounds", "clients_per_round",
                                     "min_clients", "local", "secure_agg", "ring_bits", "clip_norm",
                                     "noise_multiplier", "delta", "strategy", "dropout", "eval_every", "eval_tokens",
-                                    "workers", "seed", "out"},
+                                    "workers", "seed", "out", "references"},
                                 top);
       !s.ok()) {
     return s;
@@ -136,9 +136,11 @@ absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_t
   FEDPERS_READ(j, "base", c.base, "");
   if (j.contains("pretrain")) {
     const Json& p = j["pretrain"];
-    if (absl::Status s = OnlyKeys(p, {"config", "steps", "batch_size", "learning_rate"}, "\"pretrain\""); !s.ok()) {
+    if (absl::Status s = OnlyKeys(p, {"corpus", "config", "steps", "batch_size", "learning_rate"}, "\"pretrain\"");
+        !s.ok()) {
       return s;
     }
+    FEDPERS_READ(p, "corpus", c.pretrain.corpus, "pretrain: ");
     FEDPERS_READ(p, "config", c.pretrain.config, "pretrain: ");
     FEDPERS_READ(p, "steps", c.pretrain.steps, "pretrain: ");
     FEDPERS_READ(p, "batch_size", c.pretrain.batch_size, "pretrain: ");
@@ -210,6 +212,20 @@ absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_t
   FEDPERS_READ(j, "workers", c.workers, "");
   FEDPERS_READ(j, "seed", c.seed, "");
   FEDPERS_READ(j, "out", c.out, "");
+  if (j.contains("references")) {
+    if (!j["references"].is_array()) return absl::InvalidArgumentError("\"references\" must be an array");
+    for (const Json& r : j["references"]) {
+      if (absl::Status s = OnlyKeys(r, {"name", "accuracy", "note"}, "a reference"); !s.ok()) return s;
+      ReferenceResult ref;
+      FEDPERS_READ(r, "name", ref.name, "reference: ");
+      FEDPERS_READ(r, "accuracy", ref.accuracy, "reference: ");
+      FEDPERS_READ(r, "note", ref.note, "reference: ");
+      if (ref.name.empty() || !(ref.accuracy >= 0 && ref.accuracy <= 1)) {
+        return absl::InvalidArgumentError("a reference needs a name and an accuracy in [0, 1]");
+      }
+      c.references.push_back(std::move(ref));
+    }
+  }
   if (absl::Status s = c.Validate(); !s.ok()) return s;
   return c;
 }
@@ -223,7 +239,7 @@ std::string ExperimentConfigToJson(const ExperimentConfig& c) {
   j["select"] = c.select;
   j["train_fraction"] = c.train_fraction;
   j["base"] = c.base;
-  j["pretrain"] = {{"config", c.pretrain.config}, {"steps", c.pretrain.steps}, {"batch_size", c.pretrain.batch_size},
+  j["pretrain"] = {{"corpus", c.pretrain.corpus}, {"config", c.pretrain.config}, {"steps", c.pretrain.steps}, {"batch_size", c.pretrain.batch_size},
                    {"learning_rate", c.pretrain.learning_rate}};
   j["lora"] = nlohmann::ordered_json::parse(LoraConfigToJson(c.lora));
   std::vector<std::string> methods;
@@ -255,6 +271,11 @@ std::string ExperimentConfigToJson(const ExperimentConfig& c) {
   j["workers"] = c.workers;
   j["seed"] = c.seed;
   j["out"] = c.out;
+  if (!c.references.empty()) {
+    nlohmann::ordered_json refs = nlohmann::ordered_json::array();
+    for (const ReferenceResult& r : c.references) refs.push_back({{"name", r.name}, {"accuracy", r.accuracy}, {"note", r.note}});
+    j["references"] = refs;
+  }
   return j.dump(2) + "\n";
 }
 

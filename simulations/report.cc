@@ -272,6 +272,10 @@ absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::st
     absl::StrAppend(&acc_plot, i ? ", \\\n  " : "",
                     absl::StrReplaceAll(plot_lines[i], {{"'plots/accuracy.dat'", data("accuracy.dat")}}));
   }
+  for (const ReferenceResult& ref : r.config.references) {
+    absl::StrAppend(&acc_plot, ", \\\n  ", ref.accuracy, " with lines dt 3 lw 1.5 title ",
+                    GpString(absl::StrCat(ref.name, " (published)")));
+  }
   const std::string tradeoff_plot = absl::StrCat(
       "set multiplot layout 1,2 title 'Accuracy against privacy and communication' noenhanced\n"
       "set grid\nunset key\nset ylabel 'mean held-out accuracy'\n"
@@ -335,6 +339,13 @@ absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::st
                     m.client_seconds_per_round > 0 ? absl::StrFormat("%.2f", m.client_seconds_per_round) : "-", " | ",
                     federated ? absl::StrFormat("%.3f", m.coordinator_seconds_per_round) : "-", " | ",
                     EpsilonText(r, m), " |\n");
+  }
+  if (!c.references.empty()) {
+    absl::StrAppend(&md, "\nPublished figures beside ours (other models and setups: compare with care):\n\n"
+                         "| reference | accuracy | note |\n|---|---|---|\n");
+    for (const ReferenceResult& ref : c.references) {
+      absl::StrAppend(&md, "| ", ref.name, " | ", absl::StrFormat("%.3f", ref.accuracy), " | ", ref.note, " |\n");
+    }
   }
   absl::StrAppend(&md,
                   "\nAccuracy is next-token (byte) top-1 accuracy on each user's held-out latest ",
