@@ -35,10 +35,19 @@ absl::StatusOr<double> TrainBranches(Gpt2LmHead model, const std::vector<int32_t
   };
   absl::Status status;
   if (o.schedule == TrainingSchedule::kJoint && global_steps > 0 && residual_steps > 0) {
-    // One optimizer over both branches; the global learning rate for both.
-    absl::StatusOr<std::unique_ptr<Trainer>> t =
-        make(true, true, global_steps + residual_steps, o.global_learning_rate, seed);
-    status = t.ok() ? (*t)->Run(global_steps + residual_steps) : t.status();
+    // One optimizer over both branches, each at its own learning rate.
+    TrainOptions t;
+    t.steps = global_steps + residual_steps;
+    t.batch_size = o.batch_size;
+    t.seq_len = o.seq_len;
+    t.learning_rate = o.global_learning_rate;
+    t.seed = seed;
+    std::vector<ParamGroup> groups(2);
+    groups[0].params = model->BranchParameters(LoraBranch::kGlobal);
+    groups[1].params = model->BranchParameters(LoraBranch::kResidual);
+    groups[1].lr_scale = o.residual_learning_rate / o.global_learning_rate;
+    absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(model, std::move(groups), tokens, t);
+    status = trainer.ok() ? (*trainer)->Run(t.steps) : trainer.status();
   } else {
     std::unique_ptr<Trainer> g, u;
     if (global_steps > 0) {

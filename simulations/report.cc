@@ -266,7 +266,7 @@ absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::st
   auto data = [&](const std::string& f) { return GpString((fs::path(dir) / "plots" / f).string()); };
   std::string acc_plot = absl::StrCat(
       "set title 'Mean next-token accuracy per round (", r.users.size(), " users, ", r.config.data, ")' noenhanced\n",
-      "set xlabel 'round'\nset ylabel 'mean held-out accuracy'\nset key outside right\nset grid\n"
+      "set xlabel 'round'\nset ylabel 'mean held-out accuracy'\nset key below maxrows 4\nset grid\n"
       "set xrange [0:", r.config.rounds, "]\n", r.config.rounds <= 20 ? "set xtics 1\n" : "", "plot ");
   for (size_t i = 0; i < plot_lines.size(); ++i) {
     absl::StrAppend(&acc_plot, i ? ", \\\n  " : "",
@@ -324,7 +324,9 @@ absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::st
                   c.local.residual_steps, " residual), batch ", c.local.batch_size, ". SecAgg+ in a ", c.ring_bits,
                   "-bit ring; clip ", c.clip_norm, ", noise multiplier ", c.noise_multiplier, ", delta ", c.delta,
                   "; server strategy ", c.strategy.name, ". Base model `", r.base_model, "`",
-                  r.pretrained_here ? " (pretrained for this run on the users that do not federate)" : "",
+                  !r.pretrained_here                ? ""
+                  : c.pretrain.corpus.empty() ? " (pretrained for this run on the users that do not federate)"
+                                              : absl::StrCat(" (pretrained for this run on `", c.pretrain.corpus, "`)"),
                   ". Global adapter ", r.global_values, " values, residual ", r.residual_values, " values per user.\n\n");
   absl::StrAppend(&md, "## Results\n\n| method | accuracy | loss | perplexity | users better than global | better than base | "
                        "up / client / round | down / client / round | client s / round | coordinator s / round | epsilon |\n"

@@ -50,18 +50,29 @@ std::pair<torch::Tensor, torch::Tensor> WindowSampler::Batch(int64_t batch_index
           window.index({idx::Slice(), idx::Slice(1, idx::None)}).contiguous()};
 }
 
-Trainer::Trainer(Gpt2LmHead model, std::vector<torch::Tensor> params, std::vector<int32_t> tokens,
+Trainer::Trainer(Gpt2LmHead model, std::vector<ParamGroup> groups, std::vector<int32_t> tokens,
                  TrainOptions options)
-    : model_(std::move(model)),
-      params_(std::move(params)),
-      sampler_(std::move(tokens), options.seq_len, options.seed),
-      options_(options) {
+    : model_(std::move(model)), sampler_(std::move(tokens), options.seq_len, options.seed), options_(options) {
   torch::optim::AdamWOptions adam(options.learning_rate);
   adam.betas({options.beta1, options.beta2}).eps(options.adam_eps).weight_decay(options.weight_decay);
-  optimizer_ = std::make_unique<torch::optim::AdamW>(params_, adam);
+  std::vector<torch::optim::OptimizerParamGroup> torch_groups;
+  for (ParamGroup& g : groups) {
+    params_.insert(params_.end(), g.params.begin(), g.params.end());
+    lr_scales_.push_back(g.lr_scale);
+    torch_groups.emplace_back(std::move(g.params), std::make_unique<torch::optim::AdamWOptions>(adam));
+  }
+  optimizer_ = std::make_unique<torch::optim::AdamW>(std::move(torch_groups), adam);
 }
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(Gpt2LmHead model, std::vector<torch::Tensor> params,
+                                                         std::vector<int32_t> train_tokens,
+                                                         TrainOptions options) {
+  std::vector<ParamGroup> groups;
+  groups.push_back({std::move(params), 1.0});
+  return Create(std::move(model), std::move(groups), std::move(train_tokens), options);
+}
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(Gpt2LmHead model, std::vector<ParamGroup> groups,
                                                          std::vector<int32_t> train_tokens,
                                                          TrainOptions options) {
   FEDPERS_RETURN_IF_ERROR(options.Validate());
@@ -70,10 +81,17 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(Gpt2LmHead model, std::
     return absl::InvalidArgumentError(absl::StrCat("seq_len ", options.seq_len, " exceeds n_positions ",
                                                    model->config().n_positions));
   }
-  if (params.empty()) return absl::InvalidArgumentError("nothing to train: no parameters selected");
+  std::vector<ParamGroup> nonempty;
+  for (ParamGroup& g : groups) {
+    if (!(g.lr_scale > 0)) return absl::InvalidArgumentError("a parameter group's lr_scale must be positive");
+    if (!g.params.empty()) nonempty.push_back(std::move(g));
+  }
+  if (nonempty.empty()) return absl::InvalidArgumentError("nothing to train: no parameters selected");
   if (train_tokens.size() < 2) return absl::InvalidArgumentError("nothing to train on: the training text is empty");
-  for (torch::Tensor& p : params) p.set_requires_grad(true);
-  return std::unique_ptr<Trainer>(new Trainer(std::move(model), std::move(params), std::move(train_tokens), options));
+  for (ParamGroup& g : nonempty) {
+    for (torch::Tensor& p : g.params) p.set_requires_grad(true);
+  }
+  return std::unique_ptr<Trainer>(new Trainer(std::move(model), std::move(nonempty), std::move(train_tokens), options));
 }
 
 absl::Status Trainer::Run(int64_t until, const std::function<bool(const StepStats&)>& on_step) {
@@ -81,8 +99,8 @@ absl::Status Trainer::Run(int64_t until, const std::function<bool(const StepStat
   try {
     for (; next_step_ < until; ++next_step_) {
       const double lr = ScheduledLearningRate(options_, next_step_);
-      for (auto& group : optimizer_->param_groups()) {
-        static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+      for (size_t g = 0; g < optimizer_->param_groups().size(); ++g) {
+        static_cast<torch::optim::AdamWOptions&>(optimizer_->param_groups()[g].options()).lr(lr * lr_scales_[g]);
       }
       auto [inputs, targets] = sampler_.Batch(next_step_, options_.batch_size);
       optimizer_->zero_grad();

@@ -54,6 +54,13 @@ class WindowSampler {
   uint64_t seed_;
 };
 
+// Parameters trained at `lr_scale` times the scheduled learning rate (e.g.
+// a user's residual beside the global adapter in one optimizer).
+struct ParamGroup {
+  std::vector<torch::Tensor> params;
+  double lr_scale = 1.0;
+};
+
 // Trains `params` of `model` with AdamW, gradient clipping and the warmup +
 // cosine schedule. Owns its optimizer state. Not thread-safe; libtorch uses
 // the process's intra-op threads.
@@ -61,6 +68,11 @@ class Trainer {
  public:
   // InvalidArgument on bad options, an empty parameter list or no tokens.
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(Gpt2LmHead model, std::vector<torch::Tensor> params,
+                                                         std::vector<int32_t> train_tokens,
+                                                         TrainOptions options);
+  // The same with several groups (one optimizer; the gradient is clipped over
+  // all of them together). InvalidArgument also on a non-positive lr_scale.
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(Gpt2LmHead model, std::vector<ParamGroup> groups,
                                                          std::vector<int32_t> train_tokens,
                                                          TrainOptions options);
 
@@ -77,10 +89,10 @@ class Trainer {
   absl::Status LoadState(const std::string& path, int64_t next_step);
 
  private:
-  Trainer(Gpt2LmHead model, std::vector<torch::Tensor> params, std::vector<int32_t> tokens,
-          TrainOptions options);
+  Trainer(Gpt2LmHead model, std::vector<ParamGroup> groups, std::vector<int32_t> tokens, TrainOptions options);
   Gpt2LmHead model_;
-  std::vector<torch::Tensor> params_;
+  std::vector<torch::Tensor> params_;  // every group's, for clipping
+  std::vector<double> lr_scales_;      // per optimizer param group
   WindowSampler sampler_;
   TrainOptions options_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;

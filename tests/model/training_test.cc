@@ -122,10 +122,39 @@ TEST(TrainingTest, ResumeContinuesExactly) {
   EXPECT_EQ((*t2)->LoadState("/nonexistent/state.pt", 0).code(), absl::StatusCode::kNotFound);
 }
 
+// Adam's first step moves every parameter with a gradient by about the
+// learning rate, so each group's largest move is its own scaled rate.
+TEST(TrainingTest, ParamGroupsTrainAtTheirOwnLearningRates) {
+  Gpt2LmHead m = RandomModel();
+  m->ResetResidual(7);
+  std::vector<ParamGroup> groups(2);
+  groups[0].params = m->BranchParameters(LoraBranch::kGlobal);
+  groups[1].params = Residual(m);
+  groups[1].lr_scale = 0.25;
+  auto flat = [](const std::vector<torch::Tensor>& ps) {
+    std::vector<torch::Tensor> v;
+    for (const auto& p : ps) v.push_back(p.detach().flatten().clone());
+    return torch::cat(v);
+  };
+  const torch::Tensor global_before = flat(groups[0].params), residual_before = flat(groups[1].params);
+  TrainOptions o = Fast(1);
+  o.warmup_steps = 0;
+  std::vector<int32_t> tokens = ByteTokenizer::Encode(SyntheticUsers(1, 3000, 5)[0].text);
+  auto t = Trainer::Create(m, groups, tokens, o);
+  ASSERT_TRUE(t.ok()) << t.status();
+  ASSERT_TRUE((*t)->Run(1).ok());
+  const double global_move = (flat(groups[0].params) - global_before).abs().max().item<double>();
+  const double residual_move = (flat(groups[1].params) - residual_before).abs().max().item<double>();
+  EXPECT_NEAR(global_move, o.learning_rate, 1e-3 * o.learning_rate);
+  EXPECT_NEAR(residual_move, 0.25 * o.learning_rate, 1e-3 * o.learning_rate);
+  groups[1].lr_scale = 0;
+  EXPECT_NE(Trainer::Create(m, groups, tokens, o).status().message().find("lr_scale"), absl::string_view::npos);
+}
+
 TEST(TrainingTest, BadInputsAreErrors) {
   Gpt2LmHead m = RandomModel();
   EXPECT_NE(Trainer::Create(m, Residual(m), {}, Fast(1)).status().message().find("empty"), absl::string_view::npos);
-  EXPECT_FALSE(Trainer::Create(m, {}, {1, 2, 3}, Fast(1)).ok());
+  EXPECT_FALSE(Trainer::Create(m, std::vector<torch::Tensor>{}, {1, 2, 3}, Fast(1)).ok());
   TrainOptions bad = Fast(1);
   bad.learning_rate = -1;
   EXPECT_FALSE(Trainer::Create(m, Residual(m), {1, 2, 3}, bad).ok());
