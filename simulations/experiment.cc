@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <numeric>
 #include <random>
@@ -178,6 +179,25 @@ class Runner {
     if (hooks_.on_round) hooks_.on_round(record);
   }
 
+  // Ends a round of any method: evaluates when due (`eval` keeps the latest
+  // per-user results), counts the round, emits its record, moves the bar.
+  absl::Status CloseRound(int64_t round, RoundRecord& rec,
+                          const std::function<absl::StatusOr<std::vector<UserResult>>()>& evaluate,
+                          absl::StatusOr<std::vector<UserResult>>& eval, MethodResult& r, ProgressBar& bar,
+                          bool shares_updates) {
+    if (EvaluatedAfter(round)) {
+      eval = evaluate();
+      if (!eval.ok()) return eval.status();
+      rec.eval = Mean(*eval);
+    }
+    (rec.committed ? r.rounds_committed : r.rounds_aborted) += 1;
+    Emit(rec);
+    std::string status = rec.eval ? absl::StrFormat("acc %.4f", rec.eval->accuracy) : "";
+    if (shares_updates) absl::StrAppend(&status, status.empty() ? "" : " ", absl::StrFormat("eps %.2f", rec.epsilon));
+    bar.Update(round, status);
+    return absl::OkStatus();
+  }
+
   absl::StatusOr<std::unique_ptr<ModelPool>> Pool(const MethodSetup& setup) {
     return ModelPool::Create(base_, setup.lora, workers_, cores_);
   }
@@ -262,15 +282,7 @@ class Runner {
       absl::StatusOr<RoundRecord> rec = (*fed)->RunRound();
       if (!rec.ok()) return rec.status();
       rec->method = m;
-      if (EvaluatedAfter(round)) {
-        eval = evaluate();
-        if (!eval.ok()) return eval.status();
-        rec->eval = Mean(*eval);
-      }
-      (rec->committed ? r.rounds_committed : r.rounds_aborted) += 1;
-      Emit(*rec);
-      bar.Update(round, rec->eval ? absl::StrFormat("acc %.4f eps %.2f", rec->eval->accuracy, rec->epsilon)
-                                  : absl::StrFormat("eps %.2f", rec->epsilon));
+      if (absl::Status s = CloseRound(round, *rec, evaluate, eval, r, bar, true); !s.ok()) return s;
     }
     bar.Finish();
     r.users = *eval;
@@ -336,14 +348,7 @@ class Runner {
       rec.client_seconds = std::accumulate(seconds.begin(), seconds.end(), 0.0) / static_cast<double>(which.size());
       rec.training_seconds = *std::max_element(by_worker.begin(), by_worker.end());
       rec.wall_seconds = Since(t0);
-      if (EvaluatedAfter(round)) {
-        eval = evaluate();
-        if (!eval.ok()) return eval.status();
-        rec.eval = Mean(*eval);
-      }
-      ++r.rounds_committed;
-      Emit(rec);
-      bar.Update(round, rec.eval ? absl::StrFormat("acc %.4f", rec.eval->accuracy) : "");
+      if (absl::Status s = CloseRound(round, rec, evaluate, eval, r, bar, false); !s.ok()) return s;
     }
     bar.Finish();
     r.users = *eval;
@@ -396,14 +401,7 @@ class Runner {
       rec.method = Method::kCentralized;
       rec.round = round;
       rec.training_seconds = rec.wall_seconds = Since(t0);
-      if (EvaluatedAfter(round)) {
-        eval = evaluate();
-        if (!eval.ok()) return eval.status();
-        rec.eval = Mean(*eval);
-      }
-      ++r.rounds_committed;
-      Emit(rec);
-      bar.Update(round, rec.eval ? absl::StrFormat("acc %.4f", rec.eval->accuracy) : "");
+      if (absl::Status s = CloseRound(round, rec, evaluate, eval, r, bar, false); !s.ok()) return s;
     }
     bar.Finish();
     for (auto& p : params) p.set_requires_grad(false);
