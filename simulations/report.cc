@@ -76,6 +76,15 @@ absl::Status Plot(const std::string& run_dir, const std::string& name, const std
   return absl::OkStatus();
 }
 
+// A round tick step (1, 2 or 5 times a power of ten) giving about five ticks
+// over [0, span].
+double NiceTickStep(double span) {
+  const double raw = std::max(span, 1e-12) / 5;
+  const double power = std::pow(10.0, std::floor(std::log10(raw)));
+  const double f = raw / power;
+  return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * power;
+}
+
 }  // namespace
 
 std::string HumanBytes(double bytes) {
@@ -254,7 +263,7 @@ absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::st
     if (m.method == Method::kCentralized) {
       // Raw text sent once, spread over the rounds for comparison.
       kib = MeanTrainBytes(m) / 1024 / static_cast<double>(r.config.rounds);
-      bytes_label += " (raw text / rounds)";
+      bytes_label += " (raw text)";
     }
     absl::StrAppend(&tradeoff, Slug(m.method), " ", eps_x, " ", m.final_eval.accuracy, " ", kib, " \"", eps_label,
                     "\" \"", bytes_label, "\"\n");
@@ -278,11 +287,12 @@ absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::st
   }
   const std::string tradeoff_plot = absl::StrCat(
       "set multiplot layout 1,2 title 'Accuracy against privacy and communication' noenhanced\n"
-      "set grid\nunset key\nset ylabel 'mean held-out accuracy'\n"
+      "set grid\nunset key\nset ylabel 'mean held-out accuracy'\nset xtics rotate by -30\n"
       "set xlabel 'epsilon (delta ", absl::StrFormat("%g", r.config.delta), "; right edge: no privacy)'\n",
-      "set xrange [", -0.15 * inf_x, ":", 1.45 * inf_x, "]\nset offsets 0, 0, graph 0.08, graph 0.05\n",
+      "set xrange [", -0.3 * inf_x, ":", 1.45 * inf_x, "]\nset xtics 0, ", NiceTickStep(1.45 * inf_x), "\nset offsets 0, 0, graph 0.08, graph 0.05\n",
       "plot ", data("tradeoff.dat"), " using 2:3 with points pt 7 ps 1.6 lc rgb '#1f77b4', '' using 2:3:5 with labels offset 0,1 font ',9' noenhanced\n",
-      "set xlabel 'KiB sent per client per round'\nset xrange [", -0.15 * std::max(1.0, max_kib), ":", 1.4 * std::max(1.0, max_kib), "]\n",
+      "set xlabel 'KiB sent per client per round'\nset xrange [", -0.4 * std::max(1.0, max_kib), ":", 1.4 * std::max(1.0, max_kib),
+      "]\nset xtics 0, ", NiceTickStep(1.4 * std::max(1.0, max_kib)), "\n",
       "plot ", data("tradeoff.dat"), " using 4:3 with points pt 7 ps 1.6 lc rgb '#1f77b4', '' using 4:3:6 with labels offset 0,1 font ',9' noenhanced\n",
       "unset multiplot\n");
   std::vector<std::pair<std::string, std::string>> plots = {{"accuracy_per_round", acc_plot},
