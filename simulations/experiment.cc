@@ -179,6 +179,19 @@ class Runner {
     if (hooks_.on_round) hooks_.on_round(record);
   }
 
+  // Round 0 of any method: evaluates the starting point into `eval` and
+  // emits its record.
+  absl::Status OpenRounds(Method m, const std::function<absl::StatusOr<std::vector<UserResult>>()>& evaluate,
+                          absl::StatusOr<std::vector<UserResult>>& eval) {
+    eval = evaluate();
+    if (!eval.ok()) return eval.status();
+    RoundRecord start;
+    start.method = m;
+    start.eval = Mean(*eval);
+    Emit(start);
+    return absl::OkStatus();
+  }
+
   // Ends a round of any method: evaluates when due (`eval` keeps the latest
   // per-user results), counts the round, emits its record, moves the bar.
   absl::Status CloseRound(int64_t round, RoundRecord& rec,
@@ -271,12 +284,8 @@ class Runner {
         return setup.residual ? (*fed)->session(i).ActivateResidual(model) : absl::OkStatus();
       });
     };
-    absl::StatusOr<std::vector<UserResult>> eval = evaluate();
-    if (!eval.ok()) return eval.status();
-    RoundRecord start;
-    start.method = m;
-    start.eval = Mean(*eval);
-    Emit(start);
+    absl::StatusOr<std::vector<UserResult>> eval;
+    if (absl::Status s = OpenRounds(m, evaluate, eval); !s.ok()) return s;
     ProgressBar bar(MethodName(m), c_.rounds, "round", stderr, hooks_.progress);
     for (int64_t round = 1; round <= c_.rounds; ++round) {
       absl::StatusOr<RoundRecord> rec = (*fed)->RunRound();
@@ -309,12 +318,8 @@ class Runner {
     auto evaluate = [&]() {
       return EvaluateUsers(**pool, setup, [&](size_t i, Gpt2LmHead model) { return sessions[i].ActivateResidual(model); });
     };
-    absl::StatusOr<std::vector<UserResult>> eval = evaluate();
-    if (!eval.ok()) return eval.status();
-    RoundRecord start;
-    start.method = Method::kLocal;
-    start.eval = Mean(*eval);
-    Emit(start);
+    absl::StatusOr<std::vector<UserResult>> eval;
+    if (absl::Status s = OpenRounds(Method::kLocal, evaluate, eval); !s.ok()) return s;
     ProgressBar bar(MethodName(Method::kLocal), c_.rounds, "round", stderr, hooks_.progress);
     const uint64_t round_seed = Derive(c_.seed, "rounds");
     for (int64_t round = 1; round <= c_.rounds; ++round) {
@@ -387,12 +392,8 @@ class Runner {
       const std::vector<float> global = model->FlattenBranch(LoraBranch::kGlobal);
       return EvaluateUsers(**pool, setup, [&](size_t, Gpt2LmHead m) { return m->LoadBranch(LoraBranch::kGlobal, global); });
     };
-    absl::StatusOr<std::vector<UserResult>> eval = evaluate();
-    if (!eval.ok()) return eval.status();
-    RoundRecord start;
-    start.method = Method::kCentralized;
-    start.eval = Mean(*eval);
-    Emit(start);
+    absl::StatusOr<std::vector<UserResult>> eval;
+    if (absl::Status s = OpenRounds(Method::kCentralized, evaluate, eval); !s.ok()) return s;
     ProgressBar bar(MethodName(Method::kCentralized), c_.rounds, "round", stderr, hooks_.progress);
     for (int64_t round = 1; round <= c_.rounds; ++round) {
       const Clock::time_point t0 = Clock::now();
