@@ -100,6 +100,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     int64_t rounds = 0, global_steps = 20, residual_steps = 20, batch = 8;
     double lr = 3e-3;
     std::string save_updates, kill_at;
+    bool allow_plain = false;
   };
   auto f = std::make_shared<RunFlags>();
   run->add_option("--coordinator", f->coordinator, "HOST:PORT")->required();
@@ -112,6 +113,8 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
   run->add_option("--residual-steps", f->residual_steps, "Local steps on the residual per round")->capture_default_str();
   run->add_option("--batch-size", f->batch, "Windows per step")->capture_default_str();
   run->add_option("--lr", f->lr, "Local learning rate")->capture_default_str();
+  run->add_flag("--allow-plain-aggregation", f->allow_plain,
+                "Take part in rounds without secure aggregation, where the coordinator sees this client's update");
   run->add_option("--save-updates", f->save_updates,
                   "Also write each plain update (before clipping and noise) to DIR/round-R/USER.safetensors, for audits");
   run->add_option("--fault-kill-at", f->kill_at,
@@ -128,6 +131,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     opts.residual_steps = f->residual_steps;
     opts.batch_size = f->batch;
     opts.global_learning_rate = opts.residual_learning_rate = f->lr;
+    opts.allow_plain_aggregation = f->allow_plain;
     std::map<std::string, ClientSession> owned;
     std::map<std::string, ClientSession*> sessions;
     for (const std::string& user : f->users) {

@@ -26,6 +26,7 @@ struct Overrides {
   std::string config, out, data, methods, schedule;
   int64_t users = -1, rounds = -1, clients_per_round = -1;
   double noise_multiplier = -1;
+  bool plain_aggregation = false;
   bool json = false;
 };
 
@@ -37,6 +38,8 @@ void AddOverrides(CLI::App* cmd, Overrides& o) {
   cmd->add_option("--rounds", o.rounds, "Rounds (overrides \"rounds\")");
   cmd->add_option("--clients-per-round", o.clients_per_round, "Clients per round (overrides \"clients_per_round\")");
   cmd->add_option("--noise-multiplier", o.noise_multiplier, "DP noise multiplier z (overrides; 0: no noise)");
+  cmd->add_flag("--no-secure-agg", o.plain_aggregation,
+                "Plain aggregation instead of SecAgg+ (sets \"secure_agg\": false; the coordinator sees each update)");
   cmd->add_option("--schedule", o.schedule, "joint | alternating | residual-after-global (overrides)");
   cmd->add_flag("--json", o.json, "Print the summary as JSON");
 }
@@ -50,6 +53,7 @@ ExperimentConfig Resolve(const Overrides& o) {
   if (o.rounds >= 0) c->rounds = o.rounds;
   if (o.clients_per_round >= 0) c->clients_per_round = o.clients_per_round;
   if (o.noise_multiplier >= 0) c->noise_multiplier = o.noise_multiplier;
+  if (o.plain_aggregation) c->secure_agg = false;
   if (!o.methods.empty()) {
     c->methods.clear();
     for (absl::string_view name : absl::StrSplit(o.methods, ',')) {

@@ -7,6 +7,7 @@
 #include "common/portable_prg.h"
 #include "common/safetensors.h"
 #include "secure_agg/dp_mechanisms.h"
+#include "secure_agg/ring_encoding.h"
 
 namespace fedpers {
 
@@ -140,6 +141,21 @@ absl::StatusOr<fedpers::v1::SecAggClientMessage> ClientSession::BeginRound(const
   if (!ring.ok()) return ring.status();
   absl::StatusOr<dp::DistributedDpConfig> dpc = dp::DpFromProto(inv.dp());
   if (!dpc.ok()) return dpc.status();
+  const bool plain = inv.aggregation() == fedpers::v1::AGGREGATION_PLAIN;
+  if (plain) {
+    if (!options_.allow_plain_aggregation) {
+      return absl::FailedPreconditionError(
+          "the coordinator asks for a round without secure aggregation (it would see this client's update); "
+          "this client does not allow it");
+    }
+    const uint64_t expected = dp::RotatedLength(static_cast<size_t>(model->BranchLayout(LoraBranch::kGlobal).total_size()), *dpc);
+    if (inv.secagg().vector_length() != expected || inv.secagg().ring_bits() != static_cast<uint32_t>(ring->bits) ||
+        inv.secagg_id() < 1 || inv.secagg_id() > inv.secagg().num_clients()) {
+      return absl::InvalidArgumentError("plain round: the invitation's vector length, ring or client id is inconsistent");
+    }
+  } else if (inv.aggregation() != fedpers::v1::AGGREGATION_SECAGG_PLUS) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown aggregation ", static_cast<int>(inv.aggregation())));
+  }
   absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Parse(inv.global_adapter());
   if (!file.ok()) return absl::InvalidArgumentError(absl::StrCat("global adapter: ", file.status().message()));
   absl::StatusOr<std::vector<float>> global = model->BranchLayout(LoraBranch::kGlobal).FromSafetensors(*file);
@@ -163,6 +179,13 @@ absl::StatusOr<fedpers::v1::SecAggClientMessage> ClientSession::BeginRound(const
   absl::StatusOr<std::vector<uint32_t>> encoded =
       dp::PrivatizeForSecAgg(last_delta_, *ring, *dpc, seeded ? *seeded : *csprng_);
   if (!encoded.ok()) return encoded.status();
+  if (plain) {
+    fedpers::v1::SecAggClientMessage message;
+    message.mutable_plain_input()->set_client_id(inv.secagg_id());
+    const std::vector<uint8_t> packed = secagg::PackBits(*encoded, ring->bits);
+    message.mutable_plain_input()->set_packed(std::string(packed.begin(), packed.end()));
+    return message;
+  }
   absl::StatusOr<secagg::SecAggClient> client =
       secagg::SecAggClient::Create(inv.secagg(), inv.secagg_id(), std::move(*encoded));
   if (!client.ok()) return client.status();

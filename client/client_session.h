@@ -44,7 +44,10 @@ class ClientSession {
                                               LocalTrainingOptions options);
 
   // Starts a round on `model`: checks the invitation (layout, ring, DP),
-  // loads B_g and this user's residual, trains, and returns AdvertiseKeys.
+  // loads B_g and this user's residual, trains, and returns AdvertiseKeys
+  // (SecAgg+) or, in a round without secure aggregation that the options
+  // allow, the PlainInput that is the client's only message (refused with
+  // FailedPrecondition, before training, when they do not).
   // The plain delta is kept (last_delta) until EndRound.
   absl::StatusOr<fedpers::v1::SecAggClientMessage> BeginRound(const fedpers::v1::RoundInvitation& invitation,
                                                               Gpt2LmHead model);

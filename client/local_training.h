@@ -37,6 +37,10 @@ struct LocalTrainingOptions {
   // by (noise_seed, user, round), so a simulation replays exactly. 0 (every
   // deployment): OpenSSL's CSPRNG.
   uint64_t noise_seed = 0;
+  // Take part in rounds without secure aggregation (AGGREGATION_PLAIN), where
+  // the coordinator sees this client's encoded update. Off by default, so a
+  // coordinator cannot switch SecAgg+ off behind the clients' backs.
+  bool allow_plain_aggregation = false;
 };
 
 }  // namespace fedpers

@@ -7,6 +7,7 @@
 #include "common/portable_prg.h"
 #include "common/safetensors.h"
 #include "nlohmann/json.hpp"
+#include "secure_agg/ring_encoding.h"
 #include "secure_agg/secagg_common.h"
 
 namespace fedpers {
@@ -136,19 +137,25 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
   // Sample n of the eligible uniformly.
   std::mt19937_64 gen(seed);
   std::vector<std::string> pool = SampleClients(eligible, n, gen);
+  const bool secure = settings_.secure_aggregation;
   // SecAgg parameters: derived degree and threshold, or the complete graph
-  // with t = ceil(2n/3) for samples too small for the bounds.
+  // with t = ceil(2n/3) for samples too small for the bounds. A plain round
+  // uses only the count, the vector length and the ring.
   SecAggParams params;
   params.set_num_clients(static_cast<uint32_t>(n));
-  absl::StatusOr<secagg::DegreeAndThreshold> kt =
-      secagg::ChooseDegreeAndThreshold(static_cast<uint32_t>(n), secagg::SecAggAssumptions{});
-  uint32_t k = static_cast<uint32_t>(n - 1), t = static_cast<uint32_t>((2 * n + 2) / 3);
-  if (kt.ok()) {
-    k = kt->degree;
-    t = kt->threshold;
+  uint32_t k = 0, t = 0;
+  if (secure) {
+    absl::StatusOr<secagg::DegreeAndThreshold> kt =
+        secagg::ChooseDegreeAndThreshold(static_cast<uint32_t>(n), secagg::SecAggAssumptions{});
+    k = static_cast<uint32_t>(n - 1);
+    t = static_cast<uint32_t>((2 * n + 2) / 3);
+    if (kt.ok()) {
+      k = kt->degree;
+      t = kt->threshold;
+    }
+    if (settings_.threshold > 0) t = settings_.threshold;
+    t = std::max<uint32_t>(t, static_cast<uint32_t>(std::min<int64_t>(settings_.min_clients, n)));
   }
-  if (settings_.threshold > 0) t = settings_.threshold;
-  t = std::max<uint32_t>(t, static_cast<uint32_t>(std::min<int64_t>(settings_.min_clients, n)));
   params.set_degree(k);
   params.set_threshold(t);
   params.set_ring_bits(settings_.ring_bits);
@@ -159,10 +166,13 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
   dp_.rotate = settings_.rotate;
   dp_.rotation_seed = gen();
   params.set_vector_length(dp::RotatedLength(static_cast<size_t>(layout_.total_size()), dp_));
-  secagg::Key32 graph_seed = *secagg::RandomKey32();
-  params.set_graph_seed(std::string(graph_seed.begin(), graph_seed.end()));
   params.set_session_nonce(static_cast<uint64_t>(round));
-  if (absl::Status s = secagg::ValidateParams(params); !s.ok()) return s;
+  if (secure) {
+    absl::StatusOr<secagg::Key32> graph_seed = secagg::RandomKey32();
+    if (!graph_seed.ok()) return graph_seed.status();
+    params.set_graph_seed(std::string(graph_seed->begin(), graph_seed->end()));
+    if (absl::Status s = secagg::ValidateParams(params); !s.ok()) return s;
+  }
   // Ring: the largest power-of-two scale that cannot wrap with noise, and
   // whose per-client noise stays within the exact sampler's range (beyond
   // 1e5 ring steps of noise, finer quantization buys nothing).
@@ -178,19 +188,29 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
     if (!dp::ValidateRingForNoise(next, dp_).ok() || next.scale > 1e9 || dp_.ClientSigma(next) > 1e5) break;
     ring_ = next;
   }
-  absl::StatusOr<secagg::SecAggServer> server = secagg::SecAggServer::Create(params);
-  if (!server.ok()) return server.status();
+  std::optional<secagg::SecAggServer> server;
+  if (secure) {
+    absl::StatusOr<secagg::SecAggServer> created = secagg::SecAggServer::Create(params);
+    if (!created.ok()) return created.status();
+    server = std::move(*created);
+  }
   absl::StatusOr<std::string> global_bytes =
       layout_.ToSafetensors(std::span<const float>(global_.data(), static_cast<size_t>(global_.size())));
   if (!global_bytes.ok()) return global_bytes.status();
-  nlohmann::json config = {{"sampled", pool}, {"eligible", n_eligible}, {"q", q}, {"degree", k}, {"threshold", t},
+  nlohmann::json config = {{"sampled", pool}, {"eligible", n_eligible}, {"q", q},
+                           {"aggregation", secure ? "secagg+" : "plain"}, {"degree", k}, {"threshold", t},
                            {"ring_bits", ring_.bits}, {"scale", ring_.scale}, {"clip_norm", settings_.clip_norm},
                            {"noise_multiplier", settings_.noise_multiplier}, {"central_noise", settings_.central_noise},
                            // The clients split the noise so that this many shares reach z S.
                            {"noise_shares", dp_.min_clients}, {"rotate", dp_.rotate}};
   if (absl::Status s = store_->OpenRound(round, config.dump()); !s.ok()) return s;
   round_ = round;
-  server_ = std::move(*server);
+  server_ = std::move(server);
+  vector_length_ = params.vector_length();
+  min_survivors_ = min_survivors;
+  plain_sum_.clear();
+  plain_ids_.clear();
+  if (!secure) plain_sum_.assign(static_cast<size_t>(vector_length_), 0);
   ids_.clear();
   names_.clear();
   answered_.clear();
@@ -209,8 +229,9 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
     *inv.mutable_dp() = dp::ToProto(dp_);
     inv.set_global_adapter(*global_bytes);
     inv.set_layout_fingerprint(layout_.Fingerprint());
+    inv.set_aggregation(secure ? fedpers::v1::AGGREGATION_SECAGG_PLUS : fedpers::v1::AGGREGATION_PLAIN);
   }
-  stage_ = RoundStage::kKeys;
+  stage_ = secure ? RoundStage::kKeys : RoundStage::kInputs;
   return invitations;
 }
 
@@ -226,19 +247,74 @@ absl::Status RoundMachine::Handle(const std::string& client, const SecAggClientM
     case SecAggClientMessage::kShareKeys: claimed = message.share_keys().client_id(); break;
     case SecAggClientMessage::kMaskedInput: claimed = message.masked_input().client_id(); break;
     case SecAggClientMessage::kUnmaskingResponse: claimed = message.unmasking_response().client_id(); break;
+    case SecAggClientMessage::kPlainInput: claimed = message.plain_input().client_id(); break;
     default: return absl::InvalidArgumentError("empty SecAgg message");
   }
   if (claimed != it->second) {
     return absl::PermissionDeniedError(absl::StrCat("client '", client, "' sent a message in the name of another client"));
   }
+  const bool plain_message = message.message_case() == SecAggClientMessage::kPlainInput;
+  if (plain_message != !settings_.secure_aggregation) {
+    return absl::InvalidArgumentError(absl::StrCat("client '", client, "' sent ",
+                                                   plain_message ? "a plain input to a SecAgg+ round"
+                                                                 : "a SecAgg+ message to a round without secure aggregation"));
+  }
+  if (plain_message) return HandlePlainInput(client, claimed, message.plain_input());
   if (absl::Status s = server_->Handle(message); !s.ok()) return s;
   answered_[client] = true;
   return absl::OkStatus();
 }
 
+absl::Status RoundMachine::HandlePlainInput(const std::string& client, uint32_t id, const fedpers::v1::PlainInput& input) {
+  if (std::find(plain_ids_.begin(), plain_ids_.end(), id) != plain_ids_.end()) {
+    return absl::AlreadyExistsError(absl::StrCat("client '", client, "' sent its input twice"));
+  }
+  absl::StatusOr<std::vector<uint32_t>> values =
+      secagg::UnpackBits(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(input.packed().data()),
+                                                  input.packed().size()),
+                         static_cast<size_t>(vector_length_), ring_.bits);
+  if (!values.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("client '", client, "': ", values.status().message()));
+  }
+  // Addition modulo 2^b, as SecAgg+ sums (the ring encoding relies on it).
+  const uint32_t mask = ring_.bits >= 32 ? ~uint32_t{0} : (uint32_t{1} << ring_.bits) - 1;
+  for (size_t i = 0; i < values->size(); ++i) plain_sum_[i] = (plain_sum_[i] + (*values)[i]) & mask;
+  plain_ids_.push_back(id);
+  answered_[client] = true;
+  return absl::OkStatus();
+}
+
+std::vector<uint32_t> RoundMachine::ContributorIds() const {
+  if (server_) {
+    const auto& survivors = server_->survivors();
+    return std::vector<uint32_t>(survivors.begin(), survivors.end());
+  }
+  std::vector<uint32_t> ids = plain_ids_;
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
 absl::StatusOr<RoundMachine::StageOutput> RoundMachine::FinishStage() {
   if (stage_ == RoundStage::kIdle) return absl::FailedPreconditionError("no round is open");
   StageOutput out;
+  if (!settings_.secure_aggregation) {
+    // The one stage of a plain round: whoever sent an input is in the sum.
+    absl::Status failed;
+    if (static_cast<int64_t>(plain_ids_.size()) < min_survivors_) {
+      failed = absl::FailedPreconditionError(
+          absl::StrCat(plain_ids_.size(), " inputs, fewer than min_clients ", min_survivors_));
+    }
+    absl::StatusOr<RoundSummary> summary = failed.ok() ? Commit(std::move(plain_sum_)) : absl::StatusOr<RoundSummary>(failed);
+    if (!summary.ok()) {
+      (void)Abort(std::string(summary.status().message()));
+      return summary.status();
+    }
+    out.committed = *summary;
+    stage_ = RoundStage::kIdle;
+    plain_sum_.clear();
+    plain_ids_.clear();
+    return out;
+  }
   absl::StatusOr<secagg::ServerMessages> messages;
   switch (stage_) {
     case RoundStage::kKeys: messages = server_->FinishKeys(); break;
@@ -276,6 +352,8 @@ absl::Status RoundMachine::Abort(const std::string& reason) {
   if (stage_ == RoundStage::kIdle) return absl::FailedPreconditionError("no round is open");
   stage_ = RoundStage::kIdle;
   server_.reset();
+  plain_sum_.clear();
+  plain_ids_.clear();
   return store_->AbortRound(round_, reason);
 }
 
@@ -283,7 +361,8 @@ absl::StatusOr<RoundSummary> RoundMachine::Commit(std::vector<uint32_t> ring_sum
   const size_t d = static_cast<size_t>(layout_.total_size());
   absl::StatusOr<std::vector<float>> sum = dp::DecodeAggregate(ring_sum, ring_, dp_, d);
   if (!sum.ok()) return sum.status();
-  const int64_t survivors = static_cast<int64_t>(server_->survivors().size());
+  const std::vector<uint32_t> contributor_ids = ContributorIds();
+  const int64_t survivors = static_cast<int64_t>(contributor_ids.size());
   if (survivors < settings_.min_clients) {
     return absl::FailedPreconditionError(absl::StrCat(survivors, " survivors, fewer than min_clients ", settings_.min_clients));
   }
@@ -315,13 +394,16 @@ absl::StatusOr<RoundSummary> RoundMachine::Commit(std::vector<uint32_t> ring_sum
       layout_.ToSafetensors(std::span<const float>(next.data(), static_cast<size_t>(next.size())));
   if (!global_bytes.ok()) return restore(global_bytes.status());
   RoundSummary summary{round_, static_cast<int64_t>(ids_.size()), survivors, ledger.epsilon(), mean.norm()};
-  std::vector<std::string> contributors;  // whose masked inputs are in the sum
-  for (uint32_t id : server_->survivors()) contributors.push_back(names_.at(id));
+  std::vector<std::string> contributors;  // whose inputs are in the sum
+  for (uint32_t id : contributor_ids) contributors.push_back(names_.at(id));
   nlohmann::json metrics = {{"sampled", summary.sampled}, {"survivors", survivors}, {"contributors", contributors},
-                            {"epsilon", summary.epsilon},
-                            {"update_norm", summary.update_norm}, {"secagg", {{"advertised", server_->stats().advertised},
-                                                                              {"shared", server_->stats().shared},
-                                                                              {"submitted", server_->stats().submitted}}}};
+                            {"epsilon", summary.epsilon}, {"update_norm", summary.update_norm},
+                            {"aggregation", server_ ? "secagg+" : "plain"}};
+  if (server_) {
+    metrics["secagg"] = {{"advertised", server_->stats().advertised},
+                         {"shared", server_->stats().shared},
+                         {"submitted", server_->stats().submitted}};
+  }
   if (absl::Status s = store_->CommitRound(round_, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(global_bytes->data()), global_bytes->size()),
                                            metrics.dump(), ledger.ToJson(), SerializeStrategyState(strategy_->State()));
       !s.ok()) {

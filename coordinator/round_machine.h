@@ -1,11 +1,14 @@
 // The coordinator's round state machine, independent of any transport: the
 // gRPC service and the simulation feed it client messages and close stages
 // at their deadlines; it samples clients, runs SecAgg+ through
-// SecAggServer, decodes the sum, applies the strategy, charges the privacy
-// ledger and commits the round atomically to the StateStore.
+// SecAggServer (or, with secure aggregation off, adds the clients' plain
+// ring-encoded inputs), decodes the sum, applies the strategy, charges the
+// privacy ledger and commits the round atomically to the StateStore.
 //
-//   kIdle --Open--> kKeys --FinishStage--> kShares --> kInputs --> kUnmasking
-//        --FinishStage--> (commit) kIdle;      any stage --Abort/failure--> kIdle
+//   SecAgg+: kIdle --Open--> kKeys --FinishStage--> kShares --> kInputs
+//            --> kUnmasking --FinishStage--> (commit) kIdle
+//   plain:   kIdle --Open--> kInputs --FinishStage--> (commit) kIdle
+//   any stage --Abort/failure--> kIdle
 //
 // Not thread-safe: the runtime serializes calls.
 #ifndef FEDPERS_COORDINATOR_ROUND_MACHINE_H_
@@ -40,6 +43,11 @@ struct RoundSettings {
   double noise_multiplier = 0.0;   // z; 0: no DP noise
   bool central_noise = false;      // trusted coordinator adds the noise instead of the clients
   bool rotate = true;              // Hadamard rotation before quantization
+  // false: no SecAgg+; each client sends its encoded update in the clear
+  // (AGGREGATION_PLAIN) and the coordinator sees it. Clipping, DP noise and
+  // the ring encoding are the same, so the two modes differ only in what
+  // the coordinator learns and in the protocol's cost.
+  bool secure_aggregation = true;
   uint32_t threshold = 0;          // SecAgg t; 0: derived from the assumptions, or 2/3 of the sample when small
   StrategyConfig strategy;
   double delta = 1e-5;
@@ -76,7 +84,8 @@ class RoundMachine {
   absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> Open(std::span<const std::string> eligible,
                                                                             uint64_t seed);
 
-  // A SecAgg message from a sampled client of the current round.
+  // A message from a sampled client of the current round: SecAgg+ messages,
+  // or its one PlainInput when secure aggregation is off.
   absl::Status Handle(const std::string& client, const fedpers::v1::SecAggClientMessage& message);
 
   struct StageOutput {
@@ -99,7 +108,10 @@ class RoundMachine {
 
  private:
   RoundMachine() = default;
+  absl::Status HandlePlainInput(const std::string& client, uint32_t id, const fedpers::v1::PlainInput& input);
   absl::StatusOr<RoundSummary> Commit(std::vector<uint32_t> ring_sum);
+  // SecAgg ids whose inputs are in the sum.
+  std::vector<uint32_t> ContributorIds() const;
 
   StateStore* store_ = nullptr;
   FlatLayout layout_;
@@ -118,6 +130,11 @@ class RoundMachine {
   secagg::RingConfig ring_;
   dp::DistributedDpConfig dp_;
   std::map<std::string, bool> answered_;
+  // Plain aggregation: the running ring sum and who is in it.
+  std::vector<uint32_t> plain_sum_;
+  std::vector<uint32_t> plain_ids_;
+  uint64_t vector_length_ = 0;
+  int64_t min_survivors_ = 0;
 };
 
 // The seed of round `round` when RoundSettings::seed is set.

@@ -59,7 +59,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::string& text, const std:
       const Json& rj = j["round"];
       if (absl::Status s = OnlyKeys(rj, {"clients_per_round", "min_clients", "ring_bits", "clip_norm", "noise_multiplier",
                                          "central_noise", "rotate", "threshold", "strategy", "server_learning_rate",
-                                         "delta", "epsilon_budget", "seed"}, "round");
+                                         "delta", "epsilon_budget", "seed", "secure_aggregation"}, "round");
           !s.ok()) {
         return s;
       }
@@ -70,6 +70,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::string& text, const std:
       r.noise_multiplier = rj.value("noise_multiplier", r.noise_multiplier);
       r.central_noise = rj.value("central_noise", r.central_noise);
       r.rotate = rj.value("rotate", r.rotate);
+      r.secure_aggregation = rj.value("secure_aggregation", r.secure_aggregation);
       r.threshold = rj.value("threshold", r.threshold);
       r.strategy.name = rj.value("strategy", r.strategy.name);
       r.strategy.server_learning_rate = rj.value("server_learning_rate", r.strategy.server_learning_rate);

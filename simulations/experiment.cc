@@ -257,6 +257,7 @@ class Runner {
     rs.ring_bits = c_.ring_bits;
     rs.clip_norm = c_.clip_norm;
     rs.noise_multiplier = c_.noise_multiplier;
+    rs.secure_aggregation = c_.secure_agg;
     rs.delta = c_.delta;
     rs.strategy = c_.strategy;
     rs.seed = Derive(c_.seed, "rounds");
@@ -268,6 +269,7 @@ class Runner {
     fs.runtime.stage_timeout_ms = 1000;
     fs.runtime.liveness_timeout_ms = int64_t{1} << 50;  // virtual users never go away
     fs.local = LocalOptions(m);
+    fs.local.allow_plain_aggregation = !c_.secure_agg;
     fs.dropout = c_.dropout;
     fs.seed = Derive(c_.seed, "dropout");
     std::vector<VirtualUser> vusers;

@@ -71,7 +71,7 @@ struct ExperimentConfig {
   int64_t min_clients = 0;  // survivors needed to commit; 0: max(2, ceil(clients_per_round / 2))
   LocalTrainingOptions local;
   // Privacy and communication.
-  bool secure_agg = true;  // SecAgg+ (the only aggregation the round machine runs)
+  bool secure_agg = true;  // false: plain aggregation (the coordinator sees each encoded update)
   uint32_t ring_bits = 32;
   double clip_norm = 2.0;
   double noise_multiplier = 0.1;  // z; 0 turns DP noise off

@@ -100,7 +100,6 @@ absl::Status ExperimentConfig::Validate() const {
   if (!(local.global_learning_rate > 0) || !(local.residual_learning_rate > 0)) {
     return bad("\"local\" learning rates must be positive");
   }
-  if (!secure_agg) return bad("\"secure_agg\": false is not supported yet; every round runs SecAgg+");
   if (ring_bits < 8 || ring_bits > 32) return bad("\"ring_bits\" must be in [8, 32]");
   if (!(clip_norm > 0)) return bad("\"clip_norm\" must be positive");
   if (!(noise_multiplier >= 0) || !std::isfinite(noise_multiplier)) return bad("\"noise_multiplier\" must be >= 0");

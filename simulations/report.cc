@@ -331,8 +331,8 @@ absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::st
                   c.min_user_bytes, " bytes each), ", c.rounds, " rounds of ", c.clients_per_round,
                   " clients; local budget ", c.local.global_steps + c.local.residual_steps, " steps per round (",
                   TrainingScheduleName(c.local.schedule), ": ", c.local.global_steps, " global + ",
-                  c.local.residual_steps, " residual), batch ", c.local.batch_size, ". SecAgg+ in a ", c.ring_bits,
-                  "-bit ring; clip ", c.clip_norm, ", noise multiplier ", c.noise_multiplier, ", delta ", c.delta,
+                  c.local.residual_steps, " residual), batch ", c.local.batch_size, ". ", c.secure_agg ? "SecAgg+" : "Plain aggregation (no SecAgg+)", " in a ",
+                  c.ring_bits, "-bit ring; clip ", c.clip_norm, ", noise multiplier ", c.noise_multiplier, ", delta ", c.delta,
                   "; server strategy ", c.strategy.name, ". Base model `", r.base_model, "`",
                   !r.pretrained_here                ? ""
                   : c.pretrain.corpus.empty() ? " (pretrained for this run on the users that do not federate)"
@@ -363,7 +363,7 @@ absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::st
                   "\nAccuracy is next-token (byte) top-1 accuracy on each user's held-out latest ",
                   absl::StrFormat("%.0f", 100 * (1 - c.train_fraction)), "% (first ", c.eval_tokens,
                   " tokens), averaged over users; loss is cross-entropy in nats per token. Bytes are protobuf payloads "
-                  "(invitation with the global adapter down; SecAgg+ messages up), without gRPC/TLS framing. "
+                  "(invitation with the global adapter down; SecAgg+ messages, or the plain input, up), without gRPC/TLS framing. "
                   "`local` and `base` share nothing; `centralized` pools the raw training text (no privacy) and "
                   "trains the global adapter for as many steps as all clients together.\n\n## Plots\n\n");
   for (const std::string& png : files.plots) {

@@ -3,8 +3,8 @@
 # line, a line over the size limit and a user with empty text: without
 # skipping, the run stops with an error naming the line; with
 # "skip_bad_records" it pretrains its own base model on the users that do not
-# federate, runs every method and writes the whole run directory. Then
-# `fedpers sweep` over two noise levels.
+# federate, runs every method and writes the whole run directory; without
+# SecAgg+ it gets the same figures. Then `fedpers sweep` over two noise levels.
 set -euo pipefail
 fedpers="$1"
 work=$(mktemp -d)
@@ -73,6 +73,21 @@ if os.path.exists("/usr/bin/gnuplot"):
         for ext in ["png", "svg"]:
             assert os.path.getsize(os.path.join(run, "plots", p + "." + ext)) > 1000, p
 print("simulate: ok", {m: round(fed[m]["accuracy"], 4) for m in fed})
+PY
+
+# Without SecAgg+ (plain aggregation): the same global+residual figures (the
+# encodings and their sum are the same), fewer bytes, and the report says so.
+"$fedpers" -q simulate --config "$work/sim.json" --out "$work/plain" --methods global+residual --no-secure-agg \
+  --json > "$work/plain.json"
+/usr/bin/python3 - "$work/summary.json" "$work/plain.json" "$work/plain/report.md" <<'PY'
+import json, sys
+secure = {m["method"]: m for m in json.load(open(sys.argv[1]))["methods"]}["global+residual"]
+plain = json.load(open(sys.argv[2]))["methods"][0]
+assert plain["method"] == "global+residual", plain
+assert plain["accuracy"] == secure["accuracy"] and plain["loss"] == secure["loss"], (plain, secure)
+assert plain["bytes_up_per_client_round"] < secure["bytes_up_per_client_round"], (plain, secure)
+assert "Plain aggregation (no SecAgg+)" in open(sys.argv[3]).read()
+print("plain aggregation: ok", plain["bytes_up_per_client_round"], "bytes up vs", secure["bytes_up_per_client_round"])
 PY
 
 # A sweep over two noise levels on the same base model.

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <random>
 
+#include "secure_agg/ring_encoding.h"
 #include "secure_agg/secagg_client.h"
 
 namespace fedpers {
@@ -177,6 +178,130 @@ TEST(RoundMachineTest, PrivacyBudgetStopsRounds) {
   EXPECT_EQ(last.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(last.message().find("over the budget"), absl::string_view::npos) << last;
   EXPECT_EQ((*m)->ledger().rounds().size(), static_cast<size_t>(committed));
+}
+
+// A round without secure aggregation: each sampled client privatizes its
+// update and sends it packed as its one PlainInput; `skip` send nothing.
+absl::StatusOr<RoundSummary> RunPlainRound(RoundMachine& m, Fleet& fleet, uint64_t seed,
+                                           std::set<std::string> skip = {}) {
+  auto invitations = m.Open(fleet.names(), seed);
+  if (!invitations.ok()) return invitations.status();
+  if (m.stage() != RoundStage::kInputs) return absl::InternalError("a plain round starts at the inputs stage");
+  for (auto& [name, inv] : *invitations) {
+    if (inv.aggregation() != fedpers::v1::AGGREGATION_PLAIN) return absl::InternalError("invitation is not plain");
+    auto ring = dp::RingFromProto(inv.ring());
+    auto dpc = dp::DpFromProto(inv.dp());
+    if (!ring.ok() || !dpc.ok()) return absl::InvalidArgumentError("bad invitation");
+    auto enc = dp::PrivatizeForSecAgg(fleet.updates.at(name), *ring, *dpc, fleet.rng);
+    if (!enc.ok()) return enc.status();
+    if (skip.count(name)) continue;
+    SecAggClientMessage msg;
+    msg.mutable_plain_input()->set_client_id(inv.secagg_id());
+    const std::vector<uint8_t> packed = secagg::PackBits(*enc, ring->bits);
+    msg.mutable_plain_input()->set_packed(std::string(packed.begin(), packed.end()));
+    if (absl::Status s = m.Handle(name, msg); !s.ok()) return s;
+  }
+  if (!m.expected().empty() && skip.empty()) return absl::InternalError("every client answered, yet some are expected");
+  auto out = m.FinishStage();
+  if (!out.ok()) return out.status();
+  if (!out->committed || !out->outgoing.empty()) return absl::InternalError("a plain round commits in one stage");
+  return *out->committed;
+}
+
+TEST(RoundMachineTest, PlainAggregationCommitsExactlyWhatSecAggCommits) {
+  // Same clients, seeds and encodings (noise included): the SecAgg+ sum and
+  // the plain sum are the same ring vector, so the adapters are equal bit
+  // for bit, round after round.
+  RoundSettings settings;
+  settings.clients_per_round = 6;
+  settings.min_clients = 4;
+  settings.noise_multiplier = 0.5;
+  settings.clip_norm = 0.5;
+  RoundSettings plain_settings = settings;
+  plain_settings.secure_aggregation = false;
+  auto secure_store = StateStore::Open(FreshDir("secure_twin"));
+  auto plain_store = StateStore::Open(FreshDir("plain_twin"));
+  auto secure = RoundMachine::Create(secure_store->get(), Layout(), settings);
+  auto plain = RoundMachine::Create(plain_store->get(), Layout(), plain_settings);
+  ASSERT_TRUE(secure.ok() && plain.ok());
+  Fleet secure_fleet(8, 68, 7), plain_fleet(8, 68, 7);
+  for (int round = 1; round <= 3; ++round) {
+    auto a = RunRound(**secure, secure_fleet, round);
+    auto b = RunPlainRound(**plain, plain_fleet, round);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    EXPECT_EQ(b->survivors, 6);
+    EXPECT_EQ(a->epsilon, b->epsilon);
+    ASSERT_GT((*plain)->global().norm(), 0);
+    EXPECT_EQ((*secure)->global(), (*plain)->global()) << "round " << round;
+  }
+  auto rounds = (*plain_store)->Rounds(1);
+  ASSERT_TRUE(rounds.ok() && !rounds->empty());
+  EXPECT_NE((*rounds)[0].metrics_json.find("\"aggregation\":\"plain\""), std::string::npos) << (*rounds)[0].metrics_json;
+}
+
+TEST(RoundMachineTest, PlainRoundsRefuseWrongMessagesAndAbortBelowMinClients) {
+  auto store = StateStore::Open(FreshDir("plain_hostile"));
+  RoundSettings settings;
+  settings.clients_per_round = 5;
+  settings.min_clients = 3;
+  settings.secure_aggregation = false;
+  auto m = RoundMachine::Create(store->get(), Layout(), settings);
+  ASSERT_TRUE(m.ok()) << m.status();
+  Fleet fleet(5, 68, 8);
+  auto inv = (*m)->Open(fleet.names(), 1);
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  const fedpers::v1::RoundInvitation& i0 = inv->at("client0");
+  const size_t m_len = i0.secagg().vector_length();
+  const int bits = static_cast<int>(i0.ring().bits());
+  SecAggClientMessage good;
+  good.mutable_plain_input()->set_client_id(i0.secagg_id());
+  const std::vector<uint8_t> packed = secagg::PackBits(std::vector<uint32_t>(m_len, 1), bits);
+  good.mutable_plain_input()->set_packed(std::string(packed.begin(), packed.end()));
+  SecAggClientMessage short_input = good;
+  short_input.mutable_plain_input()->mutable_packed()->pop_back();
+  EXPECT_EQ((*m)->Handle("client0", short_input).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*m)->Handle("client1", good).code(), absl::StatusCode::kPermissionDenied) << "in another's name";
+  EXPECT_EQ((*m)->Handle("mallory", good).code(), absl::StatusCode::kPermissionDenied);
+  SecAggClientMessage advert;
+  advert.mutable_advertise_keys()->mutable_keys()->set_client_id(i0.secagg_id());
+  EXPECT_EQ((*m)->Handle("client0", advert).code(), absl::StatusCode::kInvalidArgument) << "SecAgg+ in a plain round";
+  EXPECT_TRUE((*m)->Handle("client0", good).ok());
+  EXPECT_EQ((*m)->Handle("client0", good).code(), absl::StatusCode::kAlreadyExists) << "a replayed input";
+  EXPECT_EQ((*m)->expected().size(), 4u);
+  // Two inputs of the three needed: the round aborts and records why.
+  SecAggClientMessage second = good;
+  second.mutable_plain_input()->set_client_id(inv->at("client1").secagg_id());
+  ASSERT_TRUE((*m)->Handle("client1", second).ok());
+  auto out = (*m)->FinishStage();
+  ASSERT_FALSE(out.ok());
+  EXPECT_NE(out.status().message().find("2 inputs, fewer than min_clients 3"), absl::string_view::npos) << out.status();
+  EXPECT_EQ((*m)->stage(), RoundStage::kIdle);
+  EXPECT_EQ((*store)->Rounds(1)->at(0).state, "aborted");
+  // The next round commits with four of five.
+  auto next = RunPlainRound(**m, fleet, 2, {"client3"});
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->survivors, 4);
+  EXPECT_EQ(next->sampled, 5);
+}
+
+TEST(RoundMachineTest, SecAggRoundsRefusePlainInputs) {
+  auto store = StateStore::Open(FreshDir("secure_refuses_plain"));
+  RoundSettings settings;
+  settings.clients_per_round = 4;
+  settings.min_clients = 3;
+  auto m = RoundMachine::Create(store->get(), Layout(), settings);
+  Fleet fleet(4, 68, 9);
+  auto inv = (*m)->Open(fleet.names(), 1);
+  ASSERT_TRUE(inv.ok());
+  EXPECT_EQ(inv->at("client0").aggregation(), fedpers::v1::AGGREGATION_SECAGG_PLUS);
+  SecAggClientMessage plain;
+  plain.mutable_plain_input()->set_client_id(inv->at("client0").secagg_id());
+  plain.mutable_plain_input()->set_packed(std::string(16, '\0'));
+  const absl::Status s = (*m)->Handle("client0", plain);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("plain input to a SecAgg+ round"), absl::string_view::npos) << s;
+  ASSERT_TRUE((*m)->Abort("test").ok());
 }
 
 }  // namespace

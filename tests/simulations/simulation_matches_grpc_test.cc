@@ -1,9 +1,11 @@
 // The simulation runs the deployment's round logic: for the same seeds and
 // users, rounds through the in-memory transport and rounds through the real
 // gRPC server with `RunClient` clients (one thread each, on loopback) commit
-// bit-identical global adapters, DP noise and FedAdam included.
+// bit-identical global adapters, DP noise and FedAdam included; so do rounds
+// without secure aggregation, which commit what SecAgg+ rounds commit.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <thread>
 
@@ -48,59 +50,67 @@ std::string Fresh(const std::string& name) {
   return d;
 }
 
-TEST(SimulationMatchesGrpcTest, SameSeedsAndUsersGiveTheSameGlobalAdapter) {
-  // One thread everywhere, so that every floating-point reduction runs in
-  // the same order in both runs.
-  torch::set_num_threads(1);
-  Gpt2LmHead base = testing::RandomModel();
-  const std::vector<UserText> users = SyntheticUsers(kUsers, 3000, 31);
+struct Users {
+  std::vector<UserText> users = SyntheticUsers(kUsers, 3000, 31);
   std::vector<std::string> train;
-  for (const UserText& u : users) train.emplace_back(SplitTrainTest(u.text, 0.8).train);
+  Users() {
+    for (const UserText& u : users) train.emplace_back(SplitTrainTest(u.text, 0.8).train);
+  }
+};
 
-  // Simulation.
-  absl::StatusOr<std::unique_ptr<ModelPool>> sim_pool = ModelPool::Create(base, base->lora_config(), 1, 1);
-  ASSERT_TRUE(sim_pool.ok()) << sim_pool.status();
+// Rounds through the in-memory transport; the last round's record in `last`.
+absl::StatusOr<std::vector<float>> Simulate(Gpt2LmHead base, const Users& u, const RuntimeSettings& runtime,
+                                            const LocalTrainingOptions& local, const std::string& dir,
+                                            RoundRecord* last = nullptr) {
+  absl::StatusOr<std::unique_ptr<ModelPool>> pool = ModelPool::Create(base, base->lora_config(), 1, 1);
+  if (!pool.ok()) return pool.status();
   FederationSettings fs;
-  fs.runtime = Settings();
+  fs.runtime = runtime;
   fs.runtime.stage_timeout_ms = 1000;
-  fs.local = Local();
+  fs.local = local;
   std::vector<VirtualUser> vusers;
-  for (int i = 0; i < kUsers; ++i) vusers.push_back({users[i].user_id, train[i]});
-  absl::StatusOr<std::unique_ptr<VirtualFederation>> sim =
-      VirtualFederation::Create(sim_pool->get(), Fresh("sim"), vusers, fs);
-  ASSERT_TRUE(sim.ok()) << sim.status();
+  for (int i = 0; i < kUsers; ++i) vusers.push_back({u.users[i].user_id, u.train[i]});
+  absl::StatusOr<std::unique_ptr<VirtualFederation>> sim = VirtualFederation::Create(pool->get(), Fresh(dir), vusers, fs);
+  if (!sim.ok()) return sim.status();
   for (int r = 1; r <= kRounds; ++r) {
     absl::StatusOr<RoundRecord> rec = (*sim)->RunRound();
-    ASSERT_TRUE(rec.ok()) << rec.status();
-    ASSERT_TRUE(rec->committed) << rec->abort_reason;
-    EXPECT_EQ(rec->contributors, kUsers);
+    if (!rec.ok()) return rec.status();
+    if (!rec->committed) return absl::AbortedError(rec->abort_reason);
+    if (rec->contributors != kUsers) return absl::InternalError("a user is missing from the sum");
+    if (last) *last = *rec;
   }
-  const std::vector<float> simulated = (*sim)->GlobalAdapter();
+  return (*sim)->GlobalAdapter();
+}
 
-  // The same over gRPC: a coordinator server and one client per user.
-  absl::StatusOr<std::unique_ptr<StateStore>> store = StateStore::Open(Fresh("grpc"));
-  ASSERT_TRUE(store.ok()) << store.status();
-  RuntimeSettings rs = Settings();
+// The same rounds through the real gRPC server, one client thread per user.
+std::vector<float> OverGrpc(Gpt2LmHead base, const Users& u, RuntimeSettings rs, const LocalTrainingOptions& local,
+                            const std::string& dir) {
+  absl::StatusOr<std::unique_ptr<StateStore>> store = StateStore::Open(Fresh(dir));
+  EXPECT_TRUE(store.ok()) << store.status();
+  if (!store.ok()) return {};
   rs.stage_timeout_ms = 60000;
   rs.max_rounds = kRounds;
   rs.start_paused = true;  // every user joins first, as in the simulation
   absl::StatusOr<std::unique_ptr<CoordinatorRuntime>> rt =
       CoordinatorRuntime::Create(store->get(), base->BranchLayout(LoraBranch::kGlobal), rs);
-  ASSERT_TRUE(rt.ok()) << rt.status();
+  EXPECT_TRUE(rt.ok()) << rt.status();
+  if (!rt.ok()) return {};
   ServeOptions so;
   so.insecure = true;  // loopback only; mutual TLS is covered by the e2e tests
   absl::StatusOr<std::unique_ptr<CoordinatorServer>> server = StartCoordinatorServer(so, rt->get());
-  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_TRUE(server.ok()) << server.status();
+  if (!server.ok()) return {};
   absl::StatusOr<std::unique_ptr<ModelPool>> client_models = ModelPool::Create(base, base->lora_config(), kUsers, 1);
-  ASSERT_TRUE(client_models.ok());
-  const std::string vault_dir = Fresh("vault");
-  absl::StatusOr<ResidualVault> vault = ResidualVault::Open(vault_dir + "/residual.key");
-  ASSERT_TRUE(vault.ok());
+  EXPECT_TRUE(client_models.ok());
+  absl::StatusOr<ResidualVault> vault = ResidualVault::Open(Fresh(dir + "_vault") + "/residual.key");
+  EXPECT_TRUE(vault.ok());
+  if (!client_models.ok() || !vault.ok()) return {};
   std::vector<ClientSession> sessions;
   for (int i = 0; i < kUsers; ++i) {
     absl::StatusOr<ClientSession> s = ClientSession::Create(
-        base, users[i].user_id, [t = absl::string_view(train[i])] { return ByteTokenizer::Encode(t); }, Local());
-    ASSERT_TRUE(s.ok()) << s.status();
+        base, u.users[i].user_id, [t = absl::string_view(u.train[i])] { return ByteTokenizer::Encode(t); }, local);
+    EXPECT_TRUE(s.ok()) << s.status();
+    if (!s.ok()) return {};
     sessions.push_back(std::move(*s));
   }
   std::atomic<bool> stop{false};
@@ -112,30 +122,81 @@ TEST(SimulationMatchesGrpcTest, SameSeedsAndUsersGiveTheSameGlobalAdapter) {
       ClientRunOptions o;
       o.connection.coordinator = "127.0.0.1:" + std::to_string((*server)->port());
       o.connection.insecure = true;
-      o.connection.insecure_identity = users[i].user_id;
+      o.connection.insecure_identity = u.users[i].user_id;
       o.rounds = kRounds;
       o.upload_residuals = false;
-      stats[i] = RunClient(o, (*client_models)->model(i), {{users[i].user_id, &sessions[i]}}, *vault, stop);
+      stats[i] = RunClient(o, (*client_models)->model(i), {{u.users[i].user_id, &sessions[i]}}, *vault, stop);
     });
   }
   for (int tries = 0; tries < 500 && (*rt)->AdminStatus().eligible_users() < kUsers; ++tries) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  ASSERT_EQ((*rt)->AdminStatus().eligible_users(), kUsers);
+  EXPECT_EQ((*rt)->AdminStatus().eligible_users(), kUsers);
   (*rt)->AdminSetPaused(false);
   for (std::thread& t : clients) t.join();
   for (int i = 0; i < kUsers; ++i) {
-    ASSERT_TRUE(stats[i].ok()) << stats[i].status();
-    EXPECT_EQ(stats[i]->rounds_committed, kRounds);
+    EXPECT_TRUE(stats[i].ok()) << stats[i].status();
+    if (stats[i].ok()) EXPECT_EQ(stats[i]->rounds_committed, kRounds);
   }
   (*server)->Shutdown();
-  const std::vector<float> over_grpc = (*rt)->GlobalAdapter();
+  return (*rt)->GlobalAdapter();
+}
 
-  ASSERT_EQ(simulated.size(), over_grpc.size());
-  double norm = 0;
-  for (float v : simulated) norm += static_cast<double>(v) * v;
-  EXPECT_GT(norm, 0) << "the rounds changed the global adapter";
-  EXPECT_EQ(simulated, over_grpc) << "bit-identical global adapters";
+double Norm(const std::vector<float>& v) {
+  double n = 0;
+  for (float x : v) n += static_cast<double>(x) * x;
+  return std::sqrt(n);
+}
+
+TEST(SimulationMatchesGrpcTest, SameSeedsAndUsersGiveTheSameGlobalAdapter) {
+  // One thread everywhere, so that every floating-point reduction runs in
+  // the same order in both runs.
+  torch::set_num_threads(1);
+  Gpt2LmHead base = testing::RandomModel();
+  const Users u;
+  absl::StatusOr<std::vector<float>> simulated = Simulate(base, u, Settings(), Local(), "sim");
+  ASSERT_TRUE(simulated.ok()) << simulated.status();
+  const std::vector<float> over_grpc = OverGrpc(base, u, Settings(), Local(), "grpc");
+  ASSERT_EQ(simulated->size(), over_grpc.size());
+  EXPECT_GT(Norm(*simulated), 0) << "the rounds changed the global adapter";
+  EXPECT_EQ(*simulated, over_grpc) << "bit-identical global adapters";
+}
+
+TEST(SimulationMatchesGrpcTest, PlainAggregationCommitsWhatSecAggCommits) {
+  // Without SecAgg+ the clients' encodings (rounding, noise) are the same
+  // and the coordinator adds them in the clear: the same adapter as with
+  // SecAgg+, in the simulation and over gRPC, for fewer bytes.
+  torch::set_num_threads(1);
+  Gpt2LmHead base = testing::RandomModel();
+  const Users u;
+  RuntimeSettings plain = Settings();
+  plain.round.secure_aggregation = false;
+  LocalTrainingOptions allowing = Local();
+  allowing.allow_plain_aggregation = true;
+  RoundRecord secure_round, plain_round;
+  absl::StatusOr<std::vector<float>> secure = Simulate(base, u, Settings(), Local(), "sim_secure", &secure_round);
+  absl::StatusOr<std::vector<float>> simulated = Simulate(base, u, plain, allowing, "sim_plain", &plain_round);
+  ASSERT_TRUE(secure.ok()) << secure.status();
+  ASSERT_TRUE(simulated.ok()) << simulated.status();
+  EXPECT_GT(Norm(*simulated), 0);
+  EXPECT_EQ(*simulated, *secure) << "plain and SecAgg+ sums are the same ring vector";
+  const std::vector<float> over_grpc = OverGrpc(base, u, plain, allowing, "grpc_plain");
+  EXPECT_EQ(*simulated, over_grpc);
+  // SecAgg+ adds keys, encrypted shares and unmasking on top of the input.
+  EXPECT_LT(plain_round.bytes_up_per_client, secure_round.bytes_up_per_client);
+  EXPECT_LT(plain_round.bytes_down_per_client, secure_round.bytes_down_per_client);
+}
+
+TEST(SimulationMatchesGrpcTest, ClientsRefusePlainRoundsUnlessAllowed) {
+  torch::set_num_threads(1);
+  Gpt2LmHead base = testing::RandomModel();
+  const Users u;
+  RuntimeSettings plain = Settings();
+  plain.round.secure_aggregation = false;
+  absl::StatusOr<std::vector<float>> refused = Simulate(base, u, plain, Local(), "sim_refused");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  EXPECT_NE(refused.status().message().find("does not allow it"), absl::string_view::npos) << refused.status();
 }
 
 }  // namespace
