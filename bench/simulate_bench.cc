@@ -129,12 +129,15 @@ absl::Status RunSimulateBenchProbe(const std::string& probe, const SimulateBench
   return absl::InvalidArgumentError(absl::StrCat("unknown probe '", probe, "'"));
 }
 
-absl::StatusOr<SimulateBenchResult> RunSimulateBench(const SimulateBenchOptions& o) {
+absl::StatusOr<SimulateBenchResult> RunSimulateBench(const SimulateBenchOptions& options) {
+  SimulateBenchOptions o = options;
+  if (o.small_users == 0) o.small_users = o.clients_per_round;
   if (o.users < o.clients_per_round || o.small_users < o.clients_per_round || o.small_users >= o.users) {
     return absl::InvalidArgumentError("need clients_per_round <= small_users < users");
   }
   SimulateBenchResult r;
   r.users = o.users;
+  r.small_users = o.small_users;
   r.clients_per_round = o.clients_per_round;
   auto say = [&](const std::string& what) {
     if (o.progress) std::fprintf(stderr, "bench simulate: %s\n", what.c_str());
@@ -166,6 +169,7 @@ absl::StatusOr<SimulateBenchResult> RunSimulateBench(const SimulateBenchOptions&
                    (static_cast<double>(o.users) * static_cast<double>(r.residual_bytes));
   r.marginal_ratio = static_cast<double>(r.peak_rss_bytes - r.small_peak_rss_bytes) /
                      (static_cast<double>(o.users - o.small_users) * static_cast<double>(r.residual_bytes));
+  r.fixed_bytes = r.small_peak_rss_bytes - r.idle_rss_bytes - o.small_users * r.residual_bytes;
   return r;
 }
 

@@ -6,7 +6,8 @@
 // median ratio over the timed rounds.
 // Memory: the peak RSS of a process running that simulation minus the RSS of
 // an idle process holding the same base model, against N times the size of
-// one residual; and the marginal memory per user between two user counts.
+// one residual; the marginal memory per user between two user counts; and
+// the fixed part (what the smaller run needs beyond its residuals).
 // Each measurement runs in a fresh child process (this binary), so peaks do
 // not mix.
 #ifndef FEDPERS_BENCH_SIMULATE_BENCH_H_
@@ -23,7 +24,10 @@ namespace fedpers {
 struct SimulateBenchOptions {
   std::string config = "tiny";  // base model config (randomly initialized: cost, not quality, is measured)
   int64_t users = 1000;         // registered virtual users
-  int64_t small_users = 100;    // the second user count, for the marginal memory per user
+  // The second user count, for the marginal memory per user and the fixed
+  // working set; 0: clients_per_round (as few as a round needs, so the slope
+  // spans the most users).
+  int64_t small_users = 0;
   int64_t clients_per_round = 10;
   int64_t rounds = 4;  // timed, after one untimed round
   int64_t global_steps = 10, residual_steps = 10, batch_size = 8, seq_len = 0;
@@ -34,7 +38,7 @@ struct SimulateBenchOptions {
 };
 
 struct SimulateBenchResult {
-  int64_t users = 0, clients_per_round = 0, workers = 0;
+  int64_t users = 0, small_users = 0, clients_per_round = 0, workers = 0;
   std::vector<double> round_wall_seconds, round_training_seconds, round_ratios;
   double median_ratio = 0;                // round wall / local training, median
   double median_coordinator_seconds = 0;  // per round
@@ -44,6 +48,9 @@ struct SimulateBenchResult {
   int64_t small_peak_rss_bytes = 0;       // simulation with `small_users`
   double memory_ratio = 0;    // (peak - idle) / (users * residual_bytes); target <= 1.1
   double marginal_ratio = 0;  // (peak - small peak) / ((users - small) * residual_bytes)
+  // What does not grow with the users: small peak - idle - small * residual
+  // (the training working set of the workers and the round's protocol state).
+  int64_t fixed_bytes = 0;
 };
 
 absl::StatusOr<SimulateBenchResult> RunSimulateBench(const SimulateBenchOptions& options);

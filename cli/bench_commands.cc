@@ -162,7 +162,7 @@ void RegisterBench(CLI::App& app, const GlobalOptions& global) {
   auto probe = std::make_shared<std::string>();
   sim->add_option("--config", so->config, "Base model config (randomly initialized)")->capture_default_str();
   sim->add_option("--users", so->users, "Registered virtual users")->capture_default_str();
-  sim->add_option("--small-users", so->small_users, "Second user count, for the memory per user")->capture_default_str();
+  sim->add_option("--small-users", so->small_users, "Second user count, for the memory per user (0: --clients)")->capture_default_str();
   sim->add_option("--clients", so->clients_per_round, "Clients per round")->capture_default_str();
   sim->add_option("--rounds", so->rounds, "Timed rounds (after one untimed)")->capture_default_str();
   sim->add_option("--global-steps", so->global_steps, "Local steps on the global adapter")->capture_default_str();
@@ -196,7 +196,9 @@ void RegisterBench(CLI::App& app, const GlobalOptions& global) {
                                    {"peak_rss_bytes", r->peak_rss_bytes},
                                    {"small_peak_rss_bytes", r->small_peak_rss_bytes},
                                    {"memory_ratio", r->memory_ratio},
-                                   {"marginal_ratio", r->marginal_ratio}})
+                                   {"marginal_ratio", r->marginal_ratio},
+                                   {"small_users", r->small_users},
+                                   {"fixed_bytes", r->fixed_bytes}})
                        .dump(2)
                 << "\n";
       return;
@@ -213,7 +215,11 @@ void RegisterBench(CLI::App& app, const GlobalOptions& global) {
     t.AddRow({"idle RSS (base model held)", absl::StrFormat("%.1f MiB", r->idle_rss_bytes / 1048576.0), ""});
     t.AddRow({absl::StrFormat("peak RSS, %d users", r->users), absl::StrFormat("%.1f MiB", r->peak_rss_bytes / 1048576.0), ""});
     t.AddRow({"(peak - idle) / (users x residual)", absl::StrFormat("%.3f", r->memory_ratio), "<= 1.1"});
-    t.AddRow({"marginal memory per user / residual", absl::StrFormat("%.3f", r->marginal_ratio), ""});
+    t.AddRow({absl::StrFormat("peak RSS, %d users", r->small_users),
+              absl::StrFormat("%.1f MiB", r->small_peak_rss_bytes / 1048576.0), ""});
+    t.AddRow({absl::StrFormat("marginal memory per user / residual (%d -> %d users)", r->small_users, r->users),
+              absl::StrFormat("%.3f", r->marginal_ratio), ""});
+    t.AddRow({"fixed part (small peak - idle - residuals)", absl::StrFormat("%.1f MiB", r->fixed_bytes / 1048576.0), ""});
     std::cout << t.Render();
   });
 }
