@@ -141,6 +141,13 @@ absl::StatusOr<fedpers::v1::SecAggClientMessage> ClientSession::BeginRound(const
   if (!ring.ok()) return ring.status();
   absl::StatusOr<dp::DistributedDpConfig> dpc = dp::DpFromProto(inv.dp());
   if (!dpc.ok()) return dpc.status();
+  // The noise is split among dp.min_clients contributors; more than the
+  // round's clients would leave the sum (and, in a plain round, each update
+  // the coordinator sees) with less noise than z S.
+  if (dpc->min_clients < 1 || dpc->min_clients > static_cast<int64_t>(inv.secagg().num_clients())) {
+    return absl::InvalidArgumentError(absl::StrCat("the invitation splits the noise among ", dpc->min_clients,
+                                                   " clients, but the round has ", inv.secagg().num_clients()));
+  }
   const bool plain = inv.aggregation() == fedpers::v1::AGGREGATION_PLAIN;
   if (plain) {
     if (!options_.allow_plain_aggregation) {

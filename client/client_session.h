@@ -56,6 +56,7 @@ class ClientSession {
   void EndRound();
 
   const std::string& user_id() const { return user_id_; }
+  bool allows_plain_aggregation() const { return options_.allow_plain_aggregation; }
   // Fingerprints of the adapter layouts the session was created for; a model
   // it is given must have the same (its layouts serve the session).
   uint64_t layout_fingerprint() const { return global_fingerprint_; }

@@ -40,7 +40,10 @@ absl::Status FromGrpc(const grpc::Status& s, absl::string_view what) {
 
 // The stage whose work `response` hands over (see ClientRunOptions::kill_stage).
 const char* StageOf(const PollResponse& response) {
-  if (response.has_invitation()) return "keys";
+  if (response.has_invitation()) {
+    // A plain round's input leaves with the answer to the invitation.
+    return response.invitation().aggregation() == fedpers::v1::AGGREGATION_PLAIN ? "inputs" : "keys";
+  }
   if (!response.has_secagg()) return "";
   switch (response.secagg().message_case()) {
     case SecAggServerMessage::kKeysBroadcast: return "shares";
@@ -263,6 +266,9 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
       for (const auto& [user, s] : sessions) req.add_user_ids(user);
       req.set_layout_fingerprint(sessions.begin()->second->layout_fingerprint());
       req.set_client_version("fedpers 0.1.0");
+      bool allows_plain = true;  // only if every hosted user's session does
+      for (const auto& [user, s] : sessions) allows_plain = allows_plain && s->allows_plain_aggregation();
+      req.set_allows_plain_aggregation(allows_plain);
       failure = coordinator.Join(req).status();
       if (failure.ok()) {
         joined = true;

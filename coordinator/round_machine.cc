@@ -140,22 +140,20 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
   const bool secure = settings_.secure_aggregation;
   // SecAgg parameters: derived degree and threshold, or the complete graph
   // with t = ceil(2n/3) for samples too small for the bounds. A plain round
-  // uses only the count, the vector length and the ring.
+  // uses the count, the vector length and the ring, and the same minimum of
+  // contributors (max(t, min_clients)): the clients split the noise among as
+  // many, so both modes encode and sum the same values.
   SecAggParams params;
   params.set_num_clients(static_cast<uint32_t>(n));
-  uint32_t k = 0, t = 0;
-  if (secure) {
-    absl::StatusOr<secagg::DegreeAndThreshold> kt =
-        secagg::ChooseDegreeAndThreshold(static_cast<uint32_t>(n), secagg::SecAggAssumptions{});
-    k = static_cast<uint32_t>(n - 1);
-    t = static_cast<uint32_t>((2 * n + 2) / 3);
-    if (kt.ok()) {
-      k = kt->degree;
-      t = kt->threshold;
-    }
-    if (settings_.threshold > 0) t = settings_.threshold;
-    t = std::max<uint32_t>(t, static_cast<uint32_t>(std::min<int64_t>(settings_.min_clients, n)));
+  absl::StatusOr<secagg::DegreeAndThreshold> kt =
+      secagg::ChooseDegreeAndThreshold(static_cast<uint32_t>(n), secagg::SecAggAssumptions{});
+  uint32_t k = static_cast<uint32_t>(n - 1), t = static_cast<uint32_t>((2 * n + 2) / 3);
+  if (kt.ok()) {
+    k = kt->degree;
+    t = kt->threshold;
   }
+  if (settings_.threshold > 0) t = settings_.threshold;
+  t = std::max<uint32_t>(t, static_cast<uint32_t>(std::min<int64_t>(settings_.min_clients, n)));
   params.set_degree(k);
   params.set_threshold(t);
   params.set_ring_bits(settings_.ring_bits);
@@ -302,7 +300,8 @@ absl::StatusOr<RoundMachine::StageOutput> RoundMachine::FinishStage() {
     absl::Status failed;
     if (static_cast<int64_t>(plain_ids_.size()) < min_survivors_) {
       failed = absl::FailedPreconditionError(
-          absl::StrCat(plain_ids_.size(), " inputs, fewer than min_clients ", min_survivors_));
+          absl::StrCat(plain_ids_.size(), " inputs, fewer than the ", min_survivors_,
+                       " the round needs (its noise is split among that many)"));
     }
     absl::StatusOr<RoundSummary> summary = failed.ok() ? Commit(std::move(plain_sum_)) : absl::StatusOr<RoundSummary>(failed);
     if (!summary.ok()) {

@@ -75,6 +75,11 @@ absl::StatusOr<JoinResponse> CoordinatorRuntime::Join(const std::string& client,
   for (const std::string& user : request.user_ids()) {
     owner_[user] = client;
     last_seen_ms_[user] = now;
+    if (request.allows_plain_aggregation()) {
+      allows_plain_.insert(user);
+    } else {
+      allows_plain_.erase(user);
+    }
   }
   if (absl::Status s = store_->TouchClient(client, ""); !s.ok()) return s;
   JoinResponse r;
@@ -150,6 +155,7 @@ std::vector<std::string> CoordinatorRuntime::EligibleUsers(int64_t now) const {
     if (seen == last_seen_ms_.end() || now - seen->second > settings_.liveness_timeout_ms) continue;
     auto dropped = dropped_ms_.find(user);
     if (dropped != dropped_ms_.end() && seen->second <= dropped->second) continue;
+    if (!settings_.round.secure_aggregation && !allows_plain_.count(user)) continue;
     eligible.push_back(user);
   }
   return eligible;

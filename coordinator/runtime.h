@@ -84,7 +84,8 @@ class CoordinatorRuntime {
   CoordinatorRuntime() = default;
   absl::Status OwnsUser(const std::string& client, const std::string& user) const;
   void FinishRound(bool committed, const std::string& reason);
-  // Users that may be sampled now (sorted): alive and not silent since a drop.
+  // Users that may be sampled now (sorted): alive, not silent since a drop,
+  // and, for rounds without secure aggregation, willing to take part.
   std::vector<std::string> EligibleUsers(int64_t now) const;
 
   mutable std::mutex mu_;
@@ -94,6 +95,7 @@ class CoordinatorRuntime {
   std::unique_ptr<RoundMachine> machine_;
   uint64_t layout_fingerprint_ = 0;
   std::map<std::string, std::string> owner_;  // user -> client
+  std::set<std::string> allows_plain_;        // users whose client takes plain rounds
   std::map<std::string, std::deque<fedpers::v1::PollResponse>> outbox_;  // by user
   std::set<std::string> participants_;
   std::map<std::string, int64_t> last_seen_ms_;  // by user: last join, poll or upload

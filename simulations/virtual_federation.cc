@@ -110,6 +110,7 @@ absl::StatusOr<std::unique_ptr<VirtualFederation>> VirtualFederation::Create(Mod
     JoinRequest join;
     join.add_user_ids(u.id);
     join.set_layout_fingerprint(model->BranchLayout(LoraBranch::kGlobal).Fingerprint());
+    join.set_allows_plain_aggregation(settings.local.allow_plain_aggregation);
     if (absl::StatusOr<JoinResponse> r = f->runtime_->Join(u.id, join); !r.ok()) return r.status();
   }
   return f;
@@ -140,7 +141,10 @@ absl::StatusOr<RoundRecord> VirtualFederation::RunRound() {
   if (!opened->opened) {
     record.round += 1;  // the round that could not open
     record.committed = false;
-    record.abort_reason = opened->aborted.value_or("no round opened");
+    record.abort_reason = opened->aborted.value_or(
+        absl::StrCat(runtime_->AdminStatus().eligible_users(), " users may be sampled, fewer than min_clients ",
+                     settings_.runtime.round.min_clients,
+                     settings_.runtime.round.secure_aggregation ? "" : " (without SecAgg+, only users who allow it)"));
     record.epsilon = runtime_->AdminStatus().epsilon();
     return record;
   }

@@ -212,9 +212,11 @@ TEST(RoundMachineTest, PlainAggregationCommitsExactlyWhatSecAggCommits) {
   // Same clients, seeds and encodings (noise included): the SecAgg+ sum and
   // the plain sum are the same ring vector, so the adapters are equal bit
   // for bit, round after round.
+  // min_clients 3 is below SecAgg's t = 4 for 6 clients: the plain round
+  // splits the noise among max(t, min_clients) as well.
   RoundSettings settings;
   settings.clients_per_round = 6;
-  settings.min_clients = 4;
+  settings.min_clients = 3;
   settings.noise_multiplier = 0.5;
   settings.clip_norm = 0.5;
   RoundSettings plain_settings = settings;
@@ -269,13 +271,15 @@ TEST(RoundMachineTest, PlainRoundsRefuseWrongMessagesAndAbortBelowMinClients) {
   EXPECT_TRUE((*m)->Handle("client0", good).ok());
   EXPECT_EQ((*m)->Handle("client0", good).code(), absl::StatusCode::kAlreadyExists) << "a replayed input";
   EXPECT_EQ((*m)->expected().size(), 4u);
-  // Two inputs of the three needed: the round aborts and records why.
+  // Two inputs of the four needed (t = 4 for 5 clients): the round aborts
+  // and records why.
   SecAggClientMessage second = good;
   second.mutable_plain_input()->set_client_id(inv->at("client1").secagg_id());
   ASSERT_TRUE((*m)->Handle("client1", second).ok());
   auto out = (*m)->FinishStage();
   ASSERT_FALSE(out.ok());
-  EXPECT_NE(out.status().message().find("2 inputs, fewer than min_clients 3"), absl::string_view::npos) << out.status();
+  EXPECT_NE(out.status().message().find("2 inputs, fewer than the 4 the round needs"), absl::string_view::npos)
+      << out.status();
   EXPECT_EQ((*m)->stage(), RoundStage::kIdle);
   EXPECT_EQ((*store)->Rounds(1)->at(0).state, "aborted");
   // The next round commits with four of five.

@@ -5,6 +5,7 @@
 // without secure aggregation, which commit what SecAgg+ rounds commit.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <thread>
@@ -83,8 +84,9 @@ absl::StatusOr<std::vector<float>> Simulate(Gpt2LmHead base, const Users& u, con
 }
 
 // The same rounds through the real gRPC server, one client thread per user.
+// The last round's metrics (JSON, as `admin rounds` shows them) in `last_metrics`.
 std::vector<float> OverGrpc(Gpt2LmHead base, const Users& u, RuntimeSettings rs, const LocalTrainingOptions& local,
-                            const std::string& dir) {
+                            const std::string& dir, std::string* last_metrics = nullptr) {
   absl::StatusOr<std::unique_ptr<StateStore>> store = StateStore::Open(Fresh(dir));
   EXPECT_TRUE(store.ok()) << store.status();
   if (!store.ok()) return {};
@@ -139,6 +141,9 @@ std::vector<float> OverGrpc(Gpt2LmHead base, const Users& u, RuntimeSettings rs,
     if (stats[i].ok()) EXPECT_EQ(stats[i]->rounds_committed, kRounds);
   }
   (*server)->Shutdown();
+  absl::StatusOr<std::vector<RoundRow>> rounds = (*store)->Rounds(1);
+  EXPECT_TRUE(rounds.ok() && !rounds->empty());
+  if (last_metrics && rounds.ok() && !rounds->empty()) *last_metrics = (*rounds)[0].metrics_json;
   return (*rt)->GlobalAdapter();
 }
 
@@ -180,8 +185,10 @@ TEST(SimulationMatchesGrpcTest, PlainAggregationCommitsWhatSecAggCommits) {
   ASSERT_TRUE(simulated.ok()) << simulated.status();
   EXPECT_GT(Norm(*simulated), 0);
   EXPECT_EQ(*simulated, *secure) << "plain and SecAgg+ sums are the same ring vector";
-  const std::vector<float> over_grpc = OverGrpc(base, u, plain, allowing, "grpc_plain");
+  std::string metrics;
+  const std::vector<float> over_grpc = OverGrpc(base, u, plain, allowing, "grpc_plain", &metrics);
   EXPECT_EQ(*simulated, over_grpc);
+  EXPECT_NE(metrics.find("\"aggregation\":\"plain\""), std::string::npos) << metrics;
   // SecAgg+ adds keys, encrypted shares and unmasking on top of the input.
   EXPECT_LT(plain_round.bytes_up_per_client, secure_round.bytes_up_per_client);
   EXPECT_LT(plain_round.bytes_down_per_client, secure_round.bytes_down_per_client);
@@ -193,10 +200,44 @@ TEST(SimulationMatchesGrpcTest, ClientsRefusePlainRoundsUnlessAllowed) {
   const Users u;
   RuntimeSettings plain = Settings();
   plain.round.secure_aggregation = false;
+  // Users who did not allow plain rounds when they joined are never sampled.
   absl::StatusOr<std::vector<float>> refused = Simulate(base, u, plain, Local(), "sim_refused");
   ASSERT_FALSE(refused.ok());
-  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
-  EXPECT_NE(refused.status().message().find("does not allow it"), absl::string_view::npos) << refused.status();
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kAborted) << refused.status();
+  EXPECT_NE(refused.status().message().find("0 users may be sampled"), absl::string_view::npos) << refused.status();
+  // A coordinator that invites one anyway is refused before any training.
+  absl::StatusOr<std::unique_ptr<StateStore>> store = StateStore::Open(Fresh("refusing_store"));
+  ASSERT_TRUE(store.ok());
+  absl::StatusOr<std::unique_ptr<RoundMachine>> machine =
+      RoundMachine::Create(store->get(), base->BranchLayout(LoraBranch::kGlobal), plain.round);
+  ASSERT_TRUE(machine.ok()) << machine.status();
+  std::vector<std::string> names;
+  for (const UserText& t : u.users) names.push_back(t.user_id);
+  std::sort(names.begin(), names.end());
+  auto invitations = (*machine)->Open(names, 1);
+  ASSERT_TRUE(invitations.ok()) << invitations.status();
+  const fedpers::v1::RoundInvitation& inv = invitations->at(u.users[0].user_id);
+  ASSERT_EQ(inv.aggregation(), fedpers::v1::AGGREGATION_PLAIN);
+  absl::StatusOr<ClientSession> unwilling = ClientSession::Create(
+      base, u.users[0].user_id, [t = absl::string_view(u.train[0])] { return ByteTokenizer::Encode(t); }, Local());
+  ASSERT_TRUE(unwilling.ok());
+  absl::StatusOr<fedpers::v1::SecAggClientMessage> reply = unwilling->BeginRound(inv, base);
+  EXPECT_EQ(reply.status().code(), absl::StatusCode::kFailedPrecondition) << reply.status();
+  EXPECT_NE(reply.status().message().find("does not allow it"), absl::string_view::npos) << reply.status();
+  EXPECT_EQ(unwilling->last_training_seconds(), 0) << "refused before training";
+  // A willing client still refuses a noise split over more clients than the
+  // round has (each update would carry less noise than the accounting says).
+  LocalTrainingOptions allowing = Local();
+  allowing.allow_plain_aggregation = true;
+  absl::StatusOr<ClientSession> willing = ClientSession::Create(
+      base, u.users[0].user_id, [t = absl::string_view(u.train[0])] { return ByteTokenizer::Encode(t); }, allowing);
+  ASSERT_TRUE(willing.ok());
+  fedpers::v1::RoundInvitation thin_noise = inv;
+  thin_noise.mutable_dp()->set_min_clients(1000);
+  reply = willing->BeginRound(thin_noise, base);
+  EXPECT_EQ(reply.status().code(), absl::StatusCode::kInvalidArgument) << reply.status();
+  EXPECT_NE(reply.status().message().find("splits the noise among 1000"), absl::string_view::npos) << reply.status();
+  EXPECT_TRUE(willing->BeginRound(inv, base).ok());
 }
 
 }  // namespace
