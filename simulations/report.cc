@@ -51,7 +51,9 @@ std::string EpsilonText(const ExperimentResult& r, const MethodResult& m) {
   if (SharesNothing(m.method)) return "0 (nothing shared)";
   if (m.method == Method::kCentralized) return "inf (raw data pooled)";
   if (r.config.noise_multiplier == 0) return "inf (no noise)";
-  return absl::StrFormat("%.3g", m.epsilon);
+  // Without SecAgg+ the coordinator sees each update with one client's
+  // share of the noise: epsilon covers the released adapter only.
+  return absl::StrFormat(r.config.secure_agg ? "%.3g" : "%.3g (adapter only)", m.epsilon);
 }
 
 std::string OptionalPercent(const std::optional<double>& v) {
