@@ -180,5 +180,37 @@ TEST(RuntimeTest, UsersBelongToTheirClient) {
   EXPECT_EQ(f.rt->Upload("partner-a", up).code(), absl::StatusCode::kFailedPrecondition) << "no round running";
 }
 
+TEST(RuntimeTest, PlainRoundsSampleOnlyUsersWhoseClientAllowsThem) {
+  RuntimeSettings settings;
+  settings.round.clients_per_round = 5;
+  settings.round.min_clients = 2;
+  settings.round.secure_aggregation = false;
+  Fixture f("plain_consent", settings);
+  JoinRequest willing = JoinFor({"alice", "amy"});
+  willing.set_allows_plain_aggregation(true);
+  ASSERT_TRUE(f.rt->Join("partner-a", willing).ok());
+  ASSERT_TRUE(f.rt->Join("partner-b", JoinFor({"bob", "bea"})).ok());
+  EXPECT_EQ(f.rt->AdminStatus().eligible_users(), 2);
+  auto tick = f.rt->Tick();
+  ASSERT_TRUE(tick.ok() && tick->opened);
+  for (const std::string user : {"alice", "amy"}) {
+    auto p = f.rt->Poll("partner-a", user);
+    ASSERT_TRUE(p.ok() && p->has_invitation()) << user;
+    EXPECT_EQ(p->invitation().aggregation(), AGGREGATION_PLAIN);
+  }
+  for (const std::string user : {"bob", "bea"}) {
+    auto p = f.rt->Poll("partner-b", user);
+    ASSERT_TRUE(p.ok());
+    EXPECT_FALSE(p->has_invitation()) << user << " did not allow plain rounds";
+  }
+  // Consent follows the latest join: granted, then withdrawn.
+  JoinRequest b_willing = JoinFor({"bob", "bea"});
+  b_willing.set_allows_plain_aggregation(true);
+  ASSERT_TRUE(f.rt->Join("partner-b", b_willing).ok());
+  EXPECT_EQ(f.rt->AdminStatus().eligible_users(), 4);
+  ASSERT_TRUE(f.rt->Join("partner-a", JoinFor({"alice"})).ok());
+  EXPECT_EQ(f.rt->AdminStatus().eligible_users(), 3);
+}
+
 }  // namespace
 }  // namespace fedpers
