@@ -297,44 +297,19 @@ absl::StatusOr<RoundMachine::StageOutput> RoundMachine::FinishStage() {
   StageOutput out;
   if (!settings_.secure_aggregation) {
     // The one stage of a plain round: whoever sent an input is in the sum.
-    absl::Status failed;
     if (static_cast<int64_t>(plain_ids_.size()) < min_survivors_) {
-      failed = absl::FailedPreconditionError(
+      return CommitOrAbort(absl::FailedPreconditionError(
           absl::StrCat(plain_ids_.size(), " inputs, fewer than the ", min_survivors_,
-                       " the round needs (its noise is split among that many)"));
+                       " the round needs (its noise is split among that many)")));
     }
-    absl::StatusOr<RoundSummary> summary = failed.ok() ? Commit(std::move(plain_sum_)) : absl::StatusOr<RoundSummary>(failed);
-    if (!summary.ok()) {
-      (void)Abort(std::string(summary.status().message()));
-      return summary.status();
-    }
-    out.committed = *summary;
-    stage_ = RoundStage::kIdle;
-    plain_sum_.clear();
-    plain_ids_.clear();
-    return out;
+    return CommitOrAbort(std::move(plain_sum_));
   }
   absl::StatusOr<secagg::ServerMessages> messages;
   switch (stage_) {
     case RoundStage::kKeys: messages = server_->FinishKeys(); break;
     case RoundStage::kShares: messages = server_->FinishShares(); break;
     case RoundStage::kInputs: messages = server_->FinishInputs(); break;
-    case RoundStage::kUnmasking: {
-      absl::StatusOr<std::vector<uint32_t>> sum = server_->Finish();
-      if (!sum.ok()) {
-        (void)Abort(std::string(sum.status().message()));
-        return sum.status();
-      }
-      absl::StatusOr<RoundSummary> summary = Commit(std::move(*sum));
-      if (!summary.ok()) {
-        (void)Abort(std::string(summary.status().message()));
-        return summary.status();
-      }
-      out.committed = *summary;
-      stage_ = RoundStage::kIdle;
-      server_.reset();
-      return out;
-    }
+    case RoundStage::kUnmasking: return CommitOrAbort(server_->Finish());
     case RoundStage::kIdle: break;
   }
   if (!messages.ok()) {
@@ -344,6 +319,22 @@ absl::StatusOr<RoundMachine::StageOutput> RoundMachine::FinishStage() {
   for (auto& [id, m] : *messages) out.outgoing[names_.at(id)] = std::move(m);
   for (auto& [name, done] : answered_) done = !out.outgoing.count(name);  // only recipients are expected next
   stage_ = static_cast<RoundStage>(static_cast<int>(stage_) + 1);
+  return out;
+}
+
+absl::StatusOr<RoundMachine::StageOutput> RoundMachine::CommitOrAbort(absl::StatusOr<std::vector<uint32_t>> ring_sum) {
+  absl::StatusOr<RoundSummary> summary =
+      ring_sum.ok() ? Commit(std::move(*ring_sum)) : absl::StatusOr<RoundSummary>(ring_sum.status());
+  if (!summary.ok()) {
+    (void)Abort(std::string(summary.status().message()));
+    return summary.status();
+  }
+  StageOutput out;
+  out.committed = *summary;
+  stage_ = RoundStage::kIdle;
+  server_.reset();
+  plain_sum_.clear();
+  plain_ids_.clear();
   return out;
 }
 

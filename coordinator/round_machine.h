@@ -110,6 +110,9 @@ class RoundMachine {
   RoundMachine() = default;
   absl::Status HandlePlainInput(const std::string& client, uint32_t id, const fedpers::v1::PlainInput& input);
   absl::StatusOr<RoundSummary> Commit(std::vector<uint32_t> ring_sum);
+  // Ends the round: commits the sum, or aborts with the error (its own or
+  // the commit's); either way the machine is idle afterwards.
+  absl::StatusOr<StageOutput> CommitOrAbort(absl::StatusOr<std::vector<uint32_t>> ring_sum);
   // SecAgg ids whose inputs are in the sum.
   std::vector<uint32_t> ContributorIds() const;
 
