@@ -45,6 +45,19 @@ LocalTrainingOptions Local() {
   return o;
 }
 
+// The same rounds without SecAgg+, and clients that take part in them.
+RuntimeSettings PlainSettings() {
+  RuntimeSettings s = Settings();
+  s.round.secure_aggregation = false;
+  return s;
+}
+
+LocalTrainingOptions AllowingPlain() {
+  LocalTrainingOptions o = Local();
+  o.allow_plain_aggregation = true;
+  return o;
+}
+
 std::string Fresh(const std::string& name) {
   const std::string d = ::testing::TempDir() + "/simgrpc_" + name + "_" + std::to_string(::getpid());
   std::filesystem::remove_all(d);
@@ -174,10 +187,8 @@ TEST(SimulationMatchesGrpcTest, PlainAggregationCommitsWhatSecAggCommits) {
   torch::set_num_threads(1);
   Gpt2LmHead base = testing::RandomModel();
   const Users u;
-  RuntimeSettings plain = Settings();
-  plain.round.secure_aggregation = false;
-  LocalTrainingOptions allowing = Local();
-  allowing.allow_plain_aggregation = true;
+  const RuntimeSettings plain = PlainSettings();
+  const LocalTrainingOptions allowing = AllowingPlain();
   RoundRecord secure_round, plain_round;
   absl::StatusOr<std::vector<float>> secure = Simulate(base, u, Settings(), Local(), "sim_secure", &secure_round);
   absl::StatusOr<std::vector<float>> simulated = Simulate(base, u, plain, allowing, "sim_plain", &plain_round);
@@ -198,8 +209,7 @@ TEST(SimulationMatchesGrpcTest, ClientsRefusePlainRoundsUnlessAllowed) {
   torch::set_num_threads(1);
   Gpt2LmHead base = testing::RandomModel();
   const Users u;
-  RuntimeSettings plain = Settings();
-  plain.round.secure_aggregation = false;
+  const RuntimeSettings plain = PlainSettings();
   // Users who did not allow plain rounds when they joined are never sampled.
   absl::StatusOr<std::vector<float>> refused = Simulate(base, u, plain, Local(), "sim_refused");
   ASSERT_FALSE(refused.ok());
@@ -227,10 +237,9 @@ TEST(SimulationMatchesGrpcTest, ClientsRefusePlainRoundsUnlessAllowed) {
   EXPECT_EQ(unwilling->last_training_seconds(), 0) << "refused before training";
   // A willing client still refuses a noise split over more clients than the
   // round has (each update would carry less noise than the accounting says).
-  LocalTrainingOptions allowing = Local();
-  allowing.allow_plain_aggregation = true;
   absl::StatusOr<ClientSession> willing = ClientSession::Create(
-      base, u.users[0].user_id, [t = absl::string_view(u.train[0])] { return ByteTokenizer::Encode(t); }, allowing);
+      base, u.users[0].user_id, [t = absl::string_view(u.train[0])] { return ByteTokenizer::Encode(t); },
+      AllowingPlain());
   ASSERT_TRUE(willing.ok());
   fedpers::v1::RoundInvitation thin_noise = inv;
   thin_noise.mutable_dp()->set_min_clients(1000);
