@@ -134,7 +134,7 @@ TEST(RoundMachineTest, DropoutsAreToleratedAndTooManyAbortCleanly) {
   EXPECT_EQ(next->round, 3);
 }
 
-TEST(RoundMachineTest, ImpersonationAndStrangersAreRefused) {
+TEST(RoundMachineTest, ImpersonationStrangersAndPlainInputsAreRefused) {
   auto store = StateStore::Open(FreshDir("impersonation"));
   RoundSettings settings;
   settings.clients_per_round = 4;
@@ -150,6 +150,14 @@ TEST(RoundMachineTest, ImpersonationAndStrangersAreRefused) {
   EXPECT_EQ((*m)->Handle("mallory", advert).code(), absl::StatusCode::kPermissionDenied);
   EXPECT_TRUE((*m)->Handle("client0", advert).ok());
   EXPECT_FALSE((*m)->Open(fleet.names(), 2).ok()) << "one round at a time";
+  // A plain input has no place in a SecAgg+ round.
+  EXPECT_EQ(inv->at("client0").aggregation(), fedpers::v1::AGGREGATION_SECAGG_PLUS);
+  SecAggClientMessage plain;
+  plain.mutable_plain_input()->set_client_id(inv->at("client0").secagg_id());
+  plain.mutable_plain_input()->set_packed(std::string(16, '\0'));
+  const absl::Status s = (*m)->Handle("client0", plain);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("plain input to a SecAgg+ round"), absl::string_view::npos) << s;
   ASSERT_TRUE((*m)->Abort("operator").ok());
 }
 
@@ -287,25 +295,6 @@ TEST(RoundMachineTest, PlainRoundsRefuseWrongMessagesAndAbortBelowMinClients) {
   ASSERT_TRUE(next.ok()) << next.status();
   EXPECT_EQ(next->survivors, 4);
   EXPECT_EQ(next->sampled, 5);
-}
-
-TEST(RoundMachineTest, SecAggRoundsRefusePlainInputs) {
-  auto store = StateStore::Open(FreshDir("secure_refuses_plain"));
-  RoundSettings settings;
-  settings.clients_per_round = 4;
-  settings.min_clients = 3;
-  auto m = RoundMachine::Create(store->get(), Layout(), settings);
-  Fleet fleet(4, 68, 9);
-  auto inv = (*m)->Open(fleet.names(), 1);
-  ASSERT_TRUE(inv.ok());
-  EXPECT_EQ(inv->at("client0").aggregation(), fedpers::v1::AGGREGATION_SECAGG_PLUS);
-  SecAggClientMessage plain;
-  plain.mutable_plain_input()->set_client_id(inv->at("client0").secagg_id());
-  plain.mutable_plain_input()->set_packed(std::string(16, '\0'));
-  const absl::Status s = (*m)->Handle("client0", plain);
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
-  EXPECT_NE(s.message().find("plain input to a SecAgg+ round"), absl::string_view::npos) << s;
-  ASSERT_TRUE((*m)->Abort("test").ok());
 }
 
 }  // namespace
