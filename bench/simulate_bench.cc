@@ -66,6 +66,8 @@ absl::Status RunScenario(const SimulateBenchOptions& o) {
   fs.local.global_steps = o.global_steps;
   fs.local.residual_steps = o.residual_steps;
   fs.local.batch_size = o.batch_size;
+  fs.local.micro_batch_size = o.micro_batch_size;
+  fs.local.recompute_activations = o.recompute_activations;
   fs.local.seq_len = o.seq_len;
   fs.local.noise_seed = 5;
   char dir_template[] = "/tmp/fedpers-bench-sim-XXXXXX";
@@ -102,7 +104,9 @@ absl::StatusOr<nlohmann::json> Probe(const std::string& probe, const SimulateBen
   const std::string cmd = absl::StrCat(
       "'", exe, "' -q --threads ", o.threads, " bench simulate --probe ", probe, " --config ", o.config, " --users ",
       users, " --clients ", o.clients_per_round, " --rounds ", o.rounds, " --global-steps ", o.global_steps,
-      " --residual-steps ", o.residual_steps, " --batch-size ", o.batch_size, " --seq-len ", o.seq_len,
+      " --residual-steps ", o.residual_steps, " --batch-size ", o.batch_size,
+      " --micro-batch-size ", o.micro_batch_size, o.recompute_activations ? " --recompute-activations" : "",
+      " --seq-len ", o.seq_len,
       " --user-bytes ", o.user_bytes, " --workers ", o.workers);
   FILE* p = popen(cmd.c_str(), "r");
   if (p == nullptr) return absl::InternalError("cannot start the probe");
@@ -165,6 +169,7 @@ absl::StatusOr<SimulateBenchResult> RunSimulateBench(const SimulateBenchOptions&
   }
   r.median_ratio = Median(r.round_ratios);
   r.median_coordinator_seconds = Median(coordinator);
+  r.median_training_seconds = Median(r.round_training_seconds);
   r.memory_ratio = static_cast<double>(r.peak_rss_bytes - r.idle_rss_bytes) /
                    (static_cast<double>(o.users) * static_cast<double>(r.residual_bytes));
   r.marginal_ratio = static_cast<double>(r.peak_rss_bytes - r.small_peak_rss_bytes) /

@@ -31,6 +31,8 @@ struct SimulateBenchOptions {
   int64_t clients_per_round = 10;
   int64_t rounds = 4;  // timed, after one untimed round
   int64_t global_steps = 10, residual_steps = 10, batch_size = 8, seq_len = 0;
+  int64_t micro_batch_size = 0;  // 0: the whole batch per pass
+  bool recompute_activations = false;
   int64_t user_bytes = 2000;  // synthetic text per user
   int workers = 0;            // 0: one per core
   int threads = 0;            // intra-op threads of the children (0: every core)
@@ -42,6 +44,7 @@ struct SimulateBenchResult {
   std::vector<double> round_wall_seconds, round_training_seconds, round_ratios;
   double median_ratio = 0;                // round wall / local training, median
   double median_coordinator_seconds = 0;  // per round
+  double median_training_seconds = 0;     // local training per round (what the memory options cost)
   int64_t residual_bytes = 0;             // one user's residual (float32)
   int64_t idle_rss_bytes = 0;             // idle process holding the base model
   int64_t peak_rss_bytes = 0;             // simulation with `users`

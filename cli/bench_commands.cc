@@ -1,6 +1,7 @@
 // `fedpers bench ...`: benchmarks that print medians and side-by-side ratios.
 #include <iostream>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "bench/round_bench.h"
 #include "bench/secagg_bench.h"
@@ -168,6 +169,11 @@ void RegisterBench(CLI::App& app, const GlobalOptions& global) {
   sim->add_option("--global-steps", so->global_steps, "Local steps on the global adapter")->capture_default_str();
   sim->add_option("--residual-steps", so->residual_steps, "Local steps on the residual")->capture_default_str();
   sim->add_option("--batch-size", so->batch_size, "Windows per step")->capture_default_str();
+  sim->add_option("--micro-batch-size", so->micro_batch_size, "Windows per forward/backward pass (0: the whole batch)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  sim->add_flag("--recompute-activations", so->recompute_activations,
+                "Keep only each block's input in the forward pass and recompute the rest in backward");
   sim->add_option("--seq-len", so->seq_len, "Window length (0: n_positions)")->capture_default_str();
   sim->add_option("--user-bytes", so->user_bytes, "Synthetic text per user")->capture_default_str();
   sim->add_option("--workers", so->workers, "Parallel clients (0: one per core)")->capture_default_str();
@@ -191,6 +197,10 @@ void RegisterBench(CLI::App& app, const GlobalOptions& global) {
                                    {"round_ratios", r->round_ratios},
                                    {"median_ratio", r->median_ratio},
                                    {"median_coordinator_seconds", r->median_coordinator_seconds},
+                                   {"median_training_seconds", r->median_training_seconds},
+                                   {"batch_size", so->batch_size},
+                                   {"micro_batch_size", so->micro_batch_size},
+                                   {"recompute_activations", so->recompute_activations},
                                    {"residual_bytes", r->residual_bytes},
                                    {"idle_rss_bytes", r->idle_rss_bytes},
                                    {"peak_rss_bytes", r->peak_rss_bytes},
@@ -203,13 +213,18 @@ void RegisterBench(CLI::App& app, const GlobalOptions& global) {
                 << "\n";
       return;
     }
-    std::cout << absl::StrFormat("%d virtual users, %d clients per round, %d workers\n\n", r->users,
-                                 r->clients_per_round, r->workers);
+    std::cout << absl::StrFormat("%d virtual users, %d clients per round, %d workers, batch %d (%s)%s\n\n", r->users,
+                                 r->clients_per_round, r->workers, so->batch_size,
+                                 so->micro_batch_size > 0 && so->micro_batch_size < so->batch_size
+                                     ? absl::StrCat("micro-batches of ", so->micro_batch_size)
+                                     : std::string("one pass"),
+                                 so->recompute_activations ? ", activations recomputed" : "");
     Table t({"measure", "value", "target"});
     std::string ratios;
     for (double x : r->round_ratios) absl::StrAppend(&ratios, ratios.empty() ? "" : " ", absl::StrFormat("%.3f", x));
     t.AddRow({"round wall / local training (median)", absl::StrFormat("%.3f", r->median_ratio), "<= 1.15"});
     t.AddRow({"  per round", ratios, ""});
+    t.AddRow({"local training s / round (median)", absl::StrFormat("%.2f", r->median_training_seconds), ""});
     t.AddRow({"coordinator s / round (median)", absl::StrFormat("%.3f", r->median_coordinator_seconds), ""});
     t.AddRow({"one residual", absl::StrFormat("%.1f KiB", r->residual_bytes / 1024.0), ""});
     t.AddRow({"idle RSS (base model held)", absl::StrFormat("%.1f MiB", r->idle_rss_bytes / 1048576.0), ""});

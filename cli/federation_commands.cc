@@ -97,10 +97,10 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     std::string coordinator, data, base, state_dir = "client-state";
     std::vector<std::string> users;
     TlsFlags tls;
-    int64_t rounds = 0, global_steps = 20, residual_steps = 20, batch = 8;
+    int64_t rounds = 0, global_steps = 20, residual_steps = 20, batch = 8, micro_batch = 0;
     double lr = 3e-3;
     std::string save_updates, kill_at;
-    bool allow_plain = false;
+    bool allow_plain = false, recompute = false;
   };
   auto f = std::make_shared<RunFlags>();
   run->add_option("--coordinator", f->coordinator, "HOST:PORT")->required();
@@ -112,6 +112,12 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
   run->add_option("--global-steps", f->global_steps, "Local steps on B_g per round")->capture_default_str();
   run->add_option("--residual-steps", f->residual_steps, "Local steps on the residual per round")->capture_default_str();
   run->add_option("--batch-size", f->batch, "Windows per step")->capture_default_str();
+  run->add_option("--micro-batch-size", f->micro_batch,
+                  "Windows per forward/backward pass (0: the whole batch); bounds training memory, same update")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  run->add_flag("--recompute-activations", f->recompute,
+                "Recompute each block's activations in backward instead of keeping them (less memory, more compute)");
   run->add_option("--lr", f->lr, "Local learning rate")->capture_default_str();
   run->add_flag("--allow-plain-aggregation", f->allow_plain,
                 "Take part in rounds without secure aggregation, where the coordinator sees this client's update");
@@ -130,6 +136,8 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     opts.global_steps = f->global_steps;
     opts.residual_steps = f->residual_steps;
     opts.batch_size = f->batch;
+    opts.micro_batch_size = f->micro_batch;
+    opts.recompute_activations = f->recompute;
     opts.global_learning_rate = opts.residual_learning_rate = f->lr;
     opts.allow_plain_aggregation = f->allow_plain;
     std::map<std::string, ClientSession> owned;

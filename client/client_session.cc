@@ -29,6 +29,8 @@ absl::StatusOr<double> TrainBranches(Gpt2LmHead model, const std::vector<int32_t
     TrainOptions t;
     t.steps = steps;
     t.batch_size = o.batch_size;
+    t.micro_batch_size = o.micro_batch_size;
+    t.recompute_activations = o.recompute_activations;
     t.seq_len = o.seq_len;
     t.learning_rate = lr;
     t.seed = s;
@@ -40,6 +42,8 @@ absl::StatusOr<double> TrainBranches(Gpt2LmHead model, const std::vector<int32_t
     TrainOptions t;
     t.steps = global_steps + residual_steps;
     t.batch_size = o.batch_size;
+    t.micro_batch_size = o.micro_batch_size;
+    t.recompute_activations = o.recompute_activations;
     t.seq_len = o.seq_len;
     t.learning_rate = o.global_learning_rate;
     t.seed = seed;

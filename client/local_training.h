@@ -29,6 +29,13 @@ struct LocalTrainingOptions {
   // joint measured best at equal compute (docs/simulation.md).
   TrainingSchedule schedule = TrainingSchedule::kJoint;
   int64_t batch_size = 8;
+  // Windows per forward/backward pass (0: the whole batch). Bounds the
+  // activation memory of local training; the update is the same up to float
+  // summation order (TrainOptions::micro_batch_size).
+  int64_t micro_batch_size = 0;
+  // Recompute each block's activations in backward instead of keeping them:
+  // less memory, one more forward pass (TrainOptions::recompute_activations).
+  bool recompute_activations = false;
   int64_t seq_len = 0;  // 0: n_positions
   double global_learning_rate = 3e-3;
   double residual_learning_rate = 3e-3;

@@ -385,6 +385,8 @@ class Runner {
     TrainOptions t;
     t.steps = steps_per_round * c_.rounds;
     t.batch_size = c_.local.batch_size;
+    t.micro_batch_size = c_.local.micro_batch_size;
+    t.recompute_activations = c_.local.recompute_activations;
     t.seq_len = c_.local.seq_len;
     t.learning_rate = c_.local.global_learning_rate;
     t.seed = Derive(c_.seed, "centralized");

@@ -96,7 +96,9 @@ absl::Status ExperimentConfig::Validate() const {
   if (local.global_steps < 0 || local.residual_steps < 0 || local.global_steps + local.residual_steps < 1) {
     return bad("\"local\" needs non-negative step counts, not both 0");
   }
-  if (local.batch_size < 1 || local.seq_len < 0) return bad("\"local\" batch_size must be positive, seq_len >= 0");
+  if (local.batch_size < 1 || local.micro_batch_size < 0 || local.seq_len < 0) {
+    return bad("\"local\" batch_size must be positive, micro_batch_size and seq_len >= 0");
+  }
   if (!(local.global_learning_rate > 0) || !(local.residual_learning_rate > 0)) {
     return bad("\"local\" learning rates must be positive");
   }
@@ -168,7 +170,8 @@ absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_t
   FEDPERS_READ(j, "min_clients", c.min_clients, "");
   if (j.contains("local")) {
     const Json& l = j["local"];
-    if (absl::Status s = OnlyKeys(l, {"global_steps", "residual_steps", "schedule", "batch_size", "seq_len",
+    if (absl::Status s = OnlyKeys(l, {"global_steps", "residual_steps", "schedule", "batch_size", "micro_batch_size",
+                                      "recompute_activations", "seq_len",
                                       "global_learning_rate", "residual_learning_rate"},
                                   "\"local\"");
         !s.ok()) {
@@ -177,6 +180,8 @@ absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_t
     FEDPERS_READ(l, "global_steps", c.local.global_steps, "local: ");
     FEDPERS_READ(l, "residual_steps", c.local.residual_steps, "local: ");
     FEDPERS_READ(l, "batch_size", c.local.batch_size, "local: ");
+    FEDPERS_READ(l, "micro_batch_size", c.local.micro_batch_size, "local: ");
+    FEDPERS_READ(l, "recompute_activations", c.local.recompute_activations, "local: ");
     FEDPERS_READ(l, "seq_len", c.local.seq_len, "local: ");
     FEDPERS_READ(l, "global_learning_rate", c.local.global_learning_rate, "local: ");
     FEDPERS_READ(l, "residual_learning_rate", c.local.residual_learning_rate, "local: ");
@@ -251,6 +256,8 @@ std::string ExperimentConfigToJson(const ExperimentConfig& c) {
                 {"residual_steps", c.local.residual_steps},
                 {"schedule", TrainingScheduleName(c.local.schedule)},
                 {"batch_size", c.local.batch_size},
+                {"micro_batch_size", c.local.micro_batch_size},
+                {"recompute_activations", c.local.recompute_activations},
                 {"seq_len", c.local.seq_len},
                 {"global_learning_rate", c.local.global_learning_rate},
                 {"residual_learning_rate", c.local.residual_learning_rate}};

@@ -68,30 +68,30 @@ bool LoraConv1DImpl::branch_enabled(LoraBranch b) const {
 // branch products). One GEMM forward, one backward for the input gradient,
 // and thin products for the LoRA factors' gradients: no extra passes over
 // the [N, out] activations. Base weights are frozen on this path.
+//
+// W_eff is formed again in backward rather than saved: saving it would keep a
+// copy of every targeted base weight alive per step in flight (12 MiB per
+// worker for `tiny`, whatever the batch), against an in*out*r recompute.
 class FusedLoraFunction : public torch::autograd::Function<FusedLoraFunction> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor weight,
                                torch::Tensor bias, torch::Tensor a_g, torch::Tensor b_g, torch::Tensor a_u,
                                torch::Tensor b_u, double s_g, double s_u) {
-    // A switched-off branch arrives as an empty tensor (autograd functions
-    // take no undefined inputs).
-    torch::Tensor w = b_g.numel() > 0 ? torch::addmm(weight, a_g.t(), b_g.t(), 1.0, s_g) : weight.clone();
-    if (b_u.numel() > 0) w.addmm_(a_u.t(), b_u.t(), 1.0, s_u);
-    ctx->save_for_backward({x, w, a_g, b_g, a_u, b_u});
+    ctx->save_for_backward({x, weight, a_g, b_g, a_u, b_u});
     ctx->saved_data["s_g"] = s_g;
     ctx->saved_data["s_u"] = s_u;
-    return torch::addmm(bias, x, w);
+    return torch::addmm(bias, x, EffectiveWeight(weight, a_g, b_g, a_u, b_u, s_g, s_u));
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    const torch::Tensor &x = saved[0], &w = saved[1], &a_g = saved[2], &b_g = saved[3], &a_u = saved[4],
+    const torch::Tensor &x = saved[0], &weight = saved[1], &a_g = saved[2], &b_g = saved[3], &a_u = saved[4],
                         &b_u = saved[5];
     const double s_g = ctx->saved_data["s_g"].toDouble(), s_u = ctx->saved_data["s_u"].toDouble();
     const torch::Tensor& gy = grads[0];
     torch::Tensor gx, ga_g, gb_g, ga_u, gb_u;
-    if (ctx->needs_input_grad(0)) gx = gy.mm(w.t());
+    if (ctx->needs_input_grad(0)) gx = gy.mm(EffectiveWeight(weight, a_g, b_g, a_u, b_u, s_g, s_u).t());
     const bool want_b_g = b_g.numel() > 0 && ctx->needs_input_grad(4);
     const bool want_b_u = b_u.numel() > 0 && ctx->needs_input_grad(6);
     // Both B gradients from one pass over x and one over gy:
@@ -106,6 +106,18 @@ class FusedLoraFunction : public torch::autograd::Function<FusedLoraFunction> {
     if (b_g.numel() > 0 && ctx->needs_input_grad(3)) ga_g = gy.mm(b_g).t().mm(x).mul_(s_g);
     if (b_u.numel() > 0 && ctx->needs_input_grad(5)) ga_u = gy.mm(b_u).t().mm(x).mul_(s_u);
     return {gx, torch::Tensor(), torch::Tensor(), ga_g, gb_g, ga_u, gb_u, torch::Tensor(), torch::Tensor()};
+  }
+
+ private:
+  // W + s_g (B_g A_g)^T + s_u (B_u A_u)^T; a switched-off branch arrives as an
+  // empty tensor (autograd functions take no undefined inputs). The same
+  // operations in forward and backward, so both see the same W_eff.
+  static torch::Tensor EffectiveWeight(const torch::Tensor& weight, const torch::Tensor& a_g,
+                                       const torch::Tensor& b_g, const torch::Tensor& a_u, const torch::Tensor& b_u,
+                                       double s_g, double s_u) {
+    torch::Tensor w = b_g.numel() > 0 ? torch::addmm(weight, a_g.t(), b_g.t(), 1.0, s_g) : weight.clone();
+    if (b_u.numel() > 0) w.addmm_(a_u.t(), b_u.t(), 1.0, s_u);
+    return w;
   }
 };
 
@@ -371,11 +383,70 @@ Gpt2TransformerImpl::Gpt2TransformerImpl(const ModelConfig& c, const LoraConfig&
       "ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.n_embd}).eps(c.layer_norm_epsilon)));
 }
 
+// A block whose forward records nothing but its input; backward runs the
+// block's forward again with gradients on and differentiates that. The
+// block's trainable parameters are inputs of this function, so autograd
+// routes their gradients through it (and it runs when only they need one,
+// as in the first block, whose input comes from frozen embeddings).
+class RecomputedBlockFunction : public torch::autograd::Function<RecomputedBlockFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               torch::TensorList trainable, Gpt2BlockImpl* block) {
+    ctx->save_for_backward({x});
+    ctx->saved_data["block"] = reinterpret_cast<int64_t>(block);
+    ctx->saved_data["trainable"] = static_cast<int64_t>(trainable.size());
+    return block->forward(x);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto* block = reinterpret_cast<Gpt2BlockImpl*>(ctx->saved_data["block"].toInt());
+    const int64_t n = ctx->saved_data["trainable"].toInt();
+    const bool want_x = ctx->needs_input_grad(0);
+    torch::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(want_x);
+    std::vector<torch::Tensor> trainable;
+    for (const auto& p : block->parameters()) {
+      if (p.requires_grad()) trainable.push_back(p);
+    }
+    TORCH_CHECK(static_cast<int64_t>(trainable.size()) == n,
+                "a block's trainable parameters changed between forward and backward");
+    torch::Tensor y;
+    {
+      torch::AutoGradMode enable(true);
+      y = block->forward(x);
+    }
+    std::vector<torch::Tensor> wrt;
+    if (want_x) wrt.push_back(x);
+    for (int64_t i = 0; i < n; ++i) {
+      if (ctx->needs_input_grad(1 + i)) wrt.push_back(trainable[static_cast<size_t>(i)]);
+    }
+    torch::autograd::variable_list got;
+    if (!wrt.empty()) got = torch::autograd::grad({y}, wrt, {grads[0]}, false, false, /*allow_unused=*/true);
+    torch::autograd::variable_list out;
+    size_t k = 0;
+    out.push_back(want_x ? got[k++] : torch::Tensor());
+    for (int64_t i = 0; i < n; ++i) out.push_back(ctx->needs_input_grad(1 + i) ? got[k++] : torch::Tensor());
+    out.push_back(torch::Tensor());  // the block pointer
+    return out;
+  }
+};
+
 torch::Tensor Gpt2TransformerImpl::forward(const torch::Tensor& ids) {
   const int64_t T = ids.size(1);
   torch::Tensor pos = torch::arange(T, torch::kLong);
   torch::Tensor x = wte(ids) + wpe(pos);
-  for (Gpt2Block& b : blocks) x = b(x);
+  const bool recompute = recompute_activations_ && torch::GradMode::is_enabled();
+  for (Gpt2Block& b : blocks) {
+    if (!recompute) {
+      x = b(x);
+      continue;
+    }
+    std::vector<torch::Tensor> trainable;
+    for (const auto& p : b->parameters()) {
+      if (p.requires_grad()) trainable.push_back(p);
+    }
+    x = RecomputedBlockFunction::apply(x, torch::TensorList(trainable), b.get());
+  }
   return ln_f(x);
 }
 

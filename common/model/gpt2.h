@@ -115,10 +115,19 @@ class Gpt2TransformerImpl : public torch::nn::Module {
   Gpt2TransformerImpl(const ModelConfig& c, const LoraConfig& lora);
   // Final hidden states [B, T, C] for token ids [B, T].
   torch::Tensor forward(const torch::Tensor& ids);
+  // When on, a forward pass that records gradients keeps only each block's
+  // input and recomputes the block's activations in backward: activation
+  // memory of one block instead of n_layer, for one more forward pass of
+  // compute. Same gradients (the recompute is the same deterministic ops).
+  void set_recompute_activations(bool on) { recompute_activations_ = on; }
+  bool recompute_activations() const { return recompute_activations_; }
   torch::nn::Embedding wte{nullptr}, wpe{nullptr};
   torch::nn::ModuleList h{nullptr};
   torch::nn::LayerNorm ln_f{nullptr};
   std::vector<Gpt2Block> blocks;
+
+ private:
+  bool recompute_activations_ = false;
 };
 TORCH_MODULE(Gpt2Transformer);
 

@@ -1,5 +1,6 @@
 #include "common/model/trainer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -14,6 +15,7 @@ namespace fedpers {
 absl::Status TrainOptions::Validate() const {
   if (steps < 0) return absl::InvalidArgumentError("steps must be >= 0");
   if (batch_size <= 0) return absl::InvalidArgumentError("batch_size must be positive");
+  if (micro_batch_size < 0) return absl::InvalidArgumentError("micro_batch_size must be >= 0");
   if (seq_len < 0) return absl::InvalidArgumentError("seq_len must be >= 0");
   if (!(learning_rate > 0)) return absl::InvalidArgumentError("learning_rate must be positive");
   if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1)) return absl::InvalidArgumentError("min_lr_ratio must be in [0, 1]");
@@ -96,6 +98,14 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(Gpt2LmHead model, std::
 
 absl::Status Trainer::Run(int64_t until, const std::function<bool(const StepStats&)>& on_step) {
   model_->train();
+  // The model may be shared with other trainers (a worker's model): the
+  // recompute switch holds for this call only.
+  struct RecomputeScope {
+    Gpt2Transformer t;
+    bool before;
+    ~RecomputeScope() { t->set_recompute_activations(before); }
+  } scope{model_->transformer, model_->transformer->recompute_activations()};
+  model_->transformer->set_recompute_activations(options_.recompute_activations);
   try {
     for (; next_step_ < until; ++next_step_) {
       const double lr = ScheduledLearningRate(options_, next_step_);
@@ -104,13 +114,30 @@ absl::Status Trainer::Run(int64_t until, const std::function<bool(const StepStat
       }
       auto [inputs, targets] = sampler_.Batch(next_step_, options_.batch_size);
       optimizer_->zero_grad();
-      torch::Tensor loss = model_->Loss(inputs, targets);
-      const double loss_value = loss.item<double>();
-      if (!std::isfinite(loss_value)) {
-        return absl::InternalError(absl::StrCat("training diverged: loss is ", loss_value, " at step ",
-                                                next_step_ + 1, "; lower the learning rate"));
+      const int64_t micro = options_.micro_batch_size > 0 ? std::min(options_.micro_batch_size, options_.batch_size)
+                                                         : options_.batch_size;
+      const int64_t batch_tokens = targets.ne(ByteTokenizer::kPad).sum().item<int64_t>();
+      double loss_value = 0;
+      for (int64_t b0 = 0; b0 < options_.batch_size; b0 += micro) {
+        const int64_t n = std::min(micro, options_.batch_size - b0);
+        torch::Tensor part_targets = targets.narrow(0, b0, n);
+        // A micro-batch's mean loss, weighted by its share of the batch's
+        // tokens: the weighted sum over micro-batches is the batch mean.
+        const int64_t part_tokens =
+            micro == options_.batch_size ? batch_tokens : part_targets.ne(ByteTokenizer::kPad).sum().item<int64_t>();
+        if (part_tokens == 0 && batch_tokens > 0) continue;
+        torch::Tensor loss = model_->Loss(inputs.narrow(0, b0, n), part_targets);
+        if (micro < options_.batch_size) {
+          loss = loss * (static_cast<double>(part_tokens) / static_cast<double>(batch_tokens));
+        }
+        const double part_value = loss.item<double>();
+        loss_value += part_value;
+        if (!std::isfinite(part_value)) {
+          return absl::InternalError(absl::StrCat("training diverged: loss is ", part_value, " at step ",
+                                                  next_step_ + 1, "; lower the learning rate"));
+        }
+        loss.backward();
       }
-      loss.backward();
       double norm;
       if (options_.grad_clip > 0) {
         norm = torch::nn::utils::clip_grad_norm_(params_, options_.grad_clip);
@@ -131,7 +158,7 @@ absl::Status Trainer::Run(int64_t until, const std::function<bool(const StepStat
       stats.loss = loss_value;
       stats.learning_rate = lr;
       stats.grad_norm = norm;
-      stats.tokens = targets.ne(ByteTokenizer::kPad).sum().item<int64_t>();
+      stats.tokens = batch_tokens;
       if (on_step && !on_step(stats)) {
         ++next_step_;
         break;

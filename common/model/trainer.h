@@ -15,6 +15,16 @@ namespace fedpers {
 struct TrainOptions {
   int64_t steps = 100;
   int64_t batch_size = 16;
+  // Windows per forward/backward pass; 0 or >= batch_size: the whole batch at
+  // once. A step's gradient is accumulated over its micro-batches, each
+  // weighted by its share of the batch's target tokens, so it is the
+  // gradient of the same batch mean (equal up to float summation order).
+  // Activation memory scales with this, not with batch_size.
+  int64_t micro_batch_size = 0;
+  // Keep only each block's input during the forward pass and recompute the
+  // rest in backward (Gpt2TransformerImpl::set_recompute_activations): about
+  // n_layer times less activation memory for one more forward pass.
+  bool recompute_activations = false;
   int64_t seq_len = 0;  // 0: the model's n_positions
   double learning_rate = 1e-3;
   double min_lr_ratio = 0.1;  // cosine decays to learning_rate * min_lr_ratio

@@ -151,6 +151,104 @@ TEST(TrainingTest, ParamGroupsTrainAtTheirOwnLearningRates) {
   EXPECT_NE(Trainer::Create(m, groups, tokens, o).status().message().find("lr_scale"), absl::string_view::npos);
 }
 
+// Micro-batches (here 4 + 2 windows of a batch of 6) accumulate the gradient
+// of the same batch mean: per step the loss and gradient norm agree with the
+// whole-batch pass up to float summation order, and so do the parameters
+// after a few Adam steps.
+TEST(TrainingTest, MicroBatchesTrainLikeTheWholeBatch) {
+  UserTokens u = Tokens(SyntheticUsers(1, 3000, 9)[0]);
+  std::vector<std::vector<StepStats>> stats(2);
+  std::vector<std::vector<float>> params(2);
+  for (int run = 0; run < 2; ++run) {
+    Gpt2LmHead m = RandomModel();
+    m->ResetResidual(3);
+    std::vector<ParamGroup> groups(2);
+    groups[0].params = m->BranchParameters(LoraBranch::kGlobal);
+    groups[1].params = Residual(m);
+    TrainOptions o = Fast(4);
+    o.batch_size = 6;
+    o.micro_batch_size = run == 0 ? 0 : 4;
+    auto t = Trainer::Create(m, groups, u.train, o);
+    ASSERT_TRUE(t.ok()) << t.status();
+    ASSERT_TRUE((*t)->Run(4, [&](const StepStats& s) {
+                   stats[run].push_back(s);
+                   return true;
+                 }).ok());
+    params[run] = m->FlattenBranch(LoraBranch::kGlobal);
+    std::vector<float> r = m->FlattenBranch(LoraBranch::kResidual);
+    params[run].insert(params[run].end(), r.begin(), r.end());
+  }
+  ASSERT_EQ(stats[0].size(), 4u);
+  ASSERT_EQ(stats[1].size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_NEAR(stats[1][i].loss, stats[0][i].loss, 1e-5 * stats[0][i].loss) << "step " << i + 1;
+    EXPECT_NEAR(stats[1][i].grad_norm, stats[0][i].grad_norm, 1e-4 * stats[0][i].grad_norm) << "step " << i + 1;
+    EXPECT_EQ(stats[1][i].tokens, stats[0][i].tokens);
+  }
+  double max_diff = 0, max_abs = 0;
+  for (size_t i = 0; i < params[0].size(); ++i) {
+    max_diff = std::max(max_diff, double(std::abs(params[0][i] - params[1][i])));
+    max_abs = std::max(max_abs, double(std::abs(params[0][i])));
+  }
+  EXPECT_GT(max_abs, 1e-2);  // the steps moved the adapters
+  EXPECT_LT(max_diff, 1e-5);
+}
+
+// Recomputing each block in backward differentiates the same ops again:
+// every LoRA gradient agrees with the stored-activation pass, including the
+// first block's (whose input, from the frozen embeddings, needs none). The
+// switch is the trainer's for one Run only.
+TEST(TrainingTest, RecomputedActivationsGiveTheSameGradients) {
+  std::vector<int32_t> tokens = ByteTokenizer::Encode(SyntheticUsers(1, 3000, 13)[0].text);
+  WindowSampler sampler(tokens, RandomModel()->config().n_positions, 2);
+  auto [inputs, targets] = sampler.Batch(0, 3);
+  std::vector<std::vector<torch::Tensor>> grads(2);
+  for (int run = 0; run < 2; ++run) {
+    Gpt2LmHead m = RandomModel();
+    m->ResetResidual(5);
+    std::vector<torch::Tensor> params = m->BranchParameters(LoraBranch::kGlobal);
+    for (auto& p : Residual(m)) params.push_back(p);
+    {
+      torch::NoGradGuard no_grad;  // non-zero B so every factor gets a gradient
+      for (auto& p : params) p.normal_(0.0, 0.05);
+    }
+    for (auto& p : params) p.set_requires_grad(true);
+    m->transformer->set_recompute_activations(run == 1);
+    m->Loss(inputs, targets).backward();
+    for (auto& p : params) {
+      ASSERT_TRUE(p.grad().defined());
+      grads[run].push_back(p.grad().clone());
+    }
+  }
+  ASSERT_EQ(grads[0].size(), grads[1].size());
+  for (size_t i = 0; i < grads[0].size(); ++i) {
+    const double scale = grads[0][i].abs().max().item<double>();
+    EXPECT_GT(scale, 0) << "tensor " << i;
+    EXPECT_LE((grads[0][i] - grads[1][i]).abs().max().item<double>(), 1e-5 * scale) << "tensor " << i;
+  }
+
+  // Through the trainer, with micro-batches too; the model's switch is back
+  // off afterwards.
+  std::vector<std::vector<float>> after(2);
+  for (int run = 0; run < 2; ++run) {
+    Gpt2LmHead m = RandomModel();
+    TrainOptions o = Fast(3);
+    o.batch_size = 4;
+    o.micro_batch_size = run == 0 ? 0 : 2;
+    o.recompute_activations = run == 1;
+    auto t = Trainer::Create(m, m->BranchParameters(LoraBranch::kGlobal), tokens, o);
+    ASSERT_TRUE(t.ok()) << t.status();
+    ASSERT_TRUE((*t)->Run(3).ok());
+    EXPECT_FALSE(m->transformer->recompute_activations());
+    after[run] = m->FlattenBranch(LoraBranch::kGlobal);
+  }
+  double max_diff = 0;
+  for (size_t i = 0; i < after[0].size(); ++i) {
+    max_diff = std::max(max_diff, double(std::abs(after[0][i] - after[1][i])));
+  }
+  EXPECT_LT(max_diff, 1e-5);
+}
+
 TEST(TrainingTest, BadInputsAreErrors) {
   Gpt2LmHead m = RandomModel();
   EXPECT_NE(Trainer::Create(m, Residual(m), {}, Fast(1)).status().message().find("empty"), absl::string_view::npos);
@@ -158,6 +256,10 @@ TEST(TrainingTest, BadInputsAreErrors) {
   TrainOptions bad = Fast(1);
   bad.learning_rate = -1;
   EXPECT_FALSE(Trainer::Create(m, Residual(m), {1, 2, 3}, bad).ok());
+  bad = Fast(1);
+  bad.micro_batch_size = -1;
+  EXPECT_NE(Trainer::Create(m, Residual(m), {1, 2, 3}, bad).status().message().find("micro_batch_size"),
+            absl::string_view::npos);
   bad = Fast(1);
   bad.seq_len = 1000;
   EXPECT_NE(Trainer::Create(m, Residual(m), {1, 2, 3}, bad).status().message().find("n_positions"),
