@@ -24,13 +24,16 @@ TEST(ExperimentConfigTest, ParsesNestedSectionsAndMethods) {
   absl::StatusOr<ExperimentConfig> c = ParseExperimentConfig(R"({
     "data": "synthetic:users=8", "users": 8, "rounds": 3, "clients_per_round": 4,
     "methods": ["global+residual", "local"], "lora": {"global_rank": 4, "residual_rank": 2},
-    "local": {"global_steps": 5, "residual_steps": 7, "schedule": "alternating"},
+    "local": {"global_steps": 5, "residual_steps": 7, "schedule": "alternating", "micro_batch_size": 2,
+              "recompute_activations": true},
     "strategy": {"name": "fedyogi", "server_learning_rate": 0.01}, "noise_multiplier": 0})");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->methods, (std::vector<Method>{Method::kGlobalResidual, Method::kLocal}));
   EXPECT_EQ(c->lora.global_rank, 4);
   EXPECT_EQ(c->local.schedule, TrainingSchedule::kAlternating);
   EXPECT_EQ(c->local.residual_steps, 7);
+  EXPECT_EQ(c->local.micro_batch_size, 2);
+  EXPECT_TRUE(c->local.recompute_activations);
   EXPECT_EQ(c->strategy.name, "fedyogi");
   EXPECT_EQ(c->EffectiveMinClients(), 2);
   EXPECT_EQ(c->EffectiveEvalEvery(), 1);
@@ -48,6 +51,8 @@ TEST(ExperimentConfigTest, BadConfigsAreNamedErrors) {
   EXPECT_NE(error(R"({"methods": ["local", "local"]})").find("twice"), std::string::npos);
   EXPECT_NE(error(R"({"local": {"schedule": "sometimes"}})").find("sometimes"), std::string::npos);
   EXPECT_NE(error(R"({"local": {"speed": 1}})").find("\"speed\""), std::string::npos);
+  EXPECT_NE(error(R"({"local": {"micro_batch_size": -2}})").find("micro_batch_size"), std::string::npos);
+  EXPECT_NE(error(R"({"local": {"recompute_activations": "yes"}})").find("recompute_activations"), std::string::npos);
   EXPECT_NE(error(R"({"users": 4, "clients_per_round": 10})").find("clients_per_round"), std::string::npos);
   EXPECT_NE(error(R"({"dropout": 1.5})").find("dropout"), std::string::npos);
   EXPECT_NE(error(R"({"noise_multiplier": -1})").find("noise_multiplier"), std::string::npos);
