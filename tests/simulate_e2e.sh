@@ -90,6 +90,23 @@ assert "Plain aggregation (no SecAgg+)" in open(sys.argv[3]).read()
 print("plain aggregation: ok", plain["bytes_up_per_client_round"], "bytes up vs", secure["bytes_up_per_client_round"])
 PY
 
+# The memory settings (micro-batches of 2 windows, activations recomputed in
+# backward) learn the same thing up to float summation order.
+sed 's/"batch_size": 4}, "eval_tokens"/"batch_size": 4, "micro_batch_size": 2, "recompute_activations": true}, "eval_tokens"/' \
+  "$work/sim.json" > "$work/lean.json"
+grep -q '"recompute_activations": true' "$work/lean.json" || { echo "lean config not written"; exit 1; }
+"$fedpers" -q simulate --config "$work/lean.json" --out "$work/lean" --methods global+residual --json > "$work/lean_summary.json"
+/usr/bin/python3 - "$work/summary.json" "$work/lean_summary.json" "$work/lean/config.json" <<'PY'
+import json, sys
+whole = {m["method"]: m for m in json.load(open(sys.argv[1]))["methods"]}["global+residual"]
+lean = json.load(open(sys.argv[2]))["methods"][0]
+local = json.load(open(sys.argv[3]))["local"]
+assert local["micro_batch_size"] == 2 and local["recompute_activations"] is True, local
+assert abs(lean["loss"] - whole["loss"]) <= 1e-3 * whole["loss"], (lean, whole)
+assert abs(lean["accuracy"] - whole["accuracy"]) <= 0.01, (lean, whole)
+print("memory settings: ok", lean["loss"], "against", whole["loss"])
+PY
+
 # A sweep over two noise levels on the same base model.
 "$fedpers" -q sweep --config "$work/sim.json" --out "$work/sweep" --noise 0,0.5 --json > "$work/sweep.json"
 /usr/bin/python3 - "$work/sweep.json" <<'PY'
