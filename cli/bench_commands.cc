@@ -169,11 +169,7 @@ void RegisterBench(CLI::App& app, const GlobalOptions& global) {
   sim->add_option("--global-steps", so->global_steps, "Local steps on the global adapter")->capture_default_str();
   sim->add_option("--residual-steps", so->residual_steps, "Local steps on the residual")->capture_default_str();
   sim->add_option("--batch-size", so->batch_size, "Windows per step")->capture_default_str();
-  sim->add_option("--micro-batch-size", so->micro_batch_size, "Windows per forward/backward pass (0: the whole batch)")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  sim->add_flag("--recompute-activations", so->recompute_activations,
-                "Keep only each block's input in the forward pass and recompute the rest in backward");
+  AddTrainingMemoryFlags(sim, &so->micro_batch_size, &so->recompute_activations);
   sim->add_option("--seq-len", so->seq_len, "Window length (0: n_positions)")->capture_default_str();
   sim->add_option("--user-bytes", so->user_bytes, "Synthetic text per user")->capture_default_str();
   sim->add_option("--workers", so->workers, "Parallel clients (0: one per core)")->capture_default_str();

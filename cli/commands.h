@@ -4,6 +4,8 @@
 #ifndef FEDPERS_CLI_COMMANDS_H_
 #define FEDPERS_CLI_COMMANDS_H_
 
+#include <cstdint>
+
 #include "CLI/CLI.hpp"
 
 namespace fedpers::cli {
@@ -24,6 +26,11 @@ void RegisterSimulate(CLI::App& app, const GlobalOptions& global);
 
 // Prints "error: <message>" to stderr and exits the subcommand with code 1.
 [[noreturn]] void Fail(const std::string& message);
+
+// --micro-batch-size and --recompute-activations, the two settings that bound
+// a training command's activation memory (TrainOptions). The pointees must
+// outlive `cmd`'s parsing.
+void AddTrainingMemoryFlags(CLI::App* cmd, int64_t* micro_batch_size, bool* recompute_activations);
 
 }  // namespace fedpers::cli
 

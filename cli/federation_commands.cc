@@ -112,12 +112,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
   run->add_option("--global-steps", f->global_steps, "Local steps on B_g per round")->capture_default_str();
   run->add_option("--residual-steps", f->residual_steps, "Local steps on the residual per round")->capture_default_str();
   run->add_option("--batch-size", f->batch, "Windows per step")->capture_default_str();
-  run->add_option("--micro-batch-size", f->micro_batch,
-                  "Windows per forward/backward pass (0: the whole batch); bounds training memory, same update")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  run->add_flag("--recompute-activations", f->recompute,
-                "Recompute each block's activations in backward instead of keeping them (less memory, more compute)");
+  AddTrainingMemoryFlags(run, &f->micro_batch, &f->recompute);
   run->add_option("--lr", f->lr, "Local learning rate")->capture_default_str();
   run->add_flag("--allow-plain-aggregation", f->allow_plain,
                 "Take part in rounds without secure aggregation, where the coordinator sees this client's update");

@@ -12,6 +12,18 @@ void Fail(const std::string& message) {
   throw CLI::RuntimeError("error: " + message, 1);
 }
 
+void AddTrainingMemoryFlags(CLI::App* cmd, int64_t* micro_batch_size, bool* recompute_activations) {
+  cmd->add_option("--micro-batch-size", *micro_batch_size,
+                  "Windows per forward/backward pass (0: the whole batch); less memory, the same step")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber)
+      ->group("Training memory");
+  cmd->add_flag("--recompute-activations", *recompute_activations,
+                "Keep only each block's input in the forward pass and recompute the rest in backward "
+                "(less memory, one more forward pass)")
+      ->group("Training memory");
+}
+
 }  // namespace fedpers::cli
 
 int main(int argc, char** argv) {

@@ -30,6 +30,7 @@ void RegisterPretrain(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--steps", o->steps, "Optimizer steps")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--batch-size", o->batch_size, "Windows per step")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--lr", o->learning_rate, "Peak learning rate (warmup, then cosine)")->capture_default_str();
+  AddTrainingMemoryFlags(cmd, &o->micro_batch_size, &o->recompute_activations);
   cmd->add_option("--weight-decay", o->weight_decay, "AdamW weight decay")->capture_default_str();
   cmd->add_option("--checkpoint-every", o->checkpoint_every, "Steps between checkpoints")->capture_default_str();
   cmd->add_option("--eval-tokens", o->eval_tokens, "Held-out tokens evaluated at the end")->capture_default_str();
@@ -87,6 +88,7 @@ void RegisterFinetune(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--steps", o->steps, "Optimizer steps")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--batch-size", o->batch_size, "Windows per step")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--lr", o->learning_rate, "Peak learning rate")->capture_default_str();
+  AddTrainingMemoryFlags(cmd, &o->micro_batch_size, &o->recompute_activations);
   cmd->add_option("--eval-tokens", o->eval_tokens, "Held-out tokens to evaluate (0: all)")->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed")->capture_default_str();
   cmd->add_flag("--json", *json, "Print the result as one JSON object");

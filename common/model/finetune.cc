@@ -76,6 +76,8 @@ absl::StatusOr<FinetuneResult> RunFinetune(const FinetuneOptions& o) {
   TrainOptions topt;
   topt.steps = o.steps;
   topt.batch_size = o.batch_size;
+  topt.micro_batch_size = o.micro_batch_size;
+  topt.recompute_activations = o.recompute_activations;
   topt.learning_rate = o.learning_rate;
   topt.seed = o.seed;
   FEDPERS_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(model, params, train, topt));

@@ -24,6 +24,10 @@ struct PretrainOptions {
   std::vector<std::string> exclude_users;  // kept out of pretraining
   int64_t steps = 2000;
   int64_t batch_size = 16;
+  // Memory settings (TrainOptions); they do not change the run's identity,
+  // so a checkpoint resumes under other values.
+  int64_t micro_batch_size = 0;
+  bool recompute_activations = false;
   double learning_rate = 3e-3;
   double weight_decay = 0.01;
   int64_t checkpoint_every = 250;
@@ -61,6 +65,8 @@ struct FinetuneOptions {
   LoraConfig lora;
   int64_t steps = 200;
   int64_t batch_size = 16;
+  int64_t micro_batch_size = 0;  // memory settings (TrainOptions)
+  bool recompute_activations = false;
   double learning_rate = 2e-3;
   double train_fraction = 0.8;
   int64_t eval_tokens = 0;  // 0: the whole held-out text

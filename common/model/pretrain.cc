@@ -127,6 +127,8 @@ absl::StatusOr<PretrainResult> RunPretrain(const PretrainOptions& o) {
   TrainOptions topt;
   topt.steps = o.steps;
   topt.batch_size = o.batch_size;
+  topt.micro_batch_size = o.micro_batch_size;
+  topt.recompute_activations = o.recompute_activations;
   topt.learning_rate = o.learning_rate;
   topt.weight_decay = o.weight_decay;
   topt.beta2 = 0.99;
