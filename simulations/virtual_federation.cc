@@ -49,7 +49,9 @@ absl::Status ModelPool::ParallelFor(int64_t n,
                                     const std::function<absl::Status(int64_t item, int worker, Gpt2LmHead model)>& fn) {
   if (models_.size() == 1 || n <= 1) {
     for (int64_t i = 0; i < n; ++i) {
-      if (absl::Status s = fn(i, 0, models_[0]); !s.ok()) return s;
+      absl::Status s = fn(i, 0, models_[0]);
+      malloc_trim(0);  // as in the workers below
+      if (!s.ok()) return s;
     }
     return absl::OkStatus();
   }
@@ -67,11 +69,12 @@ absl::Status ModelPool::ParallelFor(int64_t n,
         const int64_t i = next.fetch_add(1);
         if (i >= n) break;
         absl::Status s = fn(i, w, models_[static_cast<size_t>(w)]);
-        // A client's training frees its activations between the long-lived
-        // buffers it leaves behind (residual, SecAgg+ state); glibc keeps
-        // such holes resident in the worker's arena, which added 10-18 MiB
-        // to the peak (bench simulate). Returning free pages after each
-        // client costs milliseconds against seconds of training.
+        // An item (a client's training, a user's evaluation) frees its
+        // activations between the long-lived buffers it leaves behind
+        // (residual, SecAgg+ state); glibc keeps such holes resident in the
+        // worker's arena, which added 10-18 MiB to the peak (bench
+        // simulate). Returning free pages after each item costs milliseconds
+        // against seconds of training.
         malloc_trim(0);
         if (!s.ok()) {
           std::lock_guard<std::mutex> lock(mu);

@@ -390,26 +390,26 @@ Gpt2TransformerImpl::Gpt2TransformerImpl(const ModelConfig& c, const LoraConfig&
 // as in the first block, whose input comes from frozen embeddings).
 class RecomputedBlockFunction : public torch::autograd::Function<RecomputedBlockFunction> {
  public:
+  // `block` must outlive the graph (the trainer's model does).
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
                                torch::TensorList trainable, Gpt2BlockImpl* block) {
-    ctx->save_for_backward({x});
+    // Saved, not looked up again in backward: autograd then checks that no
+    // parameter changed in place before backward, and the gradients go to
+    // exactly these tensors.
+    std::vector<torch::Tensor> saved = {x};
+    saved.insert(saved.end(), trainable.begin(), trainable.end());
+    ctx->save_for_backward(saved);
     ctx->saved_data["block"] = reinterpret_cast<int64_t>(block);
-    ctx->saved_data["trainable"] = static_cast<int64_t>(trainable.size());
     return block->forward(x);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto* block = reinterpret_cast<Gpt2BlockImpl*>(ctx->saved_data["block"].toInt());
-    const int64_t n = ctx->saved_data["trainable"].toInt();
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const int64_t n = static_cast<int64_t>(saved.size()) - 1;
     const bool want_x = ctx->needs_input_grad(0);
-    torch::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(want_x);
-    std::vector<torch::Tensor> trainable;
-    for (const auto& p : block->parameters()) {
-      if (p.requires_grad()) trainable.push_back(p);
-    }
-    TORCH_CHECK(static_cast<int64_t>(trainable.size()) == n,
-                "a block's trainable parameters changed between forward and backward");
+    torch::Tensor x = saved[0].detach().requires_grad_(want_x);
     torch::Tensor y;
     {
       torch::AutoGradMode enable(true);
@@ -418,10 +418,14 @@ class RecomputedBlockFunction : public torch::autograd::Function<RecomputedBlock
     std::vector<torch::Tensor> wrt;
     if (want_x) wrt.push_back(x);
     for (int64_t i = 0; i < n; ++i) {
-      if (ctx->needs_input_grad(1 + i)) wrt.push_back(trainable[static_cast<size_t>(i)]);
+      if (ctx->needs_input_grad(1 + i)) wrt.push_back(saved[static_cast<size_t>(1 + i)]);
     }
-    torch::autograd::variable_list got;
-    if (!wrt.empty()) got = torch::autograd::grad({y}, wrt, {grads[0]}, false, false, /*allow_unused=*/true);
+    // The output depends on none of them (e.g. every trainable branch
+    // switched off and a frozen input): no gradient, as without recompute.
+    torch::autograd::variable_list got(wrt.size());
+    if (!wrt.empty() && y.requires_grad()) {
+      got = torch::autograd::grad({y}, wrt, {grads[0]}, false, false, /*allow_unused=*/true);
+    }
     torch::autograd::variable_list out;
     size_t k = 0;
     out.push_back(want_x ? got[k++] : torch::Tensor());
