@@ -11,6 +11,15 @@
 
 namespace fedpers {
 
+TrainOptions LocalTrainOptions(const LocalTrainingOptions& o) {
+  TrainOptions t;
+  t.batch_size = o.batch_size;
+  t.micro_batch_size = o.micro_batch_size;
+  t.recompute_activations = o.recompute_activations;
+  t.seq_len = o.seq_len;
+  return t;
+}
+
 absl::StatusOr<double> TrainBranches(Gpt2LmHead model, const std::vector<int32_t>& tokens, int64_t global_steps,
                                      int64_t residual_steps, const LocalTrainingOptions& o, uint64_t seed) {
   const auto start = std::chrono::steady_clock::now();
@@ -26,12 +35,8 @@ absl::StatusOr<double> TrainBranches(Gpt2LmHead model, const std::vector<int32_t
     if (residual) {
       for (auto& t : model->BranchParameters(LoraBranch::kResidual)) params.push_back(t);
     }
-    TrainOptions t;
+    TrainOptions t = LocalTrainOptions(o);
     t.steps = steps;
-    t.batch_size = o.batch_size;
-    t.micro_batch_size = o.micro_batch_size;
-    t.recompute_activations = o.recompute_activations;
-    t.seq_len = o.seq_len;
     t.learning_rate = lr;
     t.seed = s;
     return Trainer::Create(model, std::move(params), tokens, t);
@@ -39,12 +44,8 @@ absl::StatusOr<double> TrainBranches(Gpt2LmHead model, const std::vector<int32_t
   absl::Status status;
   if (o.schedule == TrainingSchedule::kJoint && global_steps > 0 && residual_steps > 0) {
     // One optimizer over both branches, each at its own learning rate.
-    TrainOptions t;
+    TrainOptions t = LocalTrainOptions(o);
     t.steps = global_steps + residual_steps;
-    t.batch_size = o.batch_size;
-    t.micro_batch_size = o.micro_batch_size;
-    t.recompute_activations = o.recompute_activations;
-    t.seq_len = o.seq_len;
     t.learning_rate = o.global_learning_rate;
     t.seed = seed;
     std::vector<ParamGroup> groups(2);

@@ -22,6 +22,11 @@
 
 namespace fedpers {
 
+// The trainer settings a round's local training shares with every branch and
+// schedule (batch, micro-batch, window, recompute); steps, learning rate and
+// seed are left at their defaults for the caller.
+TrainOptions LocalTrainOptions(const LocalTrainingOptions& options);
+
 // Trains `model`'s global and residual branches on `tokens` for the given
 // step counts, split by options.schedule (joint: one optimizer at the global
 // learning rate), batches seeded by `seed`. Leaves every branch frozen

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
+#include "client/client_session.h"
 #include "common/corpus.h"
 #include "common/flat_layout.h"
 #include "common/model/checkpoint.h"
@@ -382,12 +383,8 @@ class Runner {
     const int64_t steps_per_round = c_.clients_per_round * (c_.local.global_steps + c_.local.residual_steps);
     std::vector<torch::Tensor> params = model->BranchParameters(LoraBranch::kGlobal);
     for (auto& p : params) p.set_requires_grad(true);
-    TrainOptions t;
+    TrainOptions t = LocalTrainOptions(c_.local);
     t.steps = steps_per_round * c_.rounds;
-    t.batch_size = c_.local.batch_size;
-    t.micro_batch_size = c_.local.micro_batch_size;
-    t.recompute_activations = c_.local.recompute_activations;
-    t.seq_len = c_.local.seq_len;
     t.learning_rate = c_.local.global_learning_rate;
     t.seed = Derive(c_.seed, "centralized");
     absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(model, params, std::move(pooled), t);
