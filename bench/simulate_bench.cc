@@ -75,6 +75,7 @@ absl::Status RunScenario(const SimulateBenchOptions& o) {
   const std::string dir = dir_template;
   absl::StatusOr<std::unique_ptr<VirtualFederation>> fed = VirtualFederation::Create(pool->get(), dir, vusers, fs);
   if (!fed.ok()) return fed.status();
+  const int64_t joined_rss = ProcStatusBytes("VmRSS");
   nlohmann::json rounds = nlohmann::json::array();
   for (int64_t r = 0; r <= o.rounds; ++r) {
     absl::StatusOr<RoundRecord> rec = (*fed)->RunRound();
@@ -85,7 +86,11 @@ absl::Status RunScenario(const SimulateBenchOptions& o) {
                       {"training", rec->training_seconds},
                       {"coordinator", rec->coordinator_seconds}});
   }
+  // File-backed pages (code and read-only data of the libraries) are
+  // touched once and stay, so the value at the end is the value at the peak.
   nlohmann::json out = {{"peak_rss", ProcStatusBytes("VmHWM")},
+                        {"joined_rss", joined_rss},
+                        {"file_rss", ProcStatusBytes("RssFile")},
                         {"workers", workers},
                         {"residual_bytes", (*base)->BranchLayout(LoraBranch::kResidual).total_size() * 4},
                         {"rounds", rounds}};
@@ -126,7 +131,8 @@ absl::Status RunSimulateBenchProbe(const std::string& probe, const SimulateBench
   if (probe == "idle") {
     absl::StatusOr<Gpt2LmHead> base = RandomBase(o);
     if (!base.ok()) return base.status();
-    std::cout << nlohmann::json({{"rss", ProcStatusBytes("VmRSS")}}).dump() << "\n";
+    std::cout << nlohmann::json({{"rss", ProcStatusBytes("VmRSS")}, {"file_rss", ProcStatusBytes("RssFile")}}).dump()
+              << "\n";
     return absl::OkStatus();
   }
   if (probe == "run") return RunScenario(o);
@@ -175,6 +181,9 @@ absl::StatusOr<SimulateBenchResult> RunSimulateBench(const SimulateBenchOptions&
   r.marginal_ratio = static_cast<double>(r.peak_rss_bytes - r.small_peak_rss_bytes) /
                      (static_cast<double>(o.users - o.small_users) * static_cast<double>(r.residual_bytes));
   r.fixed_bytes = r.small_peak_rss_bytes - r.idle_rss_bytes - o.small_users * r.residual_bytes;
+  r.fixed_file_bytes = (*small)["file_rss"].get<int64_t>() - (*idle)["file_rss"].get<int64_t>();
+  r.fixed_joined_bytes =
+      (*small)["joined_rss"].get<int64_t>() - r.idle_rss_bytes - o.small_users * r.residual_bytes;
   return r;
 }
 

@@ -54,6 +54,12 @@ struct SimulateBenchResult {
   // What does not grow with the users: small peak - idle - small * residual
   // (the training working set of the workers and the round's protocol state).
   int64_t fixed_bytes = 0;
+  // Two parts of it: file-backed pages (library code and read-only data)
+  // that running rounds touches and an idle process never does; and what the
+  // process holds once the users joined, before any round (sessions,
+  // coordinator state, the pool's models), beyond idle and the residuals.
+  int64_t fixed_file_bytes = 0;
+  int64_t fixed_joined_bytes = 0;
 };
 
 absl::StatusOr<SimulateBenchResult> RunSimulateBench(const SimulateBenchOptions& options);

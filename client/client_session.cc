@@ -133,7 +133,8 @@ absl::Status ClientSession::RestoreResidual(std::vector<float> residual) {
 }
 
 absl::StatusOr<fedpers::v1::SecAggClientMessage> ClientSession::BeginRound(const fedpers::v1::RoundInvitation& inv,
-                                                                           Gpt2LmHead model) {
+                                                                           Gpt2LmHead model,
+                                                                           std::vector<float>* plain_delta) {
   EndRound();
   if (model->BranchLayout(LoraBranch::kGlobal).Fingerprint() != global_fingerprint_ ||
       (!residual_.empty() && model->BranchLayout(LoraBranch::kResidual).Fingerprint() != residual_fingerprint_)) {
@@ -180,17 +181,24 @@ absl::StatusOr<fedpers::v1::SecAggClientMessage> ClientSession::BeginRound(const
       TrainBranches(model, train_tokens_(), options_.global_steps, options_.residual_steps, options_, seed);
   if (!seconds.ok()) return seconds.status();
   last_training_seconds_ = *seconds;
-  std::vector<float> after = model->FlattenBranch(LoraBranch::kGlobal);
-  last_delta_.resize(after.size());
-  for (size_t i = 0; i < after.size(); ++i) last_delta_[i] = after[i] - (*global)[i];
+  // The delta replaces the trained values in place: a round's client holds
+  // one global-sized float vector at a time.
+  std::vector<float> delta = model->FlattenBranch(LoraBranch::kGlobal);
+  for (size_t i = 0; i < delta.size(); ++i) delta[i] -= (*global)[i];
+  std::vector<float>().swap(*global);
   if (!residual_.empty()) residual_ = model->FlattenBranch(LoraBranch::kResidual);
   std::optional<dp::RandomSource> seeded;
   if (options_.noise_seed != 0) {
     seeded = dp::RandomSource::FromTestSeed(Fnv1a64(absl::StrCat(options_.noise_seed, "/", user_id_, "/", inv.round())));
   }
   absl::StatusOr<std::vector<uint32_t>> encoded =
-      dp::PrivatizeForSecAgg(last_delta_, *ring, *dpc, seeded ? *seeded : *csprng_);
+      dp::PrivatizeForSecAgg(delta, *ring, *dpc, seeded ? *seeded : *csprng_);
   if (!encoded.ok()) return encoded.status();
+  if (plain_delta != nullptr) {
+    *plain_delta = std::move(delta);
+  } else {
+    std::vector<float>().swap(delta);
+  }
   if (plain) {
     fedpers::v1::SecAggClientMessage message;
     message.mutable_plain_input()->set_client_id(inv.secagg_id());
@@ -212,7 +220,6 @@ absl::StatusOr<fedpers::v1::SecAggClientMessage> ClientSession::Handle(const fed
 
 void ClientSession::EndRound() {
   secagg_.reset();
-  std::vector<float>().swap(last_delta_);
 }
 
 }  // namespace fedpers

@@ -53,11 +53,14 @@ class ClientSession {
   // (SecAgg+) or, in a round without secure aggregation that the options
   // allow, the PlainInput that is the client's only message (refused with
   // FailedPrecondition, before training, when they do not).
-  // The plain delta is kept (last_delta) until EndRound.
+  // `plain_delta`, when not null, receives the update before clipping and
+  // noise (B_g' - B_g), for a client that records its updates; the session
+  // keeps no copy, so a round holds one encoded vector per client.
   absl::StatusOr<fedpers::v1::SecAggClientMessage> BeginRound(const fedpers::v1::RoundInvitation& invitation,
-                                                              Gpt2LmHead model);
+                                                              Gpt2LmHead model,
+                                                              std::vector<float>* plain_delta = nullptr);
   absl::StatusOr<fedpers::v1::SecAggClientMessage> Handle(const fedpers::v1::SecAggServerMessage& message);
-  // Frees what the round held (SecAgg+ state, the delta); the residual stays.
+  // Frees what the round held (its SecAgg+ state); the residual stays.
   void EndRound();
 
   const std::string& user_id() const { return user_id_; }
@@ -66,7 +69,6 @@ class ClientSession {
   // it is given must have the same (its layouts serve the session).
   uint64_t layout_fingerprint() const { return global_fingerprint_; }
   uint64_t residual_fingerprint() const { return residual_fingerprint_; }
-  const std::vector<float>& last_delta() const { return last_delta_; }
   const std::vector<float>& residual() const { return residual_; }
   // Seconds the last BeginRound spent in local training (optimizer steps).
   double last_training_seconds() const { return last_training_seconds_; }
@@ -85,7 +87,6 @@ class ClientSession {
   // Fingerprints, not layouts: thousands of sessions share the models' layouts.
   uint64_t global_fingerprint_ = 0, residual_fingerprint_ = 0;
   std::vector<float> residual_;
-  std::vector<float> last_delta_;
   double last_training_seconds_ = 0;
   std::optional<secagg::SecAggClient> secagg_;
   std::optional<dp::RandomSource> csprng_;  // when options_.noise_seed == 0

@@ -303,9 +303,10 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
       absl::StatusOr<SecAggClientMessage> reply = absl::NotFoundError("");
       if (resp.has_invitation()) {
         round_of[user] = resp.invitation().round();
-        reply = session->BeginRound(resp.invitation(), model);
+        std::vector<float> delta;
+        reply = session->BeginRound(resp.invitation(), model, o.save_updates_dir.empty() ? nullptr : &delta);
         if (reply.ok() && !o.save_updates_dir.empty()) {
-          absl::StatusOr<std::string> bytes = model->BranchLayout(LoraBranch::kGlobal).ToSafetensors(session->last_delta());
+          absl::StatusOr<std::string> bytes = model->BranchLayout(LoraBranch::kGlobal).ToSafetensors(delta);
           if (!bytes.ok()) return bytes.status();
           const std::string path = absl::StrCat(o.save_updates_dir, "/round-", round_of[user], "/", UpdateFileName(user));
           if (absl::Status s = WriteFileAtomically(path, *bytes); !s.ok()) return s;

@@ -42,6 +42,9 @@ absl::StatusOr<std::unique_ptr<ModelPool>> ModelPool::Create(Gpt2LmHead base, co
     (*m)->SetBaseTrainable(false);
     pool->models_.push_back(*m);
   }
+  // Each worker model was built with base weights of its own, freed above;
+  // glibc would keep their pages resident (a base model's worth per worker).
+  malloc_trim(0);
   return pool;
 }
 
@@ -199,7 +202,10 @@ absl::StatusOr<RoundRecord> VirtualFederation::RunRound() {
         if (part.drop_stage == 0) return absl::OkStatus();
         const Clock::time_point t = Clock::now();
         ClientSession& session = sessions_[part.user];
-        absl::StatusOr<SecAggClientMessage> reply = session.BeginRound(part.invitation, model);
+        // The invitation carries a copy of the global adapter; it is spent
+        // once the client has loaded it.
+        const RoundInvitation invitation = std::move(part.invitation);
+        absl::StatusOr<SecAggClientMessage> reply = session.BeginRound(invitation, model);
         part.seconds += Since(t);
         if (!reply.ok()) {
           return absl::Status(reply.status().code(),
