@@ -58,7 +58,10 @@ absl::StatusOr<std::vector<RoundBenchFigure>> RunRoundBench(std::vector<int64_t>
       std::map<std::string, secagg::SecAggClient> clients;
       std::vector<std::pair<std::string, fedpers::v1::SecAggClientMessage>> inbox;
       for (auto& [name, invitation] : *inv) {
+        // What a client receives: the invitation with the round's adapter.
+        invitation.set_global_adapter((*machine)->round_global_adapter());
         down += static_cast<double>(invitation.ByteSizeLong());
+        invitation.clear_global_adapter();
         for (float& v : update) v = normal(gen);
         auto ring = dp::RingFromProto(invitation.ring());
         auto dpc = dp::DpFromProto(invitation.dp());

@@ -204,6 +204,7 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
   if (absl::Status s = store_->OpenRound(round, config.dump()); !s.ok()) return s;
   round_ = round;
   server_ = std::move(server);
+  round_adapter_ = std::move(*global_bytes);
   vector_length_ = params.vector_length();
   min_survivors_ = min_survivors;
   plain_sum_.clear();
@@ -225,7 +226,6 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
     *inv.mutable_secagg() = params;
     *inv.mutable_ring() = dp::ToProto(ring_);
     *inv.mutable_dp() = dp::ToProto(dp_);
-    inv.set_global_adapter(*global_bytes);
     inv.set_layout_fingerprint(layout_.Fingerprint());
     inv.set_aggregation(secure ? fedpers::v1::AGGREGATION_SECAGG_PLUS : fedpers::v1::AGGREGATION_PLAIN);
   }
@@ -333,6 +333,7 @@ absl::StatusOr<RoundMachine::StageOutput> RoundMachine::CommitOrAbort(absl::Stat
   out.committed = *summary;
   stage_ = RoundStage::kIdle;
   server_.reset();
+  std::string().swap(round_adapter_);
   plain_sum_.clear();
   plain_ids_.clear();
   return out;
@@ -342,6 +343,7 @@ absl::Status RoundMachine::Abort(const std::string& reason) {
   if (stage_ == RoundStage::kIdle) return absl::FailedPreconditionError("no round is open");
   stage_ = RoundStage::kIdle;
   server_.reset();
+  std::string().swap(round_adapter_);
   plain_sum_.clear();
   plain_ids_.clear();
   return store_->AbortRound(round_, reason);

@@ -80,7 +80,11 @@ class RoundMachine {
 
   // Opens the next round over `eligible` client names (sorted, unique):
   // refuses (FailedPrecondition) when fewer than min_clients are eligible or
-  // the privacy budget would be exceeded; samples with `seed`.
+  // the privacy budget would be exceeded; samples with `seed`. The
+  // invitations leave global_adapter empty: it is the same for every client,
+  // so the round keeps one copy (round_global_adapter()) and whoever delivers
+  // an invitation attaches it then, instead of the coordinator holding one
+  // copy per sampled client until each has polled.
   absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> Open(std::span<const std::string> eligible,
                                                                             uint64_t seed);
 
@@ -105,6 +109,9 @@ class RoundMachine {
   const PrivacyLedger& ledger() const { return *ledger_; }
   // Clients expected to answer in the current stage.
   std::vector<std::string> expected() const;
+  // The open round's global adapter as safetensors bytes, what each of its
+  // invitations carries; empty while idle.
+  const std::string& round_global_adapter() const { return round_adapter_; }
 
  private:
   RoundMachine() = default;
@@ -127,6 +134,7 @@ class RoundMachine {
   RoundStage stage_ = RoundStage::kIdle;
   int64_t round_ = 0;
   std::optional<secagg::SecAggServer> server_;
+  std::string round_adapter_;             // the open round's global adapter (safetensors)
   std::map<std::string, uint32_t> ids_;   // client name -> SecAgg id
   std::map<uint32_t, std::string> names_;
   std::vector<std::string> eligible_;

@@ -101,6 +101,9 @@ absl::StatusOr<PollResponse> CoordinatorRuntime::Poll(const std::string& client,
   }
   PollResponse next = std::move(box.front());
   box.pop_front();
+  // The outbox holds only the open round's invitations (a round's end
+  // clears it); they share the round's one copy of the global adapter.
+  if (next.has_invitation()) next.mutable_invitation()->set_global_adapter(machine_->round_global_adapter());
   return next;
 }
 

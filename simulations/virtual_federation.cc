@@ -174,6 +174,7 @@ absl::StatusOr<RoundRecord> VirtualFederation::RunRound() {
     SecAggClientMessage reply;
   };
   std::vector<Participant> participants;
+  std::string round_adapter;
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
   for (size_t i = 0; i < users_.size(); ++i) {
     absl::StatusOr<PollResponse> p = coordinator([&] { return runtime_->Poll(users_[i].id, users_[i].id); });
@@ -183,6 +184,10 @@ absl::StatusOr<RoundRecord> VirtualFederation::RunRound() {
     part.user = i;
     part.bytes_down += static_cast<int64_t>(p->ByteSizeLong());
     part.invitation = std::move(*p->mutable_invitation());
+    // Every invitation of a round carries the same global adapter: keep one
+    // copy for the round, not one per sampled client until it trains.
+    if (round_adapter.empty()) round_adapter = std::move(*part.invitation.mutable_global_adapter());
+    part.invitation.clear_global_adapter();
     if (settings_.dropout > 0) {
       for (int stage = 0; stage < 4; ++stage) {
         if (uniform(dropout_rng_) < settings_.dropout) {
@@ -202,9 +207,10 @@ absl::StatusOr<RoundRecord> VirtualFederation::RunRound() {
         if (part.drop_stage == 0) return absl::OkStatus();
         const Clock::time_point t = Clock::now();
         ClientSession& session = sessions_[part.user];
-        // The invitation carries a copy of the global adapter; it is spent
-        // once the client has loaded it.
-        const RoundInvitation invitation = std::move(part.invitation);
+        // The client's copy of the round's global adapter lives while it
+        // trains (one per worker).
+        RoundInvitation invitation = std::move(part.invitation);
+        invitation.set_global_adapter(round_adapter);
         absl::StatusOr<SecAggClientMessage> reply = session.BeginRound(invitation, model);
         part.seconds += Since(t);
         if (!reply.ok()) {

@@ -61,6 +61,8 @@ TEST(FederatedRoundsTest, GlobalAdapterIsTheMeanOfClientDeltas) {
     Eigen::VectorXf expected = (*machine)->global();
     Eigen::VectorXf mean = Eigen::VectorXf::Zero(expected.size());
     for (auto& [name, inv] : *invitations) {
+      EXPECT_TRUE(inv.global_adapter().empty()) << "the round keeps one copy for every invitation";
+      inv.set_global_adapter((*machine)->round_global_adapter());
       std::vector<float> d;
       auto advert = sessions.at(name).BeginRound(inv, model, &d);
       ASSERT_TRUE(advert.ok()) << advert.status();

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <random>
 
+#include "common/safetensors.h"
 #include "nlohmann/json.hpp"
 #include "secure_agg/dp_mechanisms.h"
 #include "secure_agg/secagg_client.h"
@@ -37,6 +38,13 @@ struct FakeClient {
       if (silent.count(user)) continue;
       if (p->has_invitation()) {
         const RoundInvitation& inv = p->invitation();
+        // Each delivered invitation carries the round's global adapter (the
+        // runtime keeps one copy and attaches it at delivery).
+        absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Parse(inv.global_adapter());
+        ASSERT_TRUE(file.ok()) << file.status();
+        absl::StatusOr<std::vector<float>> global = Layout().FromSafetensors(*file);
+        ASSERT_TRUE(global.ok()) << global.status();
+        EXPECT_EQ(*global, rt.GlobalAdapter());
         std::vector<float> update(48, 0.01f * static_cast<float>(user.size()));
         auto enc = dp::PrivatizeForSecAgg(update, *dp::RingFromProto(inv.ring()), *dp::DpFromProto(inv.dp()), rng);
         ASSERT_TRUE(enc.ok());

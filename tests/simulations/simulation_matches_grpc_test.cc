@@ -151,7 +151,9 @@ std::vector<float> OverGrpc(Gpt2LmHead base, const Users& u, RuntimeSettings rs,
   for (std::thread& t : clients) t.join();
   for (int i = 0; i < kUsers; ++i) {
     EXPECT_TRUE(stats[i].ok()) << stats[i].status();
-    if (stats[i].ok()) EXPECT_EQ(stats[i]->rounds_committed, kRounds);
+    if (stats[i].ok()) {
+      EXPECT_EQ(stats[i]->rounds_committed, kRounds);
+    }
   }
   (*server)->Shutdown();
   absl::StatusOr<std::vector<RoundRow>> rounds = (*store)->Rounds(1);
@@ -226,7 +228,8 @@ TEST(SimulationMatchesGrpcTest, ClientsRefusePlainRoundsUnlessAllowed) {
   std::sort(names.begin(), names.end());
   auto invitations = (*machine)->Open(names, 1);
   ASSERT_TRUE(invitations.ok()) << invitations.status();
-  const fedpers::v1::RoundInvitation& inv = invitations->at(u.users[0].user_id);
+  fedpers::v1::RoundInvitation inv = invitations->at(u.users[0].user_id);
+  inv.set_global_adapter((*machine)->round_global_adapter());
   ASSERT_EQ(inv.aggregation(), fedpers::v1::AGGREGATION_PLAIN);
   absl::StatusOr<ClientSession> unwilling = ClientSession::Create(
       base, u.users[0].user_id, [t = absl::string_view(u.train[0])] { return ByteTokenizer::Encode(t); }, Local());
