@@ -75,7 +75,7 @@ absl::Status RunScenario(const SimulateBenchOptions& o) {
   const std::string dir = dir_template;
   absl::StatusOr<std::unique_ptr<VirtualFederation>> fed = VirtualFederation::Create(pool->get(), dir, vusers, fs);
   if (!fed.ok()) return fed.status();
-  const int64_t joined_rss = ProcStatusBytes("VmRSS");
+  const int64_t joined_anon_rss = ProcStatusBytes("VmRSS") - ProcStatusBytes("RssFile");
   nlohmann::json rounds = nlohmann::json::array();
   for (int64_t r = 0; r <= o.rounds; ++r) {
     absl::StatusOr<RoundRecord> rec = (*fed)->RunRound();
@@ -89,7 +89,7 @@ absl::Status RunScenario(const SimulateBenchOptions& o) {
   // File-backed pages (code and read-only data of the libraries) are
   // touched once and stay, so the value at the end is the value at the peak.
   nlohmann::json out = {{"peak_rss", ProcStatusBytes("VmHWM")},
-                        {"joined_rss", joined_rss},
+                        {"joined_anon_rss", joined_anon_rss},
                         {"file_rss", ProcStatusBytes("RssFile")},
                         {"workers", workers},
                         {"residual_bytes", (*base)->BranchLayout(LoraBranch::kResidual).total_size() * 4},
@@ -182,8 +182,9 @@ absl::StatusOr<SimulateBenchResult> RunSimulateBench(const SimulateBenchOptions&
                      (static_cast<double>(o.users - o.small_users) * static_cast<double>(r.residual_bytes));
   r.fixed_bytes = r.small_peak_rss_bytes - r.idle_rss_bytes - o.small_users * r.residual_bytes;
   r.fixed_file_bytes = (*small)["file_rss"].get<int64_t>() - (*idle)["file_rss"].get<int64_t>();
+  const int64_t idle_anon = r.idle_rss_bytes - (*idle)["file_rss"].get<int64_t>();
   r.fixed_joined_bytes =
-      (*small)["joined_rss"].get<int64_t>() - r.idle_rss_bytes - o.small_users * r.residual_bytes;
+      (*small)["joined_anon_rss"].get<int64_t>() - idle_anon - o.small_users * r.residual_bytes;
   return r;
 }
 

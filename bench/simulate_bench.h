@@ -54,10 +54,12 @@ struct SimulateBenchResult {
   // What does not grow with the users: small peak - idle - small * residual
   // (the training working set of the workers and the round's protocol state).
   int64_t fixed_bytes = 0;
-  // Two parts of it: file-backed pages (library code and read-only data)
-  // that running rounds touches and an idle process never does; and what the
-  // process holds once the users joined, before any round (sessions,
-  // coordinator state, the pool's models), beyond idle and the residuals.
+  // Two disjoint parts of it: file-backed pages (library code and read-only
+  // data) that the simulation touched, mostly in rounds, and an idle process
+  // did not; and the anonymous memory the process holds once the users
+  // joined, before any round (sessions, coordinator state, the pool's
+  // models), beyond idle's and the residuals. The rest is the rounds'
+  // anonymous working set.
   int64_t fixed_file_bytes = 0;
   int64_t fixed_joined_bytes = 0;
 };

@@ -233,8 +233,10 @@ void RegisterBench(CLI::App& app, const GlobalOptions& global) {
     t.AddRow({absl::StrFormat("marginal memory per user / residual (%d -> %d users)", r->small_users, r->users),
               absl::StrFormat("%.3f", r->marginal_ratio), ""});
     t.AddRow({"fixed part (small peak - idle - residuals)", absl::StrFormat("%.1f MiB", r->fixed_bytes / 1048576.0), ""});
-    t.AddRow({"  library code pages first touched by rounds", absl::StrFormat("%.1f MiB", r->fixed_file_bytes / 1048576.0), ""});
-    t.AddRow({"  held once users joined, before rounds", absl::StrFormat("%.1f MiB", r->fixed_joined_bytes / 1048576.0), ""});
+    t.AddRow({"  library code pages idle does not touch", absl::StrFormat("%.1f MiB", r->fixed_file_bytes / 1048576.0), ""});
+    t.AddRow({"  anonymous, held once users joined", absl::StrFormat("%.1f MiB", r->fixed_joined_bytes / 1048576.0), ""});
+    t.AddRow({"  anonymous, working set of the rounds",
+              absl::StrFormat("%.1f MiB", (r->fixed_bytes - r->fixed_file_bytes - r->fixed_joined_bytes) / 1048576.0), ""});
     std::cout << t.Render();
   });
 }

@@ -169,6 +169,7 @@ absl::StatusOr<fedpers::v1::SecAggClientMessage> ClientSession::BeginRound(const
   } else if (inv.aggregation() != fedpers::v1::AGGREGATION_SECAGG_PLUS) {
     return absl::InvalidArgumentError(absl::StrCat("unknown aggregation ", static_cast<int>(inv.aggregation())));
   }
+  if (inv.global_adapter().empty()) return absl::InvalidArgumentError("the invitation carries no global adapter");
   absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Parse(inv.global_adapter());
   if (!file.ok()) return absl::InvalidArgumentError(absl::StrCat("global adapter: ", file.status().message()));
   absl::StatusOr<std::vector<float>> global = model->BranchLayout(LoraBranch::kGlobal).FromSafetensors(*file);

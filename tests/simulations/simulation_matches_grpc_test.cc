@@ -244,6 +244,13 @@ TEST(SimulationMatchesGrpcTest, ClientsRefusePlainRoundsUnlessAllowed) {
       base, u.users[0].user_id, [t = absl::string_view(u.train[0])] { return ByteTokenizer::Encode(t); },
       AllowingPlain());
   ASSERT_TRUE(willing.ok());
+  // An invitation delivered without the round's global adapter (the
+  // machine keeps one copy; the deliverer attaches it) is named as such.
+  fedpers::v1::RoundInvitation bare = inv;
+  bare.clear_global_adapter();
+  reply = willing->BeginRound(bare, base);
+  EXPECT_EQ(reply.status().code(), absl::StatusCode::kInvalidArgument) << reply.status();
+  EXPECT_NE(reply.status().message().find("carries no global adapter"), absl::string_view::npos) << reply.status();
   fedpers::v1::RoundInvitation thin_noise = inv;
   thin_noise.mutable_dp()->set_min_clients(1000);
   reply = willing->BeginRound(thin_noise, base);
