@@ -11,16 +11,41 @@ namespace {
 
 bool IsPowerOfTwo(size_t n) { return n > 0 && (n & (n - 1)) == 0; }
 
-void Fwht(std::span<float> v) {
-  for (size_t h = 1; h < v.size(); h <<= 1) {
-    for (size_t i = 0; i < v.size(); i += 2 * h) {
-      for (size_t j = i; j < i + h; ++j) {
-        const float a = v[j], b = v[j + h];
-        v[j] = a + b;
-        v[j + h] = a - b;
+size_t NextPowerOfTwo(size_t n) {
+  size_t p = 1;
+  while (p < n) p <<= 1;
+  return p;
+}
+
+size_t PaddedTo(size_t d, size_t block) { return (d + block - 1) / block * block; }
+
+// Orthonormal Walsh-Hadamard transform of each block of v.
+void BlockFwht(std::span<float> v, size_t block) {
+  const float norm = 1.0f / std::sqrt(static_cast<float>(block));
+  for (size_t start = 0; start < v.size(); start += block) {
+    std::span<float> b = v.subspan(start, block);
+    for (size_t h = 1; h < block; h <<= 1) {
+      for (size_t i = 0; i < block; i += 2 * h) {
+        for (size_t j = i; j < i + h; ++j) {
+          const float x = b[j], y = b[j + h];
+          b[j] = x + y;
+          b[j + h] = x - y;
+        }
       }
     }
+    for (float& x : b) x *= norm;
   }
+}
+
+absl::Status CheckRotationShape(size_t size, size_t block) {
+  if (!IsPowerOfTwo(block)) {
+    return absl::InvalidArgumentError(absl::StrCat("rotation block ", block, " is not a power of two"));
+  }
+  if (size == 0 || size % block != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rotation needs a positive multiple of its block ", block, " values, not ", size));
+  }
+  return absl::OkStatus();
 }
 
 // The public random signs of the rotation (portable PRG: every party derives the same).
@@ -85,11 +110,19 @@ absl::StatusOr<DistributedDpConfig> DpFromProto(const fedpers::v1::DpSpec& spec)
   return dp;
 }
 
+size_t RotationBlock(size_t d) {
+  constexpr size_t kMinBlock = 1024;
+  const size_t largest = NextPowerOfTwo(d);
+  size_t block = largest;
+  while (block > kMinBlock && PaddedTo(d, block) - d > d / 64) block >>= 1;
+  const size_t length = PaddedTo(d, block);
+  while (block < largest && PaddedTo(d, block << 1) == length) block <<= 1;
+  return block;
+}
+
 size_t RotatedLength(size_t d, const DistributedDpConfig& config) {
   if (!config.rotate) return d;
-  size_t p = 1;
-  while (p < d) p <<= 1;
-  return p;
+  return PaddedTo(d, RotationBlock(d));
 }
 
 absl::Status ValidateRingForNoise(const secagg::RingConfig& ring, const DistributedDpConfig& config) {
@@ -105,20 +138,16 @@ absl::Status ValidateRingForNoise(const secagg::RingConfig& ring, const Distribu
   return absl::OkStatus();
 }
 
-absl::Status RotateForward(std::span<float> v, uint64_t seed) {
-  if (!IsPowerOfTwo(v.size())) return absl::InvalidArgumentError("rotation needs a power-of-two length");
+absl::Status RotateForward(std::span<float> v, size_t block, uint64_t seed) {
+  if (absl::Status s = CheckRotationShape(v.size(), block); !s.ok()) return s;
   ApplySigns(v, seed);
-  Fwht(v);
-  const float norm = 1.0f / std::sqrt(static_cast<float>(v.size()));
-  for (float& x : v) x *= norm;
+  BlockFwht(v, block);
   return absl::OkStatus();
 }
 
-absl::Status RotateInverse(std::span<float> v, uint64_t seed) {
-  if (!IsPowerOfTwo(v.size())) return absl::InvalidArgumentError("rotation needs a power-of-two length");
-  Fwht(v);
-  const float norm = 1.0f / std::sqrt(static_cast<float>(v.size()));
-  for (float& x : v) x *= norm;
+absl::Status RotateInverse(std::span<float> v, size_t block, uint64_t seed) {
+  if (absl::Status s = CheckRotationShape(v.size(), block); !s.ok()) return s;
+  BlockFwht(v, block);  // an orthonormal Hadamard matrix is its own inverse
   ApplySigns(v, seed);
   return absl::OkStatus();
 }
@@ -134,7 +163,7 @@ absl::StatusOr<std::vector<uint32_t>> PrivatizeForSecAgg(std::span<const float> 
   absl::StatusOr<double> norm = secagg::ClipL2(v, ring.clip_norm);
   if (!norm.ok()) return norm.status();
   if (config.rotate) {
-    if (absl::Status s = RotateForward(v, config.rotation_seed); !s.ok()) return s;
+    if (absl::Status s = RotateForward(v, RotationBlock(update.size()), config.rotation_seed); !s.ok()) return s;
     // Float rounding in the transform can nudge the norm above S: clip again.
     if (absl::StatusOr<double> n2 = secagg::ClipL2(v, ring.clip_norm); !n2.ok()) return n2.status();
   }
@@ -167,7 +196,7 @@ absl::StatusOr<std::vector<float>> DecodeAggregate(std::span<const uint32_t> rin
   }
   std::vector<float> v = secagg::DecodeFromRing(ring_sum, ring);
   if (config.rotate) {
-    if (absl::Status s = RotateInverse(v, config.rotation_seed); !s.ok()) return s;
+    if (absl::Status s = RotateInverse(v, RotationBlock(d), config.rotation_seed); !s.ok()) return s;
   }
   v.resize(d);
   return v;

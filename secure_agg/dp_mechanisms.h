@@ -43,7 +43,18 @@ fedpers::v1::DpSpec ToProto(const DistributedDpConfig& dp);
 absl::StatusOr<secagg::RingConfig> RingFromProto(const fedpers::v1::RingSpec& spec);
 absl::StatusOr<DistributedDpConfig> DpFromProto(const fedpers::v1::DpSpec& spec);
 
-// Length after padding for the rotation (next power of two), or d.
+// The rotation is block-diagonal: random signs over the whole vector, then
+// an orthonormal Walsh-Hadamard transform on each block of RotationBlock(d)
+// values. Padding d to the next power of two would nearly double the upload
+// of a d just above one (73,728 -> 131,072 for `tiny`); padding to a
+// multiple of a block costs at most max(d / 64, 1023) values. The block is
+// the largest power of two, at least 1024 (or d's next power of two when
+// that is smaller), within that padding, then grown while the padded length
+// stays the same: larger blocks spread a coordinate's mass further.
+// Every party derives the block from d alone.
+size_t RotationBlock(size_t d);
+// Length after padding for the rotation (a multiple of RotationBlock(d)),
+// or d without rotation.
 size_t RotatedLength(size_t d, const DistributedDpConfig& config);
 
 // Checks that n_max summands of clipped, rounded, noised vectors cannot wrap
@@ -61,10 +72,11 @@ absl::StatusOr<std::vector<uint32_t>> PrivatizeForSecAgg(std::span<const float> 
 absl::StatusOr<std::vector<float>> DecodeAggregate(std::span<const uint32_t> ring_sum, const secagg::RingConfig& ring,
                                                    const DistributedDpConfig& config, size_t d);
 
-// In-place orthonormal random-sign Hadamard rotation of a power-of-two
-// length vector, and its inverse.
-absl::Status RotateForward(std::span<float> v, uint64_t seed);
-absl::Status RotateInverse(std::span<float> v, uint64_t seed);
+// In-place orthonormal random-sign block Hadamard rotation, and its
+// inverse. `block` is a power of two and v.size() a positive multiple of it;
+// InvalidArgument otherwise.
+absl::Status RotateForward(std::span<float> v, size_t block, uint64_t seed);
+absl::Status RotateInverse(std::span<float> v, size_t block, uint64_t seed);
 
 // Central mode: adds N(0, (z S)^2) to every coordinate of a decoded sum.
 absl::Status AddCentralGaussianNoise(std::span<float> sum, double noise_multiplier, double clip_norm,

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -19,17 +20,61 @@ double Norm(std::span<const float> v) {
 }
 
 TEST(DpMechanismsTest, RotationIsOrthonormalAndInvertible) {
-  std::vector<float> v(256);
   std::mt19937 gen(3);
   std::normal_distribution<float> normal;
-  for (float& x : v) x = normal(gen);
-  std::vector<float> r = v;
-  ASSERT_TRUE(RotateForward(r, 42).ok());
-  EXPECT_NEAR(Norm(r), Norm(v), 1e-4 * Norm(v));
-  ASSERT_TRUE(RotateInverse(r, 42).ok());
-  for (size_t i = 0; i < v.size(); ++i) EXPECT_NEAR(r[i], v[i], 1e-5);
+  for (size_t block : {size_t{256}, size_t{64}}) {  // one block, and four
+    std::vector<float> v(256);
+    for (float& x : v) x = normal(gen);
+    std::vector<float> r = v;
+    ASSERT_TRUE(RotateForward(r, block, 42).ok());
+    EXPECT_NEAR(Norm(r), Norm(v), 1e-4 * Norm(v));
+    ASSERT_TRUE(RotateInverse(r, block, 42).ok());
+    for (size_t i = 0; i < v.size(); ++i) EXPECT_NEAR(r[i], v[i], 1e-5);
+  }
   std::vector<float> odd(100);
-  EXPECT_FALSE(RotateForward(odd, 1).ok());
+  EXPECT_FALSE(RotateForward(odd, 100, 1).ok());  // the block is not a power of two
+  EXPECT_FALSE(RotateForward(odd, 64, 1).ok());   // nor is the length a multiple of it
+  EXPECT_FALSE(RotateInverse(std::span<float>(), 64, 1).ok());
+}
+
+// A unit vector's mass spreads evenly over its block: every coordinate of
+// the block has magnitude 1 / sqrt(block), and the other blocks stay zero.
+TEST(DpMechanismsTest, RotationSpreadsEachBlockEvenly) {
+  const size_t block = 1024;
+  std::vector<float> v(3 * block, 0.0f);
+  v[block + 17] = 1.0f;
+  ASSERT_TRUE(RotateForward(v, block, 9).ok());
+  for (size_t i = 0; i < v.size(); ++i) {
+    const float expected = (i >= block && i < 2 * block) ? 1.0f / 32.0f : 0.0f;
+    ASSERT_FLOAT_EQ(std::abs(v[i]), expected) << "coordinate " << i;
+  }
+}
+
+// Padding for the rotation: the largest block within d / 64 extra values
+// (1024 at least), grown while the padded length stays the same. The `tiny`
+// adapter's 73,728 values are 9 blocks of 8,192: no padding, where the next
+// power of two would send 131,072.
+TEST(DpMechanismsTest, RotationPadsToAMultipleOfTheBlock) {
+  DistributedDpConfig dp;
+  dp.rotate = true;
+  EXPECT_EQ(RotationBlock(73728), 8192u);
+  EXPECT_EQ(RotatedLength(73728, dp), 73728u);
+  EXPECT_EQ(RotationBlock(4000), 4096u);  // 1024-blocks pad to 4096 too: one block
+  EXPECT_EQ(RotatedLength(4000, dp), 4096u);
+  EXPECT_EQ(RotationBlock(70000), 1024u);
+  EXPECT_EQ(RotatedLength(70000, dp), 70656u);
+  EXPECT_EQ(RotationBlock(65536), 65536u);
+  EXPECT_EQ(RotationBlock(300), 512u);
+  EXPECT_EQ(RotatedLength(300, dp), 512u);
+  for (size_t d = 1; d < 300000; d = d * 3 / 2 + 7) {
+    const size_t block = RotationBlock(d), length = RotatedLength(d, dp);
+    ASSERT_EQ(block & (block - 1), 0u) << d;
+    ASSERT_EQ(length % block, 0u) << d;
+    ASSERT_GE(length, d);
+    ASSERT_LE(length - d, std::max<size_t>(d / 64, 1023)) << d;
+  }
+  dp.rotate = false;
+  EXPECT_EQ(RotatedLength(73728, dp), 73728u);
 }
 
 // Without noise, ||decode(encode(x))|| <= S + sqrt(d) / scale: clipping
