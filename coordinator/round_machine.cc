@@ -200,7 +200,8 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
                            {"ring_bits", ring_.bits}, {"scale", ring_.scale}, {"clip_norm", settings_.clip_norm},
                            {"noise_multiplier", settings_.noise_multiplier}, {"central_noise", settings_.central_noise},
                            // The clients split the noise so that this many shares reach z S.
-                           {"noise_shares", dp_.min_clients}, {"rotate", dp_.rotate}};
+                           {"noise_shares", dp_.min_clients}, {"rotate", dp_.rotate},
+                           {"vector_length", params.vector_length()}};
   if (absl::Status s = store_->OpenRound(round, config.dump()); !s.ok()) return s;
   round_ = round;
   server_ = std::move(server);

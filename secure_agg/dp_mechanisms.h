@@ -51,7 +51,8 @@ absl::StatusOr<DistributedDpConfig> DpFromProto(const fedpers::v1::DpSpec& spec)
 // the largest power of two, at least 1024 (or d's next power of two when
 // that is smaller), within that padding, then grown while the padded length
 // stays the same: larger blocks spread a coordinate's mass further.
-// Every party derives the block from d alone.
+// Every party derives the block from d alone: d is always the update's own
+// length, never a padded one (RotatedLength of a padded length may pad again).
 size_t RotationBlock(size_t d);
 // Length after padding for the rotation (a multiple of RotationBlock(d)),
 // or d without rotation.

@@ -93,7 +93,7 @@ def main():
         expected = np.mean(deltas, axis=0)
         error = (current - previous) - expected
         d = error.size
-        rotated = 1 << (d - 1).bit_length() if config.get("rotate", True) else d
+        rotated = config["vector_length"]  # the ring vector, padded for the rotation
         n = len(contributors)
         err_norm = float(np.linalg.norm(error))
         if z == 0:

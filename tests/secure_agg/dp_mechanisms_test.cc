@@ -105,6 +105,44 @@ TEST(DpMechanismsTest, EncodedNormNeverExceedsClipPlusRoundingBound) {
   }
 }
 
+// The whole client-to-coordinator path over several blocks and padding
+// (70,000 values: 69 blocks of 1,024, padded to 70,656): without noise, the
+// decoded update differs from the clipped input by the rounding alone, at
+// most sqrt(m) / scale in L2 (each of the m rotated coordinates moves by less
+// than one ring step, and the inverse rotation keeps norms).
+TEST(DpMechanismsTest, PrivatizeThenDecodeRecoversAMultiBlockUpdate) {
+  const size_t d = 70000;
+  secagg::RingConfig ring;
+  ring.bits = 32;
+  ring.clip_norm = 1.0;
+  ring.max_summands = 1;
+  ring.scale = 1 << 20;
+  DistributedDpConfig dp;
+  dp.noise_multiplier = 0;
+  dp.rotate = true;
+  dp.rotation_seed = 31;
+  ASSERT_EQ(RotationBlock(d), 1024u);
+  std::mt19937 gen(4);
+  std::normal_distribution<float> normal(0, 0.003f);  // norm about 0.8 < S: no clipping
+  std::vector<float> x(d);
+  for (float& v : x) v = normal(gen);
+  x[12345] = 0.2f;  // one large coordinate, spread over its block
+  ASSERT_LT(Norm(x), ring.clip_norm);
+  RandomSource rng = RandomSource::FromTestSeed(8);
+  auto enc = PrivatizeForSecAgg(x, ring, dp, rng);
+  ASSERT_TRUE(enc.ok()) << enc.status();
+  ASSERT_EQ(enc->size(), 70656u);
+  auto dec = DecodeAggregate(*enc, ring, dp, d);
+  ASSERT_TRUE(dec.ok()) << dec.status();
+  ASSERT_EQ(dec->size(), d);
+  std::vector<float> error(d);
+  for (size_t i = 0; i < d; ++i) error[i] = (*dec)[i] - x[i];
+  EXPECT_LE(Norm(error), std::sqrt(70656.0) / ring.scale);
+  EXPECT_NEAR((*dec)[12345], 0.2f, 1e-4f);
+  // The coordinator refuses a sum of the wrong length.
+  EXPECT_FALSE(DecodeAggregate(std::span<const uint32_t>(enc->data(), d), ring, dp, d).ok());
+}
+
 // 50 clients, known inputs, SecAgg+ and distributed DP together: the decoded
 // sum minus the true sum of clipped inputs has mean 0 and standard deviation
 // z S per coordinate. With m = 4096 coordinates the sample variance is within
