@@ -154,6 +154,19 @@ absl::StatusOr<fedpers::v1::SecAggClientMessage> ClientSession::BeginRound(const
     return absl::InvalidArgumentError(absl::StrCat("the invitation splits the noise among ", dpc->min_clients,
                                                    " clients, but the round has ", inv.secagg().num_clients()));
   }
+  // The update is encoded in `ring` and summed in the SecAgg ring: both must
+  // be the same, and the vector the client's own layout pads to. Checked
+  // before training, so a bad invitation costs no compute.
+  const uint64_t expected_length =
+      dp::RotatedLength(static_cast<size_t>(model->BranchLayout(LoraBranch::kGlobal).total_size()), *dpc);
+  if (inv.secagg().vector_length() != expected_length) {
+    return absl::InvalidArgumentError(absl::StrCat("the invitation's vector length ", inv.secagg().vector_length(),
+                                                   " differs from this client's ", expected_length));
+  }
+  if (inv.secagg().ring_bits() != static_cast<uint32_t>(ring->bits)) {
+    return absl::InvalidArgumentError(absl::StrCat("the invitation sums in a ", inv.secagg().ring_bits(),
+                                                   "-bit ring but encodes in a ", ring->bits, "-bit one"));
+  }
   const bool plain = inv.aggregation() == fedpers::v1::AGGREGATION_PLAIN;
   if (plain) {
     if (!options_.allow_plain_aggregation) {
@@ -161,10 +174,8 @@ absl::StatusOr<fedpers::v1::SecAggClientMessage> ClientSession::BeginRound(const
           "the coordinator asks for a round without secure aggregation (it would see this client's update); "
           "this client does not allow it");
     }
-    const uint64_t expected = dp::RotatedLength(static_cast<size_t>(model->BranchLayout(LoraBranch::kGlobal).total_size()), *dpc);
-    if (inv.secagg().vector_length() != expected || inv.secagg().ring_bits() != static_cast<uint32_t>(ring->bits) ||
-        inv.secagg_id() < 1 || inv.secagg_id() > inv.secagg().num_clients()) {
-      return absl::InvalidArgumentError("plain round: the invitation's vector length, ring or client id is inconsistent");
+    if (inv.secagg_id() < 1 || inv.secagg_id() > inv.secagg().num_clients()) {
+      return absl::InvalidArgumentError("plain round: the invitation's client id is out of range");
     }
   } else if (inv.aggregation() != fedpers::v1::AGGREGATION_SECAGG_PLUS) {
     return absl::InvalidArgumentError(absl::StrCat("unknown aggregation ", static_cast<int>(inv.aggregation())));

@@ -256,6 +256,23 @@ TEST(SimulationMatchesGrpcTest, ClientsRefusePlainRoundsUnlessAllowed) {
   reply = willing->BeginRound(thin_noise, base);
   EXPECT_EQ(reply.status().code(), absl::StatusCode::kInvalidArgument) << reply.status();
   EXPECT_NE(reply.status().message().find("splits the noise among 1000"), absl::string_view::npos) << reply.status();
+  // In either mode the sum's ring must be the encoding's, and the vector the
+  // one this client's layout pads to.
+  for (auto aggregation : {fedpers::v1::AGGREGATION_PLAIN, fedpers::v1::AGGREGATION_SECAGG_PLUS}) {
+    fedpers::v1::RoundInvitation other_ring = inv;
+    other_ring.set_aggregation(aggregation);
+    other_ring.mutable_secagg()->set_ring_bits(16);
+    reply = willing->BeginRound(other_ring, base);
+    EXPECT_EQ(reply.status().code(), absl::StatusCode::kInvalidArgument) << reply.status();
+    EXPECT_NE(reply.status().message().find("sums in a 16-bit ring"), absl::string_view::npos) << reply.status();
+    fedpers::v1::RoundInvitation longer = inv;
+    longer.set_aggregation(aggregation);
+    longer.mutable_secagg()->set_vector_length(2 * inv.secagg().vector_length());
+    reply = willing->BeginRound(longer, base);
+    EXPECT_EQ(reply.status().code(), absl::StatusCode::kInvalidArgument) << reply.status();
+    EXPECT_NE(reply.status().message().find("vector length"), absl::string_view::npos) << reply.status();
+  }
+  EXPECT_EQ(willing->last_training_seconds(), 0) << "every bad invitation refused before training";
   EXPECT_TRUE(willing->BeginRound(inv, base).ok());
 }
 
