@@ -131,9 +131,6 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
   const int64_t n = std::min(settings_.clients_per_round, n_eligible);
   const double q = static_cast<double>(n) / static_cast<double>(n_eligible);
   const int64_t round = round_ + 1;
-  if (settings_.noise_multiplier > 0) {
-    if (absl::Status s = ledger_->CheckCanOpen(round, q, settings_.noise_multiplier, eligible); !s.ok()) return s;
-  }
   // Sample n of the eligible uniformly.
   std::mt19937_64 gen(seed);
   std::vector<std::string> pool = SampleClients(eligible, n, gen);
@@ -186,6 +183,14 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
     if (!dp::ValidateRingForNoise(next, dp_).ok() || next.scale > 1e9 || dp_.ClientSigma(next) > 1e5) break;
     ring_ = next;
   }
+  // The ledger accounts the noise against the rounded update's worst-case
+  // norm, in both noise modes (central noise is added to a sum of the same
+  // rounded vectors). Nothing above has touched the store or the ledger.
+  const double accounted_z =
+      dp::AccountedNoiseMultiplier(settings_.noise_multiplier, ring_, static_cast<size_t>(params.vector_length()));
+  if (settings_.noise_multiplier > 0) {
+    if (absl::Status s = ledger_->CheckCanOpen(round, q, accounted_z, eligible); !s.ok()) return s;
+  }
   std::optional<secagg::SecAggServer> server;
   if (secure) {
     absl::StatusOr<secagg::SecAggServer> created = secagg::SecAggServer::Create(params);
@@ -201,12 +206,13 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
                            {"noise_multiplier", settings_.noise_multiplier}, {"central_noise", settings_.central_noise},
                            // The clients split the noise so that this many shares reach z S.
                            {"noise_shares", dp_.min_clients}, {"rotate", dp_.rotate},
-                           {"vector_length", params.vector_length()}};
+                           {"vector_length", params.vector_length()}, {"accounted_noise_multiplier", accounted_z}};
   if (absl::Status s = store_->OpenRound(round, config.dump()); !s.ok()) return s;
   round_ = round;
   server_ = std::move(server);
   round_adapter_ = std::move(*global_bytes);
   vector_length_ = params.vector_length();
+  accounted_noise_multiplier_ = accounted_z;
   min_survivors_ = min_survivors;
   plain_sum_.clear();
   plain_ids_.clear();
@@ -379,7 +385,7 @@ absl::StatusOr<RoundSummary> RoundMachine::Commit(std::vector<uint32_t> ring_sum
   PrivacyLedger ledger = *ledger_;
   const double q = static_cast<double>(ids_.size()) / static_cast<double>(eligible_.size());
   if (settings_.noise_multiplier > 0) {
-    if (absl::Status s = ledger.RecordRound(round_, q, settings_.noise_multiplier, survivors, eligible_); !s.ok()) {
+    if (absl::Status s = ledger.RecordRound(round_, q, accounted_noise_multiplier_, survivors, eligible_); !s.ok()) {
       return restore(s);
     }
   }

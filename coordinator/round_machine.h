@@ -145,6 +145,7 @@ class RoundMachine {
   std::vector<uint32_t> plain_sum_;
   std::vector<uint32_t> plain_ids_;
   uint64_t vector_length_ = 0;
+  double accounted_noise_multiplier_ = 0;  // AccountedNoiseMultiplier of the open round
   int64_t min_survivors_ = 0;
 };
 

@@ -125,6 +125,11 @@ size_t RotatedLength(size_t d, const DistributedDpConfig& config) {
   return PaddedTo(d, RotationBlock(d));
 }
 
+double AccountedNoiseMultiplier(double z, const secagg::RingConfig& ring, size_t m) {
+  const double encoded_clip = ring.clip_norm * ring.scale;
+  return z * encoded_clip / (encoded_clip + std::sqrt(static_cast<double>(m)));
+}
+
 absl::Status ValidateRingForNoise(const secagg::RingConfig& ring, const DistributedDpConfig& config) {
   if (absl::Status s = config.Validate(); !s.ok()) return s;
   const double n = static_cast<double>(ring.max_summands);

@@ -63,6 +63,16 @@ size_t RotatedLength(size_t d, const DistributedDpConfig& config);
 // 1) + 8 sigma_c sqrt(n) < 2^(b-1). InvalidArgument naming the excess.
 absl::Status ValidateRingForNoise(const secagg::RingConfig& ring, const DistributedDpConfig& config);
 
+// The noise multiplier to account for a round in `ring` with m ring values.
+// Stochastic rounding moves each coordinate by less than one ring step, so
+// an encoded update's L2 norm reaches S scale + sqrt(m), not S scale, while
+// the noise stays z S scale: z S scale / (S scale + sqrt(m)). For `tiny`
+// in a 32-bit ring it is within ~1e-3 of z at z = 1 (the coordinator's
+// scale stops where a client's noise reaches 1e5 ring steps, so the gap
+// grows with z); in a 16-bit ring of 10 clients, 12% below z. (Kairouz et al.'s conditional
+// rounding bounds the norm the same way, from the other side.)
+double AccountedNoiseMultiplier(double z, const secagg::RingConfig& ring, size_t m);
+
 // The client side: clip to ring.clip_norm, rotate, encode into the ring and add
 // N_Z(0, sigma_c^2) per coordinate. Returns RotatedLength(d) ring values.
 absl::StatusOr<std::vector<uint32_t>> PrivatizeForSecAgg(std::span<const float> update,

@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <random>
 
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
 #include "secure_agg/ring_encoding.h"
 #include "secure_agg/secagg_client.h"
 
@@ -186,6 +188,41 @@ TEST(RoundMachineTest, PrivacyBudgetStopsRounds) {
   EXPECT_EQ(last.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(last.message().find("over the budget"), absl::string_view::npos) << last;
   EXPECT_EQ((*m)->ledger().rounds().size(), static_cast<size_t>(committed));
+}
+
+// The ledger charges a round for the rounded update's worst-case norm: the
+// multiplier it records is AccountedNoiseMultiplier of the round's ring,
+// and a coarse ring costs more epsilon than a fine one at the same z.
+TEST(RoundMachineTest, LedgerAccountsTheRoundingOfTheRing) {
+  std::map<uint32_t, double> epsilon;
+  for (uint32_t bits : {32u, 16u}) {
+    auto store = StateStore::Open(FreshDir(absl::StrCat("accounted", bits)));
+    RoundSettings settings;
+    settings.clients_per_round = 5;
+    settings.min_clients = 3;
+    settings.noise_multiplier = 1.0;
+    settings.ring_bits = bits;
+    auto m = RoundMachine::Create(store->get(), Layout(), settings);
+    ASSERT_TRUE(m.ok()) << m.status();
+    Fleet fleet(10, 68, 4);
+    auto s = RunRound(**m, fleet, 1);
+    ASSERT_TRUE(s.ok()) << s.status();
+    auto rounds = (*store)->Rounds();
+    ASSERT_TRUE(rounds.ok());
+    const nlohmann::json config = nlohmann::json::parse(rounds->front().config_json);
+    secagg::RingConfig ring;
+    ring.bits = config["ring_bits"].get<int>();
+    ring.clip_norm = settings.clip_norm;
+    ring.scale = config["scale"].get<double>();
+    const double accounted =
+        dp::AccountedNoiseMultiplier(1.0, ring, config["vector_length"].get<size_t>());
+    EXPECT_EQ(config["accounted_noise_multiplier"].get<double>(), accounted);
+    ASSERT_EQ((*m)->ledger().rounds().size(), 1u);
+    EXPECT_EQ((*m)->ledger().rounds()[0].noise_multiplier, accounted);
+    EXPECT_LT(accounted, 1.0);
+    epsilon[bits] = s->epsilon;
+  }
+  EXPECT_GT(epsilon[16], epsilon[32]);
 }
 
 // A round without secure aggregation: each sampled client privatizes its

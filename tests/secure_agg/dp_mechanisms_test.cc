@@ -199,6 +199,20 @@ TEST(DpMechanismsTest, SecAggWithDistributedNoiseHasTheConfiguredSigma) {
   EXPECT_NEAR(var / (target * target), 1.0, 5 * std::sqrt(2.0 / d));
 }
 
+// One client's rounded update reaches S scale + sqrt(m) in ring units, its
+// noise stays z S scale: the accounted multiplier is their ratio.
+TEST(DpMechanismsTest, AccountedNoiseMultiplierCountsTheRoundingOfEveryCoordinate) {
+  secagg::RingConfig ring;
+  ring.bits = 16;
+  ring.clip_norm = 2.0;
+  ring.scale = 1024;
+  EXPECT_DOUBLE_EQ(AccountedNoiseMultiplier(1.0, ring, 65536), 2048.0 / (2048.0 + 256.0));
+  EXPECT_DOUBLE_EQ(AccountedNoiseMultiplier(0.0, ring, 65536), 0.0);
+  ring.bits = 32;
+  ring.scale = 1 << 26;
+  EXPECT_NEAR(AccountedNoiseMultiplier(0.7, ring, 73728), 0.7, 0.7 * 1e-5);
+}
+
 TEST(DpMechanismsTest, CentralNoiseHasTheConfiguredSigma) {
   std::vector<float> sum(20000, 0.0f);
   RandomSource rng = RandomSource::FromTestSeed(8);
