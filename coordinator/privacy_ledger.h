@@ -23,7 +23,7 @@ namespace fedpers {
 struct LedgerRound {
   int64_t round = 0;
   double sampling_rate = 0;      // q
-  double noise_multiplier = 0;   // z
+  double noise_multiplier = 0;   // z as accounted (dp::AccountedNoiseMultiplier of the round's ring)
   int64_t participants = 0;
   int64_t eligible_users = 0;
   double epsilon_after = 0;      // ledger epsilon once this round committed

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <limits>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -214,8 +215,8 @@ TEST(RoundMachineTest, LedgerAccountsTheRoundingOfTheRing) {
     ring.bits = config["ring_bits"].get<int>();
     ring.clip_norm = settings.clip_norm;
     ring.scale = config["scale"].get<double>();
-    const double accounted =
-        dp::AccountedNoiseMultiplier(1.0, ring, config["vector_length"].get<size_t>());
+    ASSERT_EQ(config["vector_length"].get<size_t>(), 128u);  // 68 values, rotated in one block of 128
+    const double accounted = dp::AccountedNoiseMultiplier(1.0, ring, 128);
     EXPECT_EQ(config["accounted_noise_multiplier"].get<double>(), accounted);
     ASSERT_EQ((*m)->ledger().rounds().size(), 1u);
     EXPECT_EQ((*m)->ledger().rounds()[0].noise_multiplier, accounted);
@@ -223,6 +224,27 @@ TEST(RoundMachineTest, LedgerAccountsTheRoundingOfTheRing) {
     epsilon[bits] = s->epsilon;
   }
   EXPECT_GT(epsilon[16], epsilon[32]);
+  // A budget between what z and the accounted multiplier would cost refuses
+  // the round before anything is recorded.
+  Fleet fleet(10, 68, 4);
+  auto ledger = PrivacyLedger::Create(1e-5, std::numeric_limits<double>::infinity());
+  ASSERT_TRUE(ledger.ok());
+  const std::vector<std::string> names = fleet.names();
+  auto at_z = ledger->ProjectedEpsilon(0.5, 1.0, names);
+  ASSERT_TRUE(at_z.ok());
+  ASSERT_LT(*at_z, epsilon[16]);
+  auto store = StateStore::Open(FreshDir("accounted_budget"));
+  RoundSettings settings;
+  settings.clients_per_round = 5;
+  settings.min_clients = 3;
+  settings.noise_multiplier = 1.0;
+  settings.ring_bits = 16;
+  settings.epsilon_budget = 0.5 * (*at_z + epsilon[16]);
+  auto m = RoundMachine::Create(store->get(), Layout(), settings);
+  ASSERT_TRUE(m.ok()) << m.status();
+  auto refused = RunRound(**m, fleet, 1);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  EXPECT_TRUE((*m)->ledger().rounds().empty());
 }
 
 // A round without secure aggregation: each sampled client privatizes its
