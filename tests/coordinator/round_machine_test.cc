@@ -195,14 +195,18 @@ TEST(RoundMachineTest, PrivacyBudgetStopsRounds) {
 // multiplier it records is AccountedNoiseMultiplier of the round's ring,
 // and a coarse ring costs more epsilon than a fine one at the same z.
 TEST(RoundMachineTest, LedgerAccountsTheRoundingOfTheRing) {
-  std::map<uint32_t, double> epsilon;
-  for (uint32_t bits : {32u, 16u}) {
-    auto store = StateStore::Open(FreshDir(absl::StrCat("accounted", bits)));
+  auto noised = [](uint32_t bits) {
     RoundSettings settings;
     settings.clients_per_round = 5;
     settings.min_clients = 3;
     settings.noise_multiplier = 1.0;
     settings.ring_bits = bits;
+    return settings;
+  };
+  std::map<uint32_t, double> epsilon;
+  for (uint32_t bits : {32u, 16u}) {
+    auto store = StateStore::Open(FreshDir(absl::StrCat("accounted", bits)));
+    const RoundSettings settings = noised(bits);
     auto m = RoundMachine::Create(store->get(), Layout(), settings);
     ASSERT_TRUE(m.ok()) << m.status();
     Fleet fleet(10, 68, 4);
@@ -234,11 +238,7 @@ TEST(RoundMachineTest, LedgerAccountsTheRoundingOfTheRing) {
   ASSERT_TRUE(at_z.ok());
   ASSERT_LT(*at_z, epsilon[16]);
   auto store = StateStore::Open(FreshDir("accounted_budget"));
-  RoundSettings settings;
-  settings.clients_per_round = 5;
-  settings.min_clients = 3;
-  settings.noise_multiplier = 1.0;
-  settings.ring_bits = 16;
+  RoundSettings settings = noised(16);
   settings.epsilon_budget = 0.5 * (*at_z + epsilon[16]);
   auto m = RoundMachine::Create(store->get(), Layout(), settings);
   ASSERT_TRUE(m.ok()) << m.status();
