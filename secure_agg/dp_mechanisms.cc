@@ -125,9 +125,44 @@ size_t RotatedLength(size_t d, const DistributedDpConfig& config) {
   return PaddedTo(d, RotationBlock(d));
 }
 
+double RoundedNormBound(const secagg::RingConfig& ring, size_t m) {
+  const double c = ring.clip_norm * ring.scale * (1 + 0x1p-20);
+  const double md = static_cast<double>(m);
+  const double t = std::sqrt(std::log(1e3) / 2);
+  return std::sqrt(c * c + md / 4 + t * (2 * c + std::sqrt(md)));
+}
+
 double AccountedNoiseMultiplier(double z, const secagg::RingConfig& ring, size_t m) {
-  const double encoded_clip = ring.clip_norm * ring.scale;
-  return z * encoded_clip / (encoded_clip + std::sqrt(static_cast<double>(m)));
+  return z * ring.clip_norm * ring.scale / RoundedNormBound(ring, m);
+}
+
+absl::StatusOr<std::vector<uint32_t>> EncodeWithinNorm(std::span<const float> values, const secagg::RingConfig& ring,
+                                                       double max_norm, RandomSource& rng) {
+  constexpr int kMaxTries = 64;
+  const uint64_t mask = ring.modulus_mask();
+  const uint64_t half = uint64_t{1} << (ring.bits - 1);
+  double norm = 0;
+  for (int attempt = 0; attempt < kMaxTries; ++attempt) {
+    // The rounding key comes from the caller's source: the CSPRNG in a
+    // deployment, a seeded stream in a reproducible simulation.
+    secagg::Key32 rounding_key;
+    for (size_t i = 0; i < rounding_key.size(); i += 8) {
+      const uint64_t word = rng.Next64();
+      for (size_t b = 0; b < 8; ++b) rounding_key[i + b] = static_cast<uint8_t>(word >> (8 * b));
+    }
+    absl::StatusOr<std::vector<uint32_t>> encoded = secagg::EncodeToRing(values, ring, rounding_key);
+    if (!encoded.ok()) return encoded.status();
+    double norm_sq = 0;
+    for (uint32_t x : *encoded) {
+      const uint64_t u = x & mask;
+      const double v = u >= half ? -static_cast<double>(mask + 1 - u) : static_cast<double>(u);
+      norm_sq += v * v;
+    }
+    norm = std::sqrt(norm_sq);
+    if (norm <= max_norm) return encoded;
+  }
+  return absl::InternalError(absl::StrCat("conditional rounding: ", kMaxTries, " roundings all exceeded the norm bound ",
+                                          max_norm, " ring steps (the last reached ", norm, ")"));
 }
 
 absl::Status ValidateRingForNoise(const secagg::RingConfig& ring, const DistributedDpConfig& config) {
@@ -172,14 +207,7 @@ absl::StatusOr<std::vector<uint32_t>> PrivatizeForSecAgg(std::span<const float> 
     // Float rounding in the transform can nudge the norm above S: clip again.
     if (absl::StatusOr<double> n2 = secagg::ClipL2(v, ring.clip_norm); !n2.ok()) return n2.status();
   }
-  // The rounding key comes from the caller's source: the CSPRNG in a
-  // deployment, a seeded stream in a reproducible simulation.
-  secagg::Key32 rounding_key;
-  for (size_t i = 0; i < rounding_key.size(); i += 8) {
-    const uint64_t word = rng.Next64();
-    for (size_t b = 0; b < 8; ++b) rounding_key[i + b] = static_cast<uint8_t>(word >> (8 * b));
-  }
-  absl::StatusOr<std::vector<uint32_t>> encoded = secagg::EncodeToRing(v, ring, rounding_key);
+  absl::StatusOr<std::vector<uint32_t>> encoded = EncodeWithinNorm(v, ring, RoundedNormBound(ring, v.size()), rng);
   if (!encoded.ok()) return encoded.status();
   const double sigma = config.ClientSigma(ring);
   if (sigma > 0) {

@@ -77,10 +77,10 @@ TEST(DpMechanismsTest, RotationPadsToAMultipleOfTheBlock) {
   EXPECT_EQ(RotatedLength(73728, dp), 73728u);
 }
 
-// Without noise, ||decode(encode(x))|| <= S + sqrt(d) / scale: clipping
-// bounds the norm by S and stochastic rounding moves each coordinate by less
-// than one ring step.
-TEST(DpMechanismsTest, EncodedNormNeverExceedsClipPlusRoundingBound) {
+// Without noise, ||decode(encode(x))|| <= RoundedNormBound / scale: clipping
+// bounds the norm by S and conditional rounding keeps the encoding within
+// the bound, well below plain rounding's S + sqrt(m) / scale.
+TEST(DpMechanismsTest, EncodedNormNeverExceedsTheRoundedNormBound) {
   secagg::RingConfig ring;
   ring.bits = 24;
   ring.clip_norm = 1.0;
@@ -99,10 +99,40 @@ TEST(DpMechanismsTest, EncodedNormNeverExceedsClipPlusRoundingBound) {
       auto enc = PrivatizeForSecAgg(x, ring, dp, rng);
       ASSERT_TRUE(enc.ok()) << enc.status();
       std::vector<float> dec = secagg::DecodeFromRing(*enc, ring);
-      const double bound = ring.clip_norm + std::sqrt(static_cast<double>(dec.size())) / ring.scale;
+      const double bound = RoundedNormBound(ring, dec.size()) / ring.scale;
+      ASSERT_LT(bound, ring.clip_norm + std::sqrt(static_cast<double>(dec.size())) / ring.scale);
       ASSERT_LE(Norm(dec), bound) << "trial " << trial << " rotate " << rotate;
     }
   }
+}
+
+// Coordinates halfway between ring steps are the worst case for rounding:
+// the squared norm of 4,096 of them at 1.5 steps is 4,096 + Binomial(4,096,
+// 1/2) x 3 in steps^2 (mean 10,240, sd 96). Plain rounding exceeds a bound at
+// the mean about half the time; conditional rounding never does, and a
+// bound below every outcome (64 steps: all round down) is an error naming it.
+TEST(DpMechanismsTest, ConditionalRoundingKeepsEveryEncodingWithinTheBound) {
+  secagg::RingConfig ring;
+  ring.bits = 16;
+  ring.clip_norm = 200;  // above the input's norm of 96: no clipping
+  ring.scale = 1;
+  const std::vector<float> x(4096, 1.5f);
+  const double bound = std::sqrt(10240.0);
+  RandomSource rng = RandomSource::FromTestSeed(4);
+  int plain_over = 0;
+  for (int trial = 0; trial < 200; ++trial) {
+    auto conditional = EncodeWithinNorm(x, ring, bound, rng);
+    ASSERT_TRUE(conditional.ok()) << conditional.status();
+    ASSERT_LE(Norm(secagg::DecodeFromRing(*conditional, ring)), bound) << "trial " << trial;
+    auto plain = secagg::EncodeToRing(x, ring);
+    ASSERT_TRUE(plain.ok());
+    if (Norm(secagg::DecodeFromRing(*plain, ring)) > bound) ++plain_over;
+  }
+  // Binomial(200, ~0.5): below 60 has probability < 1e-8.
+  EXPECT_GT(plain_over, 60);
+  auto impossible = EncodeWithinNorm(x, ring, 63.0, rng);
+  ASSERT_FALSE(impossible.ok());
+  EXPECT_NE(impossible.status().message().find("norm bound 63"), std::string::npos) << impossible.status();
 }
 
 // The whole client-to-coordinator path over several blocks and padding
@@ -199,18 +229,25 @@ TEST(DpMechanismsTest, SecAggWithDistributedNoiseHasTheConfiguredSigma) {
   EXPECT_NEAR(var / (target * target), 1.0, 5 * std::sqrt(2.0 / d));
 }
 
-// One client's rounded update reaches S scale + sqrt(m) in ring units, its
+// One client's rounded update reaches RoundedNormBound in ring units, its
 // noise stays z S scale: the accounted multiplier is their ratio.
-TEST(DpMechanismsTest, AccountedNoiseMultiplierCountsTheRoundingOfEveryCoordinate) {
+TEST(DpMechanismsTest, AccountedNoiseMultiplierCountsTheConditionalRoundingBound) {
   secagg::RingConfig ring;
   ring.bits = 16;
   ring.clip_norm = 2.0;
   ring.scale = 1024;
-  EXPECT_DOUBLE_EQ(AccountedNoiseMultiplier(1.0, ring, 65536), 2048.0 / (2048.0 + 256.0));
+  const double c = 2048.0 * (1 + 0x1p-20);
+  const double t = std::sqrt(std::log(1000.0) / 2);  // beta = 1e-3
+  const double bound = std::sqrt(c * c + 65536.0 / 4 + t * (2 * c + 256.0));
+  EXPECT_DOUBLE_EQ(RoundedNormBound(ring, 65536), bound);
+  EXPECT_DOUBLE_EQ(AccountedNoiseMultiplier(1.0, ring, 65536), 2048.0 / bound);
+  // About m / (8 c) + t = 5.9 steps above c: 0.3% of z, where plain
+  // rounding's sqrt(m) = 256 steps would cost 11%.
+  EXPECT_NEAR(AccountedNoiseMultiplier(1.0, ring, 65536), 0.997, 1e-3);
   EXPECT_DOUBLE_EQ(AccountedNoiseMultiplier(0.0, ring, 65536), 0.0);
   ring.bits = 32;
   ring.scale = 1 << 26;
-  EXPECT_NEAR(AccountedNoiseMultiplier(0.7, ring, 73728), 0.7, 0.7 * 1e-5);
+  EXPECT_NEAR(AccountedNoiseMultiplier(0.7, ring, 73728), 0.7, 0.7 * 2e-6);
 }
 
 TEST(DpMechanismsTest, CentralNoiseHasTheConfiguredSigma) {
