@@ -114,7 +114,7 @@ void RegisterSimulate(CLI::App& app, const GlobalOptions& global) {
   AddOverrides(sweep, *so);
   sweep->add_option("--global-rank", grid->global_rank, "Global LoRA ranks to try")->delimiter(',');
   sweep->add_option("--residual-rank", grid->residual_rank, "Residual LoRA ranks to try")->delimiter(',');
-  sweep->add_option("--ring-bits", grid->ring_bits, "SecAgg ring bits to try")->delimiter(',');
+  sweep->add_option("--ring-bits", grid->ring_bits, "SecAgg ring bits to try (0: sized per round)")->delimiter(',');
   sweep->add_option("--noise", grid->noise_multiplier, "Noise multipliers to try")->delimiter(',');
   sweep->add_option("--clients", grid->clients_per_round, "Clients per round to try")->delimiter(',');
   sweep->callback([so, grid, &global] {

@@ -16,6 +16,22 @@ namespace {
 using fedpers::v1::SecAggClientMessage;
 using fedpers::v1::SecAggParams;
 
+absl::StatusOr<secagg::RingConfig> FinestRing(int bits, double clip_norm, int64_t n, const dp::DistributedDpConfig& dp) {
+  secagg::RingConfig ring;
+  ring.bits = bits;
+  ring.clip_norm = clip_norm;
+  ring.max_summands = n;
+  ring.scale = 1;
+  if (absl::Status s = dp::ValidateRingForNoise(ring, dp); !s.ok()) return s;
+  while (true) {
+    secagg::RingConfig next = ring;
+    next.scale *= 2;
+    if (!dp::ValidateRingForNoise(next, dp).ok() || next.scale > 1e9 || dp.ClientSigma(next) > 1e5) break;
+    ring = next;
+  }
+  return ring;
+}
+
 }  // namespace
 
 absl::Status RoundSettings::Validate() const {
@@ -23,12 +39,30 @@ absl::Status RoundSettings::Validate() const {
   if (min_clients < 2 || min_clients > clients_per_round) {
     return absl::InvalidArgumentError("min_clients must be in [2, clients_per_round]");
   }
-  if (ring_bits < 8 || ring_bits > 32) return absl::InvalidArgumentError("ring_bits must be in [8, 32]");
+  if (ring_bits != 0 && (ring_bits < 8 || ring_bits > 32)) {
+    return absl::InvalidArgumentError("ring_bits must be 0 (sized per round) or in [8, 32]");
+  }
   if (!(clip_norm > 0)) return absl::InvalidArgumentError("clip_norm must be positive");
   if (!(noise_multiplier >= 0)) return absl::InvalidArgumentError("noise_multiplier must be >= 0");
   if (!(delta > 0 && delta < 1)) return absl::InvalidArgumentError("delta must be in (0, 1)");
   if (!(epsilon_budget > 0)) return absl::InvalidArgumentError("epsilon_budget must be positive");
   return strategy.Validate();
+}
+
+absl::StatusOr<secagg::RingConfig> ChooseRing(uint32_t ring_bits, double clip_norm, int64_t n, size_t m,
+                                              const dp::DistributedDpConfig& dp) {
+  if (ring_bits != 0) return FinestRing(static_cast<int>(ring_bits), clip_norm, n, dp);
+  for (int bits = 8; bits < 32; ++bits) {
+    absl::StatusOr<secagg::RingConfig> ring = FinestRing(bits, clip_norm, n, dp);
+    if (!ring.ok()) continue;
+    const double rounding =
+        std::sqrt(static_cast<double>(m) / (4.0 * static_cast<double>(dp.min_clients))) / ring->scale;
+    const bool precise = rounding <= clip_norm / 256;
+    const bool noise_resolved = dp.noise_multiplier == 0 || dp.ClientSigma(*ring) >= 4;
+    const bool cheap_in_epsilon = dp::AccountedNoiseMultiplier(1.0, *ring, m) >= 1.0 - 1.0 / 256;
+    if (precise && noise_resolved && cheap_in_epsilon) return ring;
+  }
+  return FinestRing(32, clip_norm, n, dp);
 }
 
 uint64_t RoundSeed(uint64_t seed, int64_t round) { return Fnv1a64(absl::StrCat(seed, "/round/", round)); }
@@ -153,7 +187,6 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
   t = std::max<uint32_t>(t, static_cast<uint32_t>(std::min<int64_t>(settings_.min_clients, n)));
   params.set_degree(k);
   params.set_threshold(t);
-  params.set_ring_bits(settings_.ring_bits);
   const int64_t min_survivors = std::max<int64_t>(t, settings_.min_clients);
   dp_ = dp::DistributedDpConfig();
   dp_.noise_multiplier = settings_.central_noise ? 0 : settings_.noise_multiplier;
@@ -162,29 +195,19 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
   dp_.rotation_seed = gen();
   params.set_vector_length(dp::RotatedLength(static_cast<size_t>(layout_.total_size()), dp_));
   params.set_session_nonce(static_cast<uint64_t>(round));
+  absl::StatusOr<secagg::RingConfig> ring =
+      ChooseRing(settings_.ring_bits, settings_.clip_norm, n, static_cast<size_t>(params.vector_length()), dp_);
+  if (!ring.ok()) return ring.status();
+  params.set_ring_bits(static_cast<uint32_t>(ring->bits));
   if (secure) {
     absl::StatusOr<secagg::Key32> graph_seed = secagg::RandomKey32();
     if (!graph_seed.ok()) return graph_seed.status();
     params.set_graph_seed(std::string(graph_seed->begin(), graph_seed->end()));
     if (absl::Status s = secagg::ValidateParams(params); !s.ok()) return s;
   }
-  // Ring: the largest power-of-two scale that cannot wrap with noise, and
-  // whose per-client noise stays within the exact sampler's range (beyond
-  // 1e5 ring steps of noise, finer quantization buys nothing).
-  ring_ = secagg::RingConfig();
-  ring_.bits = static_cast<int>(settings_.ring_bits);
-  ring_.clip_norm = settings_.clip_norm;
-  ring_.max_summands = n;
-  ring_.scale = 1;
-  if (absl::Status s = dp::ValidateRingForNoise(ring_, dp_); !s.ok()) return s;
-  while (true) {
-    secagg::RingConfig next = ring_;
-    next.scale *= 2;
-    if (!dp::ValidateRingForNoise(next, dp_).ok() || next.scale > 1e9 || dp_.ClientSigma(next) > 1e5) break;
-    ring_ = next;
-  }
-  // The ledger accounts the noise against the rounded update's worst-case
-  // norm, in both noise modes (central noise is added to a sum of the same
+  ring_ = *ring;
+  // The ledger accounts the noise against the rounded update's norm bound,
+  // in both noise modes (central noise is added to a sum of the same
   // rounded vectors). Nothing above has touched the store or the ledger.
   const double accounted_z =
       dp::AccountedNoiseMultiplier(settings_.noise_multiplier, ring_, static_cast<size_t>(params.vector_length()));

@@ -38,7 +38,9 @@ namespace fedpers {
 struct RoundSettings {
   int64_t clients_per_round = 10;  // sampled uniformly from the eligible clients
   int64_t min_clients = 3;         // fewer survivors than this abort the round
-  uint32_t ring_bits = 32;
+  // SecAgg ring bits: 0 sizes the ring per round (ChooseRing: the fewest
+  // bits that keep the mean's rounding within S / 256); 8 to 32 fix it.
+  uint32_t ring_bits = 0;
   double clip_norm = 1.0;          // S
   double noise_multiplier = 0.0;   // z; 0: no DP noise
   bool central_noise = false;      // trusted coordinator adds the noise instead of the clients
@@ -60,6 +62,25 @@ struct RoundSettings {
   uint64_t seed = 0;
   absl::Status Validate() const;
 };
+
+// The ring of a round of n sampled clients and m ring values, with noise
+// `dp` (its min_clients is the fewest summands a commit has).
+// - ring_bits 8 to 32: the finest ring of that many bits, i.e. the largest
+//   power-of-two scale whose noised sum cannot wrap, and whose per-client
+//   noise stays within the exact sampler's range (beyond 1e5 ring steps of
+//   noise, finer quantization buys nothing). InvalidArgument when even
+//   scale 1 can wrap.
+// - ring_bits 0: the finest ring of the fewest bits (from 8) that keeps the
+//   decoded mean's rounding error, at most sqrt(m / (4 min_clients)) / scale
+//   in L2 (stochastic rounding's variance is at most 1/4 a coordinate),
+//   within S / 256, whose rounding costs at most 1/256 of the noise
+//   multiplier in the ledger (dp::AccountedNoiseMultiplier), and which, with
+//   noise, gives each client at least 4 ring steps of it: with fewer than
+//   about 2, the discrete Gaussian's own privacy loss (tau d / 2 in Kairouz
+//   et al.'s bound) is no longer negligible, and the accountant counts the
+//   continuous Gaussian's. 32 bits when none does.
+absl::StatusOr<secagg::RingConfig> ChooseRing(uint32_t ring_bits, double clip_norm, int64_t n, size_t m,
+                                              const dp::DistributedDpConfig& dp);
 
 struct RoundSummary {
   int64_t round = 0;

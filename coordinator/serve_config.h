@@ -6,7 +6,7 @@
 //   "base": "runs/base",                  // model directory: its config.json fixes the layout
 //   "lora": {"global_rank": 8, ...},      // optional, as in the LoRA config
 //   "tls": {"cert": "...", "key": "...", "ca": "..."},   // or "insecure": true
-//   "round": {"clients_per_round": 10, "min_clients": 3, "ring_bits": 32, "clip_norm": 1.0,
+//   "round": {"clients_per_round": 10, "min_clients": 3, "ring_bits": 0, "clip_norm": 1.0,
 //             "noise_multiplier": 0.0, "central_noise": false, "rotate": true, "threshold": 0,
 //             "strategy": "fedavg", "server_learning_rate": 1.0, "delta": 1e-5, "epsilon_budget": 10},
 //   "stage_timeout_ms": 30000, "round_interval_ms": 0, "max_rounds": 0

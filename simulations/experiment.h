@@ -30,6 +30,8 @@ enum class Method {
 };
 // "base", "local", "global", "global+residual", "fedavg-lora", "centralized".
 const char* MethodName(Method method);
+// "auto" for ring_bits 0 (sized per round), else the number of bits.
+std::string RingBitsName(uint32_t ring_bits);
 absl::StatusOr<Method> ParseMethod(absl::string_view name);
 std::vector<Method> AllMethods();
 
@@ -72,7 +74,7 @@ struct ExperimentConfig {
   LocalTrainingOptions local;
   // Privacy and communication.
   bool secure_agg = true;  // false: plain aggregation (the coordinator sees each encoded update)
-  uint32_t ring_bits = 32;
+  uint32_t ring_bits = 0;  // 0: sized per round (the coordinator's ChooseRing); 8 to 32: fixed
   double clip_norm = 2.0;
   double noise_multiplier = 0.1;  // z; 0 turns DP noise off
   double delta = 1e-5;
@@ -122,6 +124,7 @@ struct RoundRecord {
   bool committed = true;
   std::string abort_reason;
   int64_t sampled = 0, contributors = 0;
+  int64_t ring_bits = 0;  // the round's SecAgg ring, as the coordinator chose it (0: no round opened)
   double bytes_up_per_client = 0, bytes_down_per_client = 0;  // protobuf payloads
   double client_seconds = 0;       // mean per sampled client: training + update pipeline + SecAgg+
   double training_seconds = 0;     // the round's local training alone (critical path over workers)

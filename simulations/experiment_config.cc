@@ -41,6 +41,8 @@ absl::Status OnlyKeys(const Json& j, std::initializer_list<const char*> keys, ab
 
 }  // namespace
 
+std::string RingBitsName(uint32_t ring_bits) { return ring_bits == 0 ? "auto" : absl::StrCat(ring_bits); }
+
 const char* MethodName(Method method) {
   switch (method) {
     case Method::kBase: return "base";
@@ -102,7 +104,9 @@ absl::Status ExperimentConfig::Validate() const {
   if (!(local.global_learning_rate > 0) || !(local.residual_learning_rate > 0)) {
     return bad("\"local\" learning rates must be positive");
   }
-  if (ring_bits < 8 || ring_bits > 32) return bad("\"ring_bits\" must be in [8, 32]");
+  if (ring_bits != 0 && (ring_bits < 8 || ring_bits > 32)) {
+    return bad("\"ring_bits\" must be 0 (sized per round) or in [8, 32]");
+  }
   if (!(clip_norm > 0)) return bad("\"clip_norm\" must be positive");
   if (!(noise_multiplier >= 0) || !std::isfinite(noise_multiplier)) return bad("\"noise_multiplier\" must be >= 0");
   if (!(delta > 0 && delta < 1)) return bad("\"delta\" must be in (0, 1)");

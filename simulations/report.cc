@@ -107,6 +107,7 @@ OJson RoundRecordToJson(const RoundRecord& r) {
   if (!r.abort_reason.empty()) j["abort_reason"] = r.abort_reason;
   j["sampled"] = r.sampled;
   j["contributors"] = r.contributors;
+  if (r.ring_bits > 0) j["ring_bits"] = r.ring_bits;
   j["bytes_up_per_client"] = r.bytes_up_per_client;
   j["bytes_down_per_client"] = r.bytes_down_per_client;
   j["client_seconds"] = r.client_seconds;
@@ -334,7 +335,7 @@ absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::st
                   " clients; local budget ", c.local.global_steps + c.local.residual_steps, " steps per round (",
                   TrainingScheduleName(c.local.schedule), ": ", c.local.global_steps, " global + ",
                   c.local.residual_steps, " residual), batch ", c.local.batch_size, ". ", c.secure_agg ? "SecAgg+" : "Plain aggregation (no SecAgg+)", " in a ",
-                  c.ring_bits, "-bit ring; clip ", c.clip_norm, ", noise multiplier ", c.noise_multiplier, ", delta ", c.delta,
+                  c.ring_bits == 0 ? "ring sized per round" : absl::StrCat(c.ring_bits, "-bit ring"), "; clip ", c.clip_norm, ", noise multiplier ", c.noise_multiplier, ", delta ", c.delta,
                   "; server strategy ", c.strategy.name, ". Base model `", r.base_model, "`",
                   !r.pretrained_here                ? ""
                   : c.pretrain.corpus.empty() ? " (pretrained for this run on the users that do not federate)"

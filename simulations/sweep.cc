@@ -69,9 +69,9 @@ absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const Swee
   for (size_t i = 0; i < configs.size(); ++i) {
     const ExperimentConfig& c = configs[i];
     if (progress) {
-      std::fprintf(stderr, "sweep point %zu/%zu: global rank %ld, residual rank %ld, ring %u bits, z %g, %ld clients\n",
+      std::fprintf(stderr, "sweep point %zu/%zu: global rank %ld, residual rank %ld, ring bits %s, z %g, %ld clients\n",
                    i + 1, configs.size(), static_cast<long>(c.lora.global_rank), static_cast<long>(c.lora.residual_rank),
-                   c.ring_bits, c.noise_multiplier, static_cast<long>(c.clients_per_round));
+                   RingBitsName(c.ring_bits).c_str(), c.noise_multiplier, static_cast<long>(c.clients_per_round));
     }
     ExperimentHooks hooks;
     hooks.progress = progress;
@@ -131,7 +131,7 @@ std::string SweepTable(const SweepResult& r) {
   Table t({"#", "r_g", "r_u", "ring bits", "z", "clients", "accuracy", "epsilon", "up/client/round", "pareto", "note"});
   for (size_t i = 0; i < r.points.size(); ++i) {
     const SweepPoint& p = r.points[i];
-    t.AddRow({absl::StrCat(i), absl::StrCat(p.global_rank), absl::StrCat(p.residual_rank), absl::StrCat(p.ring_bits),
+    t.AddRow({absl::StrCat(i), absl::StrCat(p.global_rank), absl::StrCat(p.residual_rank), RingBitsName(p.ring_bits),
               absl::StrFormat("%g", p.noise_multiplier), absl::StrCat(p.clients_per_round),
               absl::StrFormat("%.4f", p.accuracy), EpsText(p.epsilon), HumanBytes(p.bytes_up), p.pareto ? "*" : "",
               p.note.substr(0, 60)});
@@ -198,7 +198,7 @@ absl::StatusOr<ReportFiles> WriteSweepReport(const SweepResult& r, const std::st
                                 "|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < r.points.size(); ++i) {
     const SweepPoint& p = r.points[i];
-    absl::StrAppend(&md, "| ", i, " | ", p.global_rank, " | ", p.residual_rank, " | ", p.ring_bits, " | ",
+    absl::StrAppend(&md, "| ", i, " | ", p.global_rank, " | ", p.residual_rank, " | ", RingBitsName(p.ring_bits), " | ",
                     absl::StrFormat("%g", p.noise_multiplier), " | ", p.clients_per_round, " | ",
                     absl::StrFormat("%.4f", p.accuracy), " | ", EpsText(p.epsilon), " | ", HumanBytes(p.bytes_up),
                     " | ", p.pareto ? "*" : "", " | ", p.note, " |\n");

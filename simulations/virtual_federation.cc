@@ -184,6 +184,7 @@ absl::StatusOr<RoundRecord> VirtualFederation::RunRound() {
     part.user = i;
     part.bytes_down += static_cast<int64_t>(p->ByteSizeLong());
     part.invitation = std::move(*p->mutable_invitation());
+    record.ring_bits = part.invitation.secagg().ring_bits();
     // Every invitation of a round carries the same global adapter: keep one
     // copy for the round, not one per sampled client until it trains.
     if (round_adapter.empty()) round_adapter = std::move(*part.invitation.mutable_global_adapter());

@@ -26,6 +26,7 @@ TEST(FederatedRoundsTest, GlobalAdapterIsTheMeanOfClientDeltas) {
   settings.clients_per_round = 4;
   settings.min_clients = 3;
   settings.clip_norm = 10.0;  // no clipping: the committed mean is checkable
+  settings.ring_bits = 32;    // the finest ring: the check's tolerance is tight
   settings.strategy.name = "fedavg";
   auto machine = RoundMachine::Create(store->get(), model->BranchLayout(LoraBranch::kGlobal), settings);
   ASSERT_TRUE(machine.ok()) << machine.status();

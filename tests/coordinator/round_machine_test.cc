@@ -87,6 +87,7 @@ TEST(RoundMachineTest, FedAvgRoundsCommitTheMeanOfClippedUpdates) {
   RoundSettings settings;
   settings.clients_per_round = 6;
   settings.min_clients = 4;
+  settings.ring_bits = 32;  // the finest ring: the check below allows 1e-5 per coordinate
   auto m = RoundMachine::Create(store->get(), Layout(), settings);
   ASSERT_TRUE(m.ok()) << m.status();
   Fleet fleet(6, 68, 1);
@@ -110,6 +111,103 @@ TEST(RoundMachineTest, FedAvgRoundsCommitTheMeanOfClippedUpdates) {
   EXPECT_EQ((*again)->last_committed_round(), 3);
   EXPECT_EQ((*again)->global(), (*m)->global());
   EXPECT_TRUE((*store)->CheckIntegrity().ok());
+}
+
+// ring_bits 0: the fewest bits whose finest ring keeps the mean's rounding
+// within S / 256, its cost in the ledger within 1/256 of z (and, with noise,
+// at least 4 ring steps of it per client); one bit fewer could not hold the
+// scale that needs. With n_min = 1200 the ledger's condition binds: the
+// rounding condition alone allows scale 1024, whose accounted multiplier is
+// 1.1% below z (about m / (8 scale^2) + t / scale).
+TEST(RoundMachineTest, RingSizedPerRoundUsesTheFewestBitsThatKeepTheRoundingBound) {
+  struct Case {
+    int64_t n, min_clients;
+    size_t m;
+    double clip, z;
+  };
+  for (const Case& c : {Case{6, 4, 128, 1.0, 0}, Case{10, 7, 73728, 1.0, 0.5}, Case{20, 14, 73728, 5.0, 0},
+                        Case{1000, 600, 73728, 1.0, 0.8}, Case{2000, 1200, 73728, 1.0, 0.8},
+                        Case{10, 7, 73728, 2.0, 1e-4}}) {
+    dp::DistributedDpConfig dp;
+    dp.noise_multiplier = c.z;
+    dp.min_clients = c.min_clients;
+    absl::StatusOr<secagg::RingConfig> ring = ChooseRing(0, c.clip, c.n, c.m, dp);
+    ASSERT_TRUE(ring.ok()) << ring.status();
+    SCOPED_TRACE(absl::StrCat("n ", c.n, " m ", c.m, " z ", c.z, ": ", ring->bits, " bits, scale ", ring->scale));
+    EXPECT_TRUE(dp::ValidateRingForNoise(*ring, dp).ok());
+    const double rounding = std::sqrt(static_cast<double>(c.m) / (4.0 * c.min_clients)) / ring->scale;
+    EXPECT_LE(rounding, c.clip / 256);
+    if (c.z > 0) {
+      EXPECT_GE(dp.ClientSigma(*ring), 4.0);
+    }
+    EXPECT_GE(dp::AccountedNoiseMultiplier(1.0, *ring, c.m), 1.0 - 1.0 / 256);
+    if (ring->bits > 8) {
+      // The scale one bit fewer would need for the same three conditions.
+      secagg::RingConfig fewer = *ring;
+      fewer.bits = ring->bits - 1;
+      fewer.scale = 1;
+      while (std::sqrt(static_cast<double>(c.m) / (4.0 * c.min_clients)) / fewer.scale > c.clip / 256 ||
+             (c.z > 0 && dp.ClientSigma(fewer) < 4) ||
+             dp::AccountedNoiseMultiplier(1.0, fewer, c.m) < 1.0 - 1.0 / 256) {
+        fewer.scale *= 2;
+      }
+      EXPECT_FALSE(dp::ValidateRingForNoise(fewer, dp).ok());
+    }
+  }
+  {
+    dp::DistributedDpConfig many;
+    many.noise_multiplier = 0.8;
+    many.min_clients = 1200;
+    absl::StatusOr<secagg::RingConfig> ring = ChooseRing(0, 1.0, 2000, 73728, many);
+    ASSERT_TRUE(ring.ok()) << ring.status();
+    secagg::RingConfig half = *ring;
+    half.scale /= 2;
+    EXPECT_LE(std::sqrt(73728.0 / (4.0 * 1200)) / half.scale, 1.0 / 256) << "rounding alone would allow half";
+    EXPECT_LT(dp::AccountedNoiseMultiplier(1.0, half, 73728), 1.0 - 1.0 / 256);
+  }
+  // Fewer bits than 32 where they suffice: 10 clients of `tiny`'s adapter.
+  dp::DistributedDpConfig dp;
+  dp.noise_multiplier = 0.5;
+  dp.min_clients = 7;
+  EXPECT_LT(ChooseRing(0, 1.0, 10, 73728, dp)->bits, 24);
+  // Explicit bits are kept, and a ring too small for the sum is an error.
+  EXPECT_EQ(ChooseRing(32, 1.0, 10, 73728, dp)->bits, 32);
+  EXPECT_FALSE(ChooseRing(8, 1.0, 1000, 73728, dp).ok());
+}
+
+TEST(RoundMachineTest, RingSizedPerRoundCommitsTheMeanWithinTheRoundingBound) {
+  const std::string dir = FreshDir("autoring");
+  auto store = StateStore::Open(dir);
+  RoundSettings settings;
+  settings.clients_per_round = 6;
+  settings.min_clients = 4;
+  settings.ring_bits = 0;
+  auto m = RoundMachine::Create(store->get(), Layout(), settings);
+  ASSERT_TRUE(m.ok()) << m.status();
+  Fleet fleet(6, 68, 1);
+  std::set<std::string> in;
+  auto summary = RunRound(**m, fleet, 1, {}, &in);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  ASSERT_EQ(summary->survivors, 6);
+  Eigen::VectorXf mean = Eigen::VectorXf::Zero(68);
+  for (const std::string& name : in) mean += Eigen::Map<const Eigen::VectorXf>(fleet.updates[name].data(), 68);
+  mean /= 6;
+  // Each client's rotated coordinates round by less than one step, so the
+  // mean's error is below sqrt(m) / scale in L2 (hard bound). Its expected
+  // square is at most m / (4 n scale^2) with n = 6 summands, 4/6 of what the
+  // rule allows for min_clients 4, so its norm stays within S / 256: a sum of
+  // m = 128 independent bounded terms does not reach 1.5x its mean. The
+  // round's own config names the ring it chose.
+  auto rounds = (*store)->Rounds();
+  ASSERT_TRUE(rounds.ok()) << rounds.status();
+  ASSERT_EQ(rounds->size(), 1u);
+  const nlohmann::json j = nlohmann::json::parse(rounds->front().config_json);
+  EXPECT_LT(j["ring_bits"].get<int>(), 32);
+  const double bound = std::sqrt(j["vector_length"].get<double>()) / j["scale"].get<double>();
+  const double error = ((*m)->global() - mean).norm();
+  EXPECT_LE(error, bound);
+  EXPECT_LE(error, settings.clip_norm / 256);
+  EXPECT_GT(mean.norm(), 10 * settings.clip_norm / 256);  // the bound is not vacuous
 }
 
 TEST(RoundMachineTest, DropoutsAreToleratedAndTooManyAbortCleanly) {
