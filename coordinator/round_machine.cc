@@ -62,7 +62,15 @@ absl::StatusOr<secagg::RingConfig> ChooseRing(uint32_t ring_bits, double clip_no
     const bool cheap_in_epsilon = dp::AccountedNoiseMultiplier(1.0, *ring, m) >= 1.0 - 1.0 / 256;
     if (precise && noise_resolved && cheap_in_epsilon) return ring;
   }
-  return FinestRing(32, clip_norm, n, dp);
+  // None did: the finest scale any width reaches, in the fewest bits that
+  // reach it (the noise cap, not the width, may be what limits the scale).
+  absl::StatusOr<secagg::RingConfig> widest = FinestRing(32, clip_norm, n, dp);
+  if (!widest.ok()) return widest.status();
+  for (int bits = 8; bits < 32; ++bits) {
+    absl::StatusOr<secagg::RingConfig> ring = FinestRing(bits, clip_norm, n, dp);
+    if (ring.ok() && ring->scale >= widest->scale) return ring;
+  }
+  return widest;
 }
 
 uint64_t RoundSeed(uint64_t seed, int64_t round) { return Fnv1a64(absl::StrCat(seed, "/round/", round)); }

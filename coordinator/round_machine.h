@@ -71,14 +71,17 @@ struct RoundSettings {
 //   noise, finer quantization buys nothing). InvalidArgument when even
 //   scale 1 can wrap.
 // - ring_bits 0: the finest ring of the fewest bits (from 8) that keeps the
-//   decoded mean's rounding error, at most sqrt(m / (4 min_clients)) / scale
-//   in L2 (stochastic rounding's variance is at most 1/4 a coordinate),
+//   decoded mean's RMS rounding error, at most sqrt(m / (4 min_clients)) /
+//   scale in L2 (stochastic rounding's variance is at most 1/4 a coordinate),
 //   within S / 256, whose rounding costs at most 1/256 of the noise
 //   multiplier in the ledger (dp::AccountedNoiseMultiplier), and which, with
 //   noise, gives each client at least 4 ring steps of it: with fewer than
 //   about 2, the discrete Gaussian's own privacy loss (tau d / 2 in Kairouz
 //   et al.'s bound) is no longer negligible, and the accountant counts the
-//   continuous Gaussian's. 32 bits when none does.
+//   continuous Gaussian's. When none below 32 does, the fewest bits whose
+//   finest ring reaches the 32-bit ring's scale (the noise cap may limit the
+//   scale before the width does); the 1/256 and 4-step conditions may then
+//   fail, and the ledger still charges what the ring costs.
 absl::StatusOr<secagg::RingConfig> ChooseRing(uint32_t ring_bits, double clip_norm, int64_t n, size_t m,
                                               const dp::DistributedDpConfig& dp);
 

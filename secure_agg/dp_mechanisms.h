@@ -76,9 +76,10 @@ absl::Status ValidateRingForNoise(const secagg::RingConfig& ring, const Distribu
 // 2 |x_i| + 1, so by Hoeffding one rounding exceeds the bound with
 // probability below beta: re-rounding is rare and its bias negligible. The
 // excess over S scale is about m / (8 S scale) + t steps, where plain
-// rounding's is sqrt(m): for `tiny` (m = 73,728) in a 32-bit ring, 1e-5 of
-// S scale instead of 1e-3; in a 16-bit ring of 10 clients, 0.3-1.1% instead
-// of 12-21%.
+// rounding's is sqrt(m): for `tiny` (m = 73,728) in a 32-bit ring at z = 1,
+// 8e-6 to 1.6e-5 of S scale instead of 1e-3 (more at larger z, whose noise
+// cap lowers the scale); in a 16-bit ring of 10 clients, 0.3-1.1% instead of
+// 12-21%.
 double RoundedNormBound(const secagg::RingConfig& ring, size_t m);
 
 // Encodes `values` into `ring` (EncodeToRing, rounding keys drawn from

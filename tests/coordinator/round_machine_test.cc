@@ -165,6 +165,21 @@ TEST(RoundMachineTest, RingSizedPerRoundUsesTheFewestBitsThatKeepTheRoundingBoun
     EXPECT_LE(std::sqrt(73728.0 / (4.0 * 1200)) / half.scale, 1.0 / 256) << "rounding alone would allow half";
     EXPECT_LT(dp::AccountedNoiseMultiplier(1.0, half, 73728), 1.0 - 1.0 / 256);
   }
+  {
+    // 2^22 values from 7 of 10 clients at z = 3: the noise cap (1e5 steps per
+    // client) stops the scale before any width meets the rounding condition,
+    // so the fallback is the fewest bits that reach the 32-bit ring's scale.
+    dp::DistributedDpConfig capped;
+    capped.noise_multiplier = 3;
+    capped.min_clients = 7;
+    absl::StatusOr<secagg::RingConfig> ring = ChooseRing(0, 1.0, 10, size_t{1} << 22, capped);
+    absl::StatusOr<secagg::RingConfig> widest = ChooseRing(32, 1.0, 10, size_t{1} << 22, capped);
+    ASSERT_TRUE(ring.ok() && widest.ok());
+    EXPECT_LT(ring->bits, 32);
+    EXPECT_EQ(ring->scale, widest->scale);
+    absl::StatusOr<secagg::RingConfig> fewer = ChooseRing(ring->bits - 1, 1.0, 10, size_t{1} << 22, capped);
+    EXPECT_TRUE(!fewer.ok() || fewer->scale < widest->scale);
+  }
   // Fewer bits than 32 where they suffice: 10 clients of `tiny`'s adapter.
   dp::DistributedDpConfig dp;
   dp.noise_multiplier = 0.5;
