@@ -24,7 +24,9 @@ absl::StatusOr<PrivacyLedger> PrivacyLedger::Create(double delta, double epsilon
 }
 
 absl::StatusOr<std::vector<double>> PrivacyLedger::RoundRdp(double q, double z) const {
-  return dp::ComputeRdp(q, z, 1, orders_);
+  // Replacing one user's clipped update by another's moves the sum by up to
+  // 2 S, so the noise is z / 2 replace-one sensitivities.
+  return dp::ComputeRdpSampledWithoutReplacement(q, z / 2, 1, orders_);
 }
 
 double PrivacyLedger::EpsilonOf(const std::vector<double>& rdp) const {

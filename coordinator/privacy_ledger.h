@@ -2,7 +2,12 @@
 // user, against an operator-set budget.
 //
 // Each round records its sampling rate q, noise multiplier z, participants,
-// and the users who could have been sampled ("eligible"). A user's RDP grows
+// and the users who could have been sampled ("eligible"). The coordinator
+// samples a fixed number of the eligible users without replacement, so a
+// round is accounted as dp::SampledWithoutReplacementGaussianRdp under
+// replace-one neighbours (one user's data replaced by another's; the number
+// of users is public): the sensitivity of a sum of updates clipped to S is
+// 2 S, and the round's RDP is that of multiplier z / 2. A user's RDP grows
 // only in rounds where they were eligible; their epsilon at delta follows
 // from their own RDP sum. The ledger's epsilon is the largest user epsilon.
 // The coordinator asks CheckCanOpen before opening a round and refuses it

@@ -67,6 +67,48 @@ double LogAFrac(double q, double sigma, double alpha) {
   return LogAdd(log_a0, log_a1);
 }
 
+double LogBinomial(int n, int k) {
+  return std::lgamma(n + 1.0) - std::lgamma(k + 1.0) - std::lgamma(n - k + 1.0);
+}
+
+// ln of an upper bound on the k-th forward difference at 0 of
+// g(l) = exp(c l (l - 1)), c = 1 / (2 z^2), free of the cancellation that
+// summing the alternating differences would suffer. The difference is g's
+// k-th derivative averaged over [0, k] (a B-spline density), and
+//   g^(k)(t) = g(t) sum_{m <= k/2} k! / (m! (k - 2m)!) c^m (c (2t - 1))^(k - 2m),
+// whose absolute value on [0, k] is at most the same sum with |2t - 1| and
+// g(t) at their largest, 2k - 1 and g(k).
+double LogForwardDifferenceBound(double c, int k) {
+  double log_sum = -kInf;
+  for (int m = 0; 2 * m <= k; ++m) {
+    const double log_term = std::lgamma(k + 1.0) - std::lgamma(m + 1.0) - std::lgamma(k - 2 * m + 1.0) +
+                            m * std::log(c) + (k - 2 * m) * std::log(c * (2 * k - 1));
+    log_sum = LogAdd(log_sum, log_term);
+  }
+  return c * k * (k - 1) + log_sum;
+}
+
+// ln A of Wang, Balle and Kasiviswanathan's bound for the subsampled
+// Gaussian at integer alpha >= 1 (ln A = 0 at alpha = 1): Theorem 9's
+// terms, each j >= 3 term the smaller of Theorem 9's 2 e^((j-1) eps(j)) and
+// Theorem 27's 4 sqrt(D_(2 floor(j/2)) D_(2 ceil(j/2))), where D_k is the
+// k-th forward difference at 0 of e^((l-1) eps(l)), here bounded above by
+// LogForwardDifferenceBound.
+double LogAWithoutReplacement(double q, double z, int alpha) {
+  if (alpha <= 1) return 0;
+  const double c = 1 / (2 * z * z);  // eps(l) = c l
+  // ln min(4 (e^eps(2) - 1), 2 e^eps(2)).
+  const double second = std::min(std::log(4.0) + std::log(std::expm1(2 * c)), std::log(2.0) + 2 * c);
+  double log_a = LogAdd(0, 2 * std::log(q) + LogBinomial(alpha, 2) + second);
+  for (int j = 3; j <= alpha; ++j) {
+    const double theorem9 = std::log(2.0) + c * j * (j - 1);
+    const double theorem27 = std::log(4.0) + 0.5 * (LogForwardDifferenceBound(c, 2 * (j / 2)) +
+                                                    LogForwardDifferenceBound(c, 2 * ((j + 1) / 2)));
+    log_a = LogAdd(log_a, std::min(theorem9, theorem27) + j * std::log(q) + LogBinomial(alpha, j));
+  }
+  return log_a;
+}
+
 }  // namespace
 
 std::vector<double> DefaultOrders() {
@@ -97,6 +139,30 @@ absl::StatusOr<std::vector<double>> ComputeRdp(double q, double z, int64_t steps
   std::vector<double> rdp;
   for (double a : orders) {
     absl::StatusOr<double> r = SubsampledGaussianRdp(q, z, a);
+    if (!r.ok()) return r.status();
+    rdp.push_back(*r * static_cast<double>(steps));
+  }
+  return rdp;
+}
+
+absl::StatusOr<double> SampledWithoutReplacementGaussianRdp(double q, double z, double order) {
+  if (absl::Status s = CheckQZ(q, z); !s.ok()) return s;
+  if (!(order > 1)) return absl::InvalidArgumentError(absl::StrCat("RDP order ", order, " must exceed 1"));
+  if (std::isinf(order) || order > 1e6) return kInf;
+  if (q == 1.0) return order / (2 * z * z);
+  const double lo = std::floor(order), hi = std::ceil(order);
+  const double t = order - lo;
+  const double log_a = (1 - t) * LogAWithoutReplacement(q, z, static_cast<int>(lo)) +
+                       (t > 0 ? t * LogAWithoutReplacement(q, z, static_cast<int>(hi)) : 0);
+  return log_a / (order - 1);
+}
+
+absl::StatusOr<std::vector<double>> ComputeRdpSampledWithoutReplacement(double q, double z, int64_t steps,
+                                                                        std::span<const double> orders) {
+  if (steps < 0) return absl::InvalidArgumentError("the number of rounds must be >= 0");
+  std::vector<double> rdp;
+  for (double a : orders) {
+    absl::StatusOr<double> r = SampledWithoutReplacementGaussianRdp(q, z, a);
     if (!r.ok()) return r.status();
     rdp.push_back(*r * static_cast<double>(steps));
   }

@@ -282,7 +282,7 @@ TEST(RoundMachineTest, PrivacyBudgetStopsRounds) {
   RoundSettings settings;
   settings.clients_per_round = 5;
   settings.min_clients = 3;
-  settings.noise_multiplier = 2.0;
+  settings.noise_multiplier = 5.0;
   settings.epsilon_budget = 3.0;
   auto m = RoundMachine::Create(store->get(), Layout(), settings);
   ASSERT_TRUE(m.ok()) << m.status();
