@@ -23,6 +23,12 @@ absl::StatusOr<PrivacyLedger> PrivacyLedger::Create(double delta, double epsilon
   return l;
 }
 
+namespace {
+// Names the accounting in snapshots, so that a ledger written under another
+// one is not silently continued.
+constexpr char kAccounting[] = "fixed-size sampling without replacement, replace-one neighbours";
+}  // namespace
+
 absl::StatusOr<std::vector<double>> PrivacyLedger::RoundRdp(double q, double z) const {
   // Replacing one user's clipped update by another's moves the sum by up to
   // 2 S, so the noise is z / 2 replace-one sensitivities.
@@ -89,6 +95,7 @@ std::string PrivacyLedger::ToJson() const {
   nlohmann::json j;
   j["delta"] = delta_;
   j["budget"] = std::isinf(budget_) ? nlohmann::json("inf") : nlohmann::json(budget_);
+  j["accounting"] = kAccounting;
   j["orders"] = orders_;
   j["users"] = user_rdp_;
   j["rounds"] = nlohmann::json::array();
@@ -110,13 +117,30 @@ absl::StatusOr<PrivacyLedger> PrivacyLedger::FromJson(const std::string& text) {
     l->user_rdp_ = j.at("users").get<std::map<std::string, std::vector<double>>>();
     for (auto& [user, rdp] : l->user_rdp_) {
       if (rdp.size() != l->orders_.size()) return absl::DataLossError(absl::StrCat("ledger entry of user '", user, "' has the wrong length"));
-      l->epsilon_ = std::max(l->epsilon_, l->EpsilonOf(rdp));
     }
     for (const auto& r : j.at("rounds")) {
       l->rounds_.push_back({r.at("round").get<int64_t>(), r.at("q").get<double>(), r.at("z").get<double>(),
                             r.at("participants").get<int64_t>(), r.at("eligible").get<int64_t>(),
                             r.at("epsilon_after").get<double>()});
     }
+    const std::string accounting = j.value("accounting", std::string());
+    if (accounting.empty()) {
+      // Written when the ledger accounted Poisson sampling: its per-user sums
+      // undercount. Without the per-round eligibility, charge every stored
+      // user every stored round under the current accounting, an upper bound
+      // on what their eligible rounds cost.
+      std::vector<double> all(l->orders_.size(), 0.0);
+      for (const LedgerRound& r : l->rounds_) {
+        absl::StatusOr<std::vector<double>> rdp = l->RoundRdp(r.sampling_rate, r.noise_multiplier);
+        if (!rdp.ok()) return absl::DataLossError(absl::StrCat("ledger round ", r.round, ": ", rdp.status().message()));
+        for (size_t i = 0; i < all.size(); ++i) all[i] += (*rdp)[i];
+      }
+      for (auto& [user, rdp] : l->user_rdp_) rdp = all;
+    } else if (accounting != kAccounting) {
+      return absl::DataLossError(absl::StrCat("privacy ledger snapshot uses accounting '", accounting,
+                                              "', this build knows '", kAccounting, "'"));
+    }
+    for (const auto& [user, rdp] : l->user_rdp_) l->epsilon_ = std::max(l->epsilon_, l->EpsilonOf(rdp));
     return l;
   } catch (const nlohmann::json::exception& e) {
     return absl::DataLossError(absl::StrCat("privacy ledger snapshot is malformed: ", e.what()));

@@ -59,7 +59,11 @@ class PrivacyLedger {
   const std::vector<LedgerRound>& rounds() const { return rounds_; }
   size_t num_users() const { return user_rdp_.size(); }
 
-  // JSON snapshot, and restore from it (validated).
+  // JSON snapshot, and restore from it (validated). The snapshot names its
+  // accounting; one written before it did (Poisson sampling, which
+  // undercounts fixed-size sampling) is restored with every stored user
+  // charged every stored round under the current accounting, an upper
+  // bound; one naming another accounting is DataLoss.
   std::string ToJson() const;
   static absl::StatusOr<PrivacyLedger> FromJson(const std::string& json);
 

@@ -393,8 +393,11 @@ absl::StatusOr<RoundSummary> RoundMachine::Commit(std::vector<uint32_t> ring_sum
   if (!sum.ok()) return sum.status();
   const std::vector<uint32_t> contributor_ids = ContributorIds();
   const int64_t survivors = static_cast<int64_t>(contributor_ids.size());
-  if (survivors < settings_.min_clients) {
-    return absl::FailedPreconditionError(absl::StrCat(survivors, " survivors, fewer than min_clients ", settings_.min_clients));
+  if (survivors < min_survivors_) {
+    // The noise shares were split for min_survivors_ (max of min_clients and
+    // the SecAgg threshold): fewer would carry less noise than accounted.
+    return absl::FailedPreconditionError(
+        absl::StrCat(survivors, " survivors, fewer than the ", min_survivors_, " the noise was split for"));
   }
   if (settings_.central_noise && settings_.noise_multiplier > 0) {
     absl::StatusOr<dp::RandomSource> rng = dp::RandomSource::FromCsprng();

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -100,11 +101,22 @@ double LogAWithoutReplacement(double q, double z, int alpha) {
   // ln min(4 (e^eps(2) - 1), 2 e^eps(2)).
   const double second = std::min(std::log(4.0) + std::log(std::expm1(2 * c)), std::log(2.0) + 2 * c);
   double log_a = LogAdd(0, 2 * std::log(q) + LogBinomial(alpha, 2) + second);
+  // Above order 256 Theorem 9 alone, as dp_accounting: the differences would
+  // cost O(alpha^2) and matter little there.
+  constexpr int kMaxDifferenceOrder = 256;
+  std::vector<double> log_differences;  // [k] for even k
+  if (alpha <= kMaxDifferenceOrder) {
+    log_differences.assign(static_cast<size_t>(alpha) + 2, 0.0);
+    for (int k = 2; k <= alpha + 1; k += 2) log_differences[static_cast<size_t>(k)] = LogForwardDifferenceBound(c, k);
+  }
   for (int j = 3; j <= alpha; ++j) {
-    const double theorem9 = std::log(2.0) + c * j * (j - 1);
-    const double theorem27 = std::log(4.0) + 0.5 * (LogForwardDifferenceBound(c, 2 * (j / 2)) +
-                                                    LogForwardDifferenceBound(c, 2 * ((j + 1) / 2)));
-    log_a = LogAdd(log_a, std::min(theorem9, theorem27) + j * std::log(q) + LogBinomial(alpha, j));
+    double term = std::log(2.0) + c * j * (j - 1);  // Theorem 9
+    if (!log_differences.empty()) {
+      const double theorem27 = std::log(4.0) + 0.5 * (log_differences[static_cast<size_t>(2 * (j / 2))] +
+                                                      log_differences[static_cast<size_t>(2 * ((j + 1) / 2))]);
+      term = std::min(term, theorem27);
+    }
+    log_a = LogAdd(log_a, term + j * std::log(q) + LogBinomial(alpha, j));
   }
   return log_a;
 }

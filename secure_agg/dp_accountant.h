@@ -49,8 +49,9 @@ absl::StatusOr<std::vector<double>> ComputeRdp(double q, double z, int64_t steps
 // upper bound that needs no cancelling sums (dp_accountant.cc), so this errs
 // on the safe side: 0-28% above the exact-D value in RDP in the tested cases
 // (q 0.01-0.5, z 0.5-5, orders up to 63), equal to it where the 2 e^(...)
-// term is the smaller. Fractional orders interpolate ln A linearly between
-// the neighbouring integers (their Corollary 10).
+// term is the smaller; above order 256 the 2 e^(...) term alone, as in
+// dp_accounting. Fractional orders interpolate ln A linearly between the
+// neighbouring integers (their Corollary 10).
 // q = 1 gives the Gaussian's a / (2 z^2). InvalidArgument on bad parameters.
 absl::StatusOr<double> SampledWithoutReplacementGaussianRdp(double q, double z, double order);
 // RDP of `steps` such rounds at each order.
@@ -65,6 +66,12 @@ struct EpsilonAt {
 // eps = min over orders of RDP(a) + ln((a - 1) / a) - (ln delta + ln a) / (a - 1).
 absl::StatusOr<EpsilonAt> EpsilonFromRdp(std::span<const double> orders, std::span<const double> rdp, double delta);
 
+// ComputeEpsilon and CalibrateNoiseMultiplier are for the Poisson mechanism
+// (the reference test vectors). The coordinator's ledger accounts its
+// fixed-size samples with ComputeRdpSampledWithoutReplacement at z / 2
+// (coordinator/privacy_ledger.h): choosing z for a deployment from these two
+// would give about half the noise its ledger needs for the same epsilon.
+//
 // Epsilon after `steps` rounds through RDP (also for q = 1, where an exact
 // Gaussian analysis would be tighter, to stay comparable with TF-Privacy and
 // Opacus).

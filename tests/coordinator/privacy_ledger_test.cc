@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include "nlohmann/json.hpp"
 #include "secure_agg/dp_accountant.h"
 
 namespace fedpers {
@@ -82,6 +83,35 @@ TEST(PrivacyLedgerTest, BadParametersAndSnapshots) {
   EXPECT_EQ(*back->UserEpsilon("user1"), *ledger->UserEpsilon("user1"));
   EXPECT_FALSE(PrivacyLedger::FromJson("{").ok());
   EXPECT_FALSE(PrivacyLedger::FromJson(R"({"delta": 1e-5})").ok());
+}
+
+// A snapshot without an accounting name was written when the ledger
+// accounted Poisson sampling: restoring it charges every stored user every
+// stored round under the current accounting. One naming another accounting
+// is refused.
+TEST(PrivacyLedgerTest, LegacySnapshotsAreRechargedAndForeignOnesRefused) {
+  auto ledger = PrivacyLedger::Create(1e-5, 1000.0);
+  const auto users = Users(0, 4);
+  ASSERT_TRUE(ledger->RecordRound(1, 0.5, 4.0, 2, users).ok());
+  ASSERT_TRUE(ledger->RecordRound(2, 0.5, 4.0, 2, users).ok());
+  nlohmann::json legacy = nlohmann::json::parse(ledger->ToJson());
+  ASSERT_TRUE(legacy.contains("accounting"));
+  legacy.erase("accounting");
+  for (auto& [user, rdp] : legacy["users"].items()) {
+    for (auto& v : rdp) v = v.get<double>() / 10;  // what an undercounting accountant stored
+  }
+  auto restored = PrivacyLedger::FromJson(legacy.dump());
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_NEAR(restored->epsilon(), ReplaceOneEpsilon(0.5, 4.0, 2), 1e-12);
+  EXPECT_NEAR(*restored->UserEpsilon("user2"), ReplaceOneEpsilon(0.5, 4.0, 2), 1e-12);
+  // Written back, it names the accounting and round-trips unchanged.
+  auto again = PrivacyLedger::FromJson(restored->ToJson());
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->epsilon(), restored->epsilon());
+  legacy["accounting"] = "something else";
+  auto foreign = PrivacyLedger::FromJson(legacy.dump());
+  EXPECT_EQ(foreign.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(foreign.status().message().find("something else"), absl::string_view::npos) << foreign.status();
 }
 
 }  // namespace
