@@ -121,6 +121,19 @@ double LogAWithoutReplacement(double q, double z, int alpha) {
   return log_a;
 }
 
+// `steps` rounds of one mechanism at each order: RDP composes additively.
+absl::StatusOr<std::vector<double>> ComposedRdp(absl::StatusOr<double> (*round_rdp)(double, double, double), double q,
+                                                double z, int64_t steps, std::span<const double> orders) {
+  if (steps < 0) return absl::InvalidArgumentError("the number of rounds must be >= 0");
+  std::vector<double> rdp;
+  for (double a : orders) {
+    absl::StatusOr<double> r = round_rdp(q, z, a);
+    if (!r.ok()) return r.status();
+    rdp.push_back(*r * static_cast<double>(steps));
+  }
+  return rdp;
+}
+
 }  // namespace
 
 std::vector<double> DefaultOrders() {
@@ -147,14 +160,7 @@ absl::StatusOr<double> SubsampledGaussianRdp(double q, double z, double order) {
 }
 
 absl::StatusOr<std::vector<double>> ComputeRdp(double q, double z, int64_t steps, std::span<const double> orders) {
-  if (steps < 0) return absl::InvalidArgumentError("the number of rounds must be >= 0");
-  std::vector<double> rdp;
-  for (double a : orders) {
-    absl::StatusOr<double> r = SubsampledGaussianRdp(q, z, a);
-    if (!r.ok()) return r.status();
-    rdp.push_back(*r * static_cast<double>(steps));
-  }
-  return rdp;
+  return ComposedRdp(SubsampledGaussianRdp, q, z, steps, orders);
 }
 
 absl::StatusOr<double> SampledWithoutReplacementGaussianRdp(double q, double z, double order) {
@@ -171,14 +177,7 @@ absl::StatusOr<double> SampledWithoutReplacementGaussianRdp(double q, double z, 
 
 absl::StatusOr<std::vector<double>> ComputeRdpSampledWithoutReplacement(double q, double z, int64_t steps,
                                                                         std::span<const double> orders) {
-  if (steps < 0) return absl::InvalidArgumentError("the number of rounds must be >= 0");
-  std::vector<double> rdp;
-  for (double a : orders) {
-    absl::StatusOr<double> r = SampledWithoutReplacementGaussianRdp(q, z, a);
-    if (!r.ok()) return r.status();
-    rdp.push_back(*r * static_cast<double>(steps));
-  }
-  return rdp;
+  return ComposedRdp(SampledWithoutReplacementGaussianRdp, q, z, steps, orders);
 }
 
 absl::StatusOr<EpsilonAt> EpsilonFromRdp(std::span<const double> orders, std::span<const double> rdp, double delta) {
