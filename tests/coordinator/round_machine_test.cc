@@ -81,13 +81,20 @@ absl::StatusOr<RoundSummary> RunRound(RoundMachine& m, Fleet& fleet, uint64_t se
   return absl::InternalError("round did not finish");
 }
 
-TEST(RoundMachineTest, FedAvgRoundsCommitTheMeanOfClippedUpdates) {
-  const std::string dir = FreshDir("fedavg");
-  auto store = StateStore::Open(dir);
+// Six clients per round, four needed to commit, in a ring of `ring_bits`.
+RoundSettings SixClients(uint32_t ring_bits) {
   RoundSettings settings;
   settings.clients_per_round = 6;
   settings.min_clients = 4;
-  settings.ring_bits = 32;  // the finest ring: the check below allows 1e-5 per coordinate
+  settings.ring_bits = ring_bits;
+  return settings;
+}
+
+TEST(RoundMachineTest, FedAvgRoundsCommitTheMeanOfClippedUpdates) {
+  const std::string dir = FreshDir("fedavg");
+  auto store = StateStore::Open(dir);
+  // The finest ring: the check below allows 1e-5 per coordinate.
+  const RoundSettings settings = SixClients(32);
   auto m = RoundMachine::Create(store->get(), Layout(), settings);
   ASSERT_TRUE(m.ok()) << m.status();
   Fleet fleet(6, 68, 1);
@@ -193,10 +200,7 @@ TEST(RoundMachineTest, RingSizedPerRoundUsesTheFewestBitsThatKeepTheRoundingBoun
 TEST(RoundMachineTest, RingSizedPerRoundCommitsTheMeanWithinTheRoundingBound) {
   const std::string dir = FreshDir("autoring");
   auto store = StateStore::Open(dir);
-  RoundSettings settings;
-  settings.clients_per_round = 6;
-  settings.min_clients = 4;
-  settings.ring_bits = 0;
+  const RoundSettings settings = SixClients(0);
   auto m = RoundMachine::Create(store->get(), Layout(), settings);
   ASSERT_TRUE(m.ok()) << m.status();
   Fleet fleet(6, 68, 1);
