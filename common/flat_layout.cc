@@ -141,6 +141,7 @@ absl::StatusOr<FlatLayout> BranchLayout(const ModelConfig& model, const LoraConf
                                         absl::string_view branch, SpecsFor specs_for) {
   FEDPERS_RETURN_IF_ERROR(model.Validate());
   FEDPERS_RETURN_IF_ERROR(lora.Validate());
+  FEDPERS_RETURN_IF_ERROR(ValidateLoraForModel(model, lora));
   if (!enabled) {
     return absl::FailedPreconditionError(absl::StrCat("the ", branch, " LoRA branch is off: no ", branch, " adapter"));
   }

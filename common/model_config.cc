@@ -1,10 +1,14 @@
 #include "common/model_config.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <set>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/atomic_file.h"
 #include "nlohmann/json.hpp"
 
 namespace fedpers {
@@ -252,6 +256,69 @@ std::pair<int64_t, int64_t> TargetDims(const ModelConfig& c, const std::string& 
   if (target == "mlp.c_fc") return {c.n_embd, c.inner_dim()};
   if (target == "mlp.c_proj") return {c.inner_dim(), c.n_embd};
   return {0, 0};
+}
+
+int64_t ActivationBytesLowerBound(const ModelConfig& c, int64_t windows, int64_t seq_len, bool recompute) {
+  const double block = 8.0 * c.n_embd + 2.0 * c.inner_dim() + static_cast<double>(c.n_head) * seq_len;
+  const double kept = recompute ? static_cast<double>(c.n_layer - 1) * c.n_embd + block : c.n_layer * block;
+  const double bytes = 4.0 * static_cast<double>(windows) * seq_len * (kept + 2.0 * c.vocab_size);
+  return bytes >= 0x1p62 ? int64_t{1} << 62 : static_cast<int64_t>(bytes);
+}
+
+absl::Status CheckTrainingFitsInMemory(const ModelConfig& config, int64_t batch_size, int64_t micro_batch_size,
+                                       int64_t seq_len, bool recompute, int64_t available) {
+  if (available <= 0) return absl::OkStatus();
+  if (seq_len == 0) seq_len = config.n_positions;
+  const int64_t windows = micro_batch_size > 0 ? std::min(micro_batch_size, batch_size) : batch_size;
+  const int64_t need = ActivationBytesLowerBound(config, windows, seq_len, recompute);
+  if (need > available) {
+    const int64_t per_window = ActivationBytesLowerBound(config, 1, seq_len, recompute);
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "a pass over %d windows of %d tokens keeps at least %.1f GiB of activations, more than the %.1f GiB of "
+        "memory available; set micro_batch_size below %d, the most that could fit%s",
+        windows, seq_len, static_cast<double>(need) / (1 << 30), static_cast<double>(available) / (1 << 30),
+        std::max<int64_t>(1, available / per_window),
+        recompute ? "" : ", or recompute activations"));
+  }
+  // The step's token ids (inputs and targets, int64) are held whole.
+  const double ids = 16.0 * static_cast<double>(batch_size) * static_cast<double>(seq_len + 1);
+  if (ids > static_cast<double>(available)) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "a batch of %d windows of %d tokens needs %.1f GiB for its token ids alone, more than the %.1f GiB of "
+        "memory available; lower batch_size",
+        batch_size, seq_len, ids / (1 << 30), static_cast<double>(available) / (1 << 30)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateLoraForModel(const ModelConfig& model, const LoraConfig& lora) {
+  for (const std::string& target : lora.targets) {
+    const auto [in, out] = TargetDims(model, target);
+    const int64_t limit = std::min(in, out);
+    for (auto [enabled, rank, branch] : {std::tuple{lora.global_enabled, lora.global_rank, "global_rank"},
+                                         std::tuple{lora.residual_enabled, lora.residual_rank, "residual_rank"}}) {
+      if (enabled && rank > limit) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "LoRA: ", branch, " ", rank, " exceeds ", limit, ", the smaller dimension of ", target, " (", in, " x ", out,
+            "): B A cannot have a higher rank, so the extra rows would only cost memory"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ModelConfig> ResolveModelConfig(const std::string& name_or_path) {
+  std::error_code ec;
+  if (std::filesystem::is_regular_file(name_or_path, ec)) {
+    absl::StatusOr<std::string> text = ReadFileToString(name_or_path);
+    if (!text.ok()) return text.status();
+    absl::StatusOr<ModelConfig> config = ParseModelConfigJson(*text);
+    if (!config.ok()) {
+      return absl::Status(config.status().code(), absl::StrCat("'", name_or_path, "': ", config.status().message()));
+    }
+    return config;
+  }
+  return NamedModelConfig(name_or_path);
 }
 
 }  // namespace fedpers

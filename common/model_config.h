@@ -37,6 +37,9 @@ struct ModelConfig {
 // The built-in named configurations: "tiny" (4 x 256, 4 heads, 128 positions,
 // byte vocabulary), "small" (6 x 384), "gpt2" (HF gpt2 124M shape).
 absl::StatusOr<ModelConfig> NamedModelConfig(const std::string& name);
+// `name_or_path`: an HF config.json file when one exists at that path, else a
+// named configuration. Errors name the file or the unknown name.
+absl::StatusOr<ModelConfig> ResolveModelConfig(const std::string& name_or_path);
 
 // Parses an HF GPT-2 config.json. Keys that do not change the forward pass
 // (dropouts, ids, bookkeeping) are accepted and ignored; keys that would
@@ -77,8 +80,32 @@ struct LoraConfig {
 absl::StatusOr<LoraConfig> ParseLoraConfigJson(const std::string& json_text);
 std::string LoraConfigToJson(const LoraConfig& config);
 
+// A lower bound on the bytes of activations one forward/backward pass over
+// `windows` windows of `seq_len` tokens keeps (float32): per token and block
+// at least the layer norms' outputs, qkv, the attention output, the MLP's two
+// inner-wide values and the residual stream (8 n_embd + 2 inner), plus the
+// attention probabilities (n_head x seq_len), and the logits with their
+// softmax. With `recompute`, every block but one keeps only its input. The
+// trainer refuses a pass that cannot fit; being a lower bound, the check
+// never refuses one that could.
+int64_t ActivationBytesLowerBound(const ModelConfig& config, int64_t windows, int64_t seq_len, bool recompute);
+
+// ResourceExhausted, naming the figure and the setting to change, when a
+// training step of `batch_size` windows (passes of `micro_batch_size`, 0:
+// the whole batch) cannot fit in `available` bytes by the lower bound above
+// or by its token ids; OK when `available` <= 0 (unknown). A seq_len of 0
+// means n_positions.
+absl::Status CheckTrainingFitsInMemory(const ModelConfig& config, int64_t batch_size, int64_t micro_batch_size,
+                                       int64_t seq_len, bool recompute, int64_t available);
+
 // (in_features, out_features) of a target projection of `config`.
 std::pair<int64_t, int64_t> TargetDims(const ModelConfig& config, const std::string& target);
+
+// InvalidArgument when an enabled branch's rank exceeds min(in_features,
+// out_features) of a projection it targets: B A has rank at most that, so a
+// larger rank adds parameters (and memory per user) but nothing the adapter
+// can express. Assumes both configs passed their own Validate.
+absl::Status ValidateLoraForModel(const ModelConfig& model, const LoraConfig& lora);
 
 }  // namespace fedpers
 

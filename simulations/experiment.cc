@@ -16,6 +16,7 @@
 #include "client/client_session.h"
 #include "common/corpus.h"
 #include "common/flat_layout.h"
+#include "common/host_memory.h"
 #include "common/model/checkpoint.h"
 #include "common/model/jobs.h"
 #include "common/model/runtime.h"
@@ -451,15 +452,29 @@ std::optional<double> ShareImproved(const MethodResult& m, const std::vector<Met
   return std::nullopt;
 }
 
+// The simulation holds every user's residual at once; refusing a run that
+// cannot hold them beats the kernel's OOM killer hours in.
+absl::Status CheckResidualMemory(int64_t users, int64_t residual_values, const LoraConfig& lora) {
+  const double need = static_cast<double>(users) * static_cast<double>(residual_values) * sizeof(float);
+  const int64_t available = AvailableMemoryBytes();
+  if (available <= 0 || need <= static_cast<double>(available)) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "%d users' residuals (rank %d, %.1f MiB each) need %.1f GiB, more than the %.1f GiB of memory available; "
+      "lower \"users\" or \"lora\".residual_rank",
+      users, lora.residual_rank, static_cast<double>(residual_values) * sizeof(float) / (1 << 20), need / (1 << 30),
+      static_cast<double>(available) / (1 << 30)));
+}
+
 }  // namespace
 
 absl::StatusOr<ExperimentResult> RunExperiment(const ExperimentConfig& config, const ExperimentHooks& hooks) {
   if (absl::Status s = config.Validate(); !s.ok()) return s;
+  if (absl::Status s = config.ValidateForModel(); !s.ok()) return s;
   const Clock::time_point start = Clock::now();
   ExperimentResult result;
   result.config = config;
   ExperimentConfig& c = result.config;
-  if (c.base.empty()) c.base = (std::filesystem::path(c.out) / "base").string();
+  c.base = c.EffectiveBase();
   c.min_clients = c.EffectiveMinClients();
   c.eval_every = c.EffectiveEvalEvery();
   CorpusOptions corpus_options;
@@ -495,6 +510,10 @@ absl::StatusOr<ExperimentResult> RunExperiment(const ExperimentConfig& config, c
   if (!base.ok()) return base.status();
   result.global_values = (*base)->BranchLayout(LoraBranch::kGlobal).total_size();
   result.residual_values = (*base)->BranchLayout(LoraBranch::kResidual).total_size();
+  if (absl::Status s = CheckResidualMemory(static_cast<int64_t>(users->size()), result.residual_values, c.lora);
+      !s.ok()) {
+    return s;
+  }
   Runner runner(c, hooks, *base, std::move(*users), result);
   for (Method m : c.methods) {
     absl::StatusOr<MethodResult> r = runner.Run(m);

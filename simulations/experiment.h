@@ -90,8 +90,15 @@ struct ExperimentConfig {
 
   // InvalidArgument naming the first bad field.
   absl::Status Validate() const;
+  // Checks what only the model can tell (LoRA ranks against the projections,
+  // seq_len against n_positions, a local training step against the memory
+  // available) before anything long runs: the model is the
+  // base's config.json when EffectiveBase() holds a model, else the one
+  // pretraining would build. Reads that file, nothing else.
+  absl::Status ValidateForModel() const;
   int64_t EffectiveMinClients() const;
   int64_t EffectiveEvalEvery() const;
+  std::string EffectiveBase() const;  // `base`, or <out>/base
 };
 
 // Parses a JSON experiment config over the defaults; unknown keys and wrong

@@ -1,8 +1,10 @@
 // Experiment config: names, validation and JSON (no libtorch).
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "common/host_memory.h"
 #include "nlohmann/json.hpp"
 #include "simulations/experiment.h"
 
@@ -73,6 +75,35 @@ int64_t ExperimentConfig::EffectiveMinClients() const {
 int64_t ExperimentConfig::EffectiveEvalEvery() const {
   if (eval_every > 0) return eval_every;
   return std::max<int64_t>(1, (rounds + 4) / 5);
+}
+
+std::string ExperimentConfig::EffectiveBase() const {
+  return base.empty() ? (std::filesystem::path(out) / "base").string() : base;
+}
+
+absl::Status ExperimentConfig::ValidateForModel() const {
+  const std::filesystem::path dir = EffectiveBase();
+  std::error_code ec;
+  const bool have_base = std::filesystem::exists(dir / "model.safetensors", ec);
+  absl::StatusOr<ModelConfig> model =
+      ResolveModelConfig(have_base ? (dir / "config.json").string() : pretrain.config);
+  if (!model.ok()) {
+    return absl::Status(model.status().code(), absl::StrCat(have_base ? "base model: " : "\"pretrain\" config: ",
+                                                            model.status().message()));
+  }
+  if (absl::Status s = ValidateLoraForModel(*model, lora); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("experiment config: ", s.message()));
+  }
+  if (local.seq_len > model->n_positions) {
+    return absl::InvalidArgumentError(absl::StrCat("experiment config: \"local\" seq_len ", local.seq_len,
+                                                   " exceeds the model's n_positions (", model->n_positions, ")"));
+  }
+  if (absl::Status s = CheckTrainingFitsInMemory(*model, local.batch_size, local.micro_batch_size, local.seq_len,
+                                                 local.recompute_activations, AvailableMemoryBytes());
+      !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("experiment config: \"local\": ", s.message()));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ExperimentConfig::Validate() const {

@@ -42,7 +42,7 @@ absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const Swee
   result.base = base_in;
   ExperimentConfig& base = result.base;
   base.methods = {Method::kGlobalResidual};
-  if (base.base.empty()) base.base = (fs::path(base.out) / "base").string();
+  base.base = base.EffectiveBase();
   std::vector<ExperimentConfig> configs;
   for (int64_t gr : AxisOr(grid.global_rank, base.lora.global_rank)) {
     for (int64_t rr : AxisOr(grid.residual_rank, base.lora.residual_rank)) {
@@ -57,7 +57,9 @@ absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const Swee
             c.clients_per_round = n;
             c.min_clients = 0;
             c.out = (fs::path(base.out) / "points" / absl::StrCat(configs.size())).string();
-            if (absl::Status s = c.Validate(); !s.ok()) {
+            absl::Status s = c.Validate();
+            if (s.ok()) s = c.ValidateForModel();
+            if (!s.ok()) {
               return absl::InvalidArgumentError(absl::StrCat("sweep point ", configs.size(), ": ", s.message()));
             }
             configs.push_back(std::move(c));

@@ -589,6 +589,7 @@ void Gpt2LmHeadImpl::Unmerge() {
 absl::StatusOr<Gpt2LmHead> CreateGpt2(const ModelConfig& config, const LoraConfig& lora) {
   if (absl::Status s = config.Validate(); !s.ok()) return s;
   if (absl::Status s = lora.Validate(); !s.ok()) return s;
+  if (absl::Status s = ValidateLoraForModel(config, lora); !s.ok()) return s;
   return Gpt2LmHead(config, lora);
 }
 

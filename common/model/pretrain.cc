@@ -52,14 +52,6 @@ nlohmann::json RunIdentity(const PretrainOptions& o, const ModelConfig& c) {
           {"exclude_users", o.exclude_users}};
 }
 
-absl::StatusOr<ModelConfig> ResolveConfig(const std::string& name) {
-  std::error_code ec;
-  if (fs::is_regular_file(name, ec)) {
-    FEDPERS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(name));
-    return ParseModelConfigJson(text);
-  }
-  return NamedModelConfig(name);
-}
 
 // Writes checkpoint-<step>/ completely, then points `latest` at it, then
 // removes older checkpoints: a crash leaves the previous one usable.
@@ -90,7 +82,7 @@ absl::StatusOr<PretrainResult> RunPretrain(const PretrainOptions& o) {
   if (!(o.train_fraction > 0 && o.train_fraction < 1)) {
     return absl::InvalidArgumentError("pretrain: --train-fraction must be in (0, 1)");
   }
-  FEDPERS_ASSIGN_OR_RETURN(ModelConfig config, ResolveConfig(o.config));
+  FEDPERS_ASSIGN_OR_RETURN(ModelConfig config, ResolveModelConfig(o.config));
   if (config.tokenizer != "byte") {
     return absl::InvalidArgumentError("pretrain trains byte-level models; the config must use the byte tokenizer");
   }

@@ -5,7 +5,9 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/atomic_file.h"
+#include "common/host_memory.h"
 #include "common/portable_prg.h"
 #include "common/status.h"
 #include "common/tokenizer.h"
@@ -83,6 +85,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(Gpt2LmHead model, std::
     return absl::InvalidArgumentError(absl::StrCat("seq_len ", options.seq_len, " exceeds n_positions ",
                                                    model->config().n_positions));
   }
+  FEDPERS_RETURN_IF_ERROR(CheckTrainingFitsInMemory(model->config(), options.batch_size, options.micro_batch_size,
+                                                    options.seq_len, options.recompute_activations,
+                                                    AvailableMemoryBytes()));
   std::vector<ParamGroup> nonempty;
   for (ParamGroup& g : groups) {
     if (!(g.lr_scale > 0)) return absl::InvalidArgumentError("a parameter group's lr_scale must be positive");

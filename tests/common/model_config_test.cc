@@ -2,6 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+
 namespace fedpers {
 namespace {
 
@@ -79,6 +84,81 @@ TEST(LoraConfigTest, ValidatesAndRoundTrips) {
   EXPECT_NE(ParseLoraConfigJson(R"({"rank": 4})").status().message().find("unknown LoRA config key 'rank'"),
             absl::string_view::npos);
   EXPECT_FALSE(ParseLoraConfigJson(R"({"global_rank": "four"})").ok());
+}
+
+TEST(LoraConfigTest, RanksAreBoundedByTheSmallerDimensionOfEachTarget) {
+  ModelConfig model;  // tiny: n_embd 256, MLP 1024
+  LoraConfig lora;
+  lora.global_rank = 256;  // min(256, 768) of c_attn, min(256, 256) of attn.c_proj
+  lora.residual_rank = 256;
+  EXPECT_TRUE(ValidateLoraForModel(model, lora).ok()) << ValidateLoraForModel(model, lora);
+  lora.residual_rank = 257;
+  absl::Status s = ValidateLoraForModel(model, lora);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("residual_rank 257 exceeds 256"), absl::string_view::npos) << s;
+  // A switched-off branch's rank is not used, so it is not checked.
+  lora.residual_enabled = false;
+  EXPECT_TRUE(ValidateLoraForModel(model, lora).ok());
+  // The bound is per targeted projection: the narrowest one sets it.
+  model.n_inner = 64;
+  lora = LoraConfig();
+  lora.global_rank = 100;
+  lora.targets = {"attn.c_attn"};
+  EXPECT_TRUE(ValidateLoraForModel(model, lora).ok());
+  lora.targets = {"attn.c_attn", "mlp.c_proj"};
+  s = ValidateLoraForModel(model, lora);
+  EXPECT_NE(s.message().find("global_rank 100 exceeds 64, the smaller dimension of mlp.c_proj (64 x 256)"),
+            absl::string_view::npos) << s;
+}
+
+TEST(ModelConfigTest, ActivationLowerBoundCountsEachBlocksKeptValues) {
+  const ModelConfig tiny;  // 4 layers, n_embd 256, MLP 1024, 4 heads, vocab 259
+  // Per token: 4 blocks x (8 x 256 + 2 x 1024 + 4 x 128) + 2 x 259 = 18,950 floats.
+  EXPECT_EQ(ActivationBytesLowerBound(tiny, 1, 128, false), 128 * 18950 * 4);
+  EXPECT_EQ(ActivationBytesLowerBound(tiny, 8, 128, false), 8 * 128 * 18950 * 4);
+  // Recomputed: three blocks keep their input, one block its all: 3 x 256 + 4,608 + 518 = 5,894.
+  EXPECT_EQ(ActivationBytesLowerBound(tiny, 1, 128, true), 128 * 5894 * 4);
+  // Saturates instead of overflowing.
+  EXPECT_EQ(ActivationBytesLowerBound(tiny, int64_t{1} << 60, 128, false), int64_t{1} << 62);
+}
+
+TEST(ModelConfigTest, TrainingThatCannotFitIsRefusedWithTheSettingToChange) {
+  const ModelConfig tiny;
+  const int64_t per_window = ActivationBytesLowerBound(tiny, 1, 128, false);
+  const int64_t gib = int64_t{1} << 30;
+  EXPECT_TRUE(CheckTrainingFitsInMemory(tiny, 8, 0, 0, false, gib).ok());
+  EXPECT_TRUE(CheckTrainingFitsInMemory(tiny, 1 << 20, 8, 0, false, -1).ok()) << "unknown memory: no check";
+  absl::Status s = CheckTrainingFitsInMemory(tiny, 200, 0, 0, false, gib);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(s.message().find(absl::StrCat("below ", gib / per_window)), absl::string_view::npos) << s;
+  EXPECT_NE(s.message().find("or recompute activations"), absl::string_view::npos) << s;
+  EXPECT_TRUE(CheckTrainingFitsInMemory(tiny, 200, 8, 0, false, gib).ok()) << "micro-batches fit";
+  s = CheckTrainingFitsInMemory(tiny, 1000, 0, 0, true, gib);
+  EXPECT_NE(s.message().find("activations"), absl::string_view::npos) << s;
+  EXPECT_EQ(s.message().find("or recompute"), absl::string_view::npos) << s;
+  // Token ids: 16 bytes per token of the whole batch, even in micro-batches.
+  s = CheckTrainingFitsInMemory(tiny, gib / 16 / 129 + 1, 8, 0, false, gib);
+  EXPECT_NE(s.message().find("token ids alone"), absl::string_view::npos) << s;
+  EXPECT_TRUE(CheckTrainingFitsInMemory(tiny, gib / 16 / 129, 8, 0, false, gib).ok());
+}
+
+TEST(ModelConfigTest, ResolvesANameOrAConfigFile) {
+  absl::StatusOr<ModelConfig> tiny = ResolveModelConfig("tiny");
+  ASSERT_TRUE(tiny.ok()) << tiny.status();
+  EXPECT_EQ(tiny->n_embd, 256);
+  const std::filesystem::path dir = std::filesystem::path(testing::TempDir()) / "resolve_model_config";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "config.json") << kHfGpt2;
+  absl::StatusOr<ModelConfig> gpt2 = ResolveModelConfig((dir / "config.json").string());
+  ASSERT_TRUE(gpt2.ok()) << gpt2.status();
+  EXPECT_EQ(gpt2->n_embd, 768);
+  std::ofstream(dir / "bad.json") << R"({"n_embd": "wide"})";
+  absl::StatusOr<ModelConfig> bad = ResolveModelConfig((dir / "bad.json").string());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("bad.json"), absl::string_view::npos) << bad.status();
+  EXPECT_NE(ResolveModelConfig("huge").status().message().find("unknown model config 'huge'"),
+            absl::string_view::npos);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -267,6 +267,27 @@ TEST(TrainingTest, BadInputsAreErrors) {
   EXPECT_FALSE(Evaluate(m, {}).ok());
 }
 
+// Sizes no machine can hold are refused before anything is allocated (the
+// lower bounds of a 2^40-window batch are petabytes).
+TEST(TrainingTest, PassesThatCannotFitInMemoryAreRefused) {
+  Gpt2LmHead m = RandomModel();
+  TrainOptions huge = Fast(1);
+  huge.batch_size = int64_t{1} << 40;
+  huge.micro_batch_size = 8;
+  absl::Status s = Trainer::Create(m, Residual(m), {1, 2, 3}, huge).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("token ids alone"), absl::string_view::npos) << s;
+  huge.batch_size = int64_t{1} << 30;
+  huge.micro_batch_size = 0;
+  s = Trainer::Create(m, Residual(m), {1, 2, 3}, huge).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("set micro_batch_size"), absl::string_view::npos) << s;
+  EXPECT_NE(s.message().find("or recompute activations"), absl::string_view::npos) << s;
+  huge.recompute_activations = true;
+  s = Trainer::Create(m, Residual(m), {1, 2, 3}, huge).status();
+  EXPECT_EQ(s.message().find("or recompute"), absl::string_view::npos) << "recompute is already on: " << s;
+}
+
 TEST(TrainingTest, EvaluateCountsEveryTokenOnce) {
   Gpt2LmHead m = RandomModel();
   std::vector<int32_t> tokens(102);

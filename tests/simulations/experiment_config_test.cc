@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 
 #include "simulations/experiment.h"
@@ -58,6 +60,44 @@ TEST(ExperimentConfigTest, BadConfigsAreNamedErrors) {
   EXPECT_NE(error(R"({"noise_multiplier": -1})").find("noise_multiplier"), std::string::npos);
   EXPECT_NE(error("[1, 2]").find("object"), std::string::npos);
   EXPECT_NE(error("{not json").find("JSON"), std::string::npos);
+}
+
+// Model-dependent checks run before pretraining or the corpus: against the
+// pretrain config when no base exists, else against the base's config.json.
+TEST(ExperimentConfigTest, ChecksRanksAndWindowAgainstTheModelBeforeRunning) {
+  const std::filesystem::path dir = std::filesystem::path(testing::TempDir()) / "validate_for_model";
+  std::filesystem::remove_all(dir);
+  ExperimentConfig c;
+  c.out = (dir / "run").string();  // no base there: the "tiny" that pretraining would build
+  EXPECT_EQ(c.EffectiveBase(), (dir / "run" / "base").string());
+  ASSERT_TRUE(c.ValidateForModel().ok()) << c.ValidateForModel();
+  c.local.seq_len = 100000;
+  absl::Status s = c.ValidateForModel();
+  EXPECT_NE(s.message().find("seq_len 100000 exceeds the model's n_positions (128)"), absl::string_view::npos) << s;
+  c.local.seq_len = 0;
+  c.lora.residual_rank = 100000;
+  s = c.ValidateForModel();
+  EXPECT_NE(s.message().find("residual_rank 100000 exceeds 256"), absl::string_view::npos) << s;
+  c.lora.residual_rank = 4;
+  c.pretrain.config = "enormous";
+  EXPECT_NE(c.ValidateForModel().message().find("\"pretrain\" config: unknown model config 'enormous'"),
+            absl::string_view::npos) << c.ValidateForModel();
+  // A base directory with a model: its config.json decides (n_positions 64 here).
+  c.base = (dir / "base").string();
+  std::filesystem::create_directories(dir / "base");
+  std::ofstream(dir / "base" / "model.safetensors") << "not read by the check";
+  std::ofstream(dir / "base" / "config.json") << R"({"n_embd": 64, "n_layer": 1, "n_head": 2, "n_positions": 64})";
+  ASSERT_TRUE(c.ValidateForModel().ok()) << c.ValidateForModel();
+  c.local.seq_len = 65;
+  EXPECT_NE(c.ValidateForModel().message().find("n_positions (64)"), absl::string_view::npos);
+  c.local.seq_len = 0;
+  c.lora.global_rank = 65;
+  EXPECT_NE(c.ValidateForModel().message().find("global_rank 65 exceeds 64"), absl::string_view::npos);
+  std::ofstream(dir / "base" / "config.json") << "{broken";
+  s = c.ValidateForModel();
+  EXPECT_NE(s.message().find("base model: "), absl::string_view::npos) << s;
+  EXPECT_NE(s.message().find("config.json"), absl::string_view::npos) << s;
+  std::filesystem::remove_all(dir);
 }
 
 TEST(SweepTest, ParetoFrontKeepsTheUndominatedPoints) {
