@@ -3,6 +3,7 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -20,6 +21,75 @@ std::vector<T> AxisOr(const std::vector<T>& axis, T fallback) {
 }
 
 std::string EpsText(double eps) { return std::isfinite(eps) ? absl::StrFormat("%.3g", eps) : "inf"; }
+
+// A point's figures as sweep.json lists them (the Pareto mark is the
+// sweep's, not the point's, and is added by SweepJson).
+nlohmann::ordered_json PointJson(const SweepPoint& p) {
+  return {{"global_rank", p.global_rank},
+          {"residual_rank", p.residual_rank},
+          {"ring_bits", p.ring_bits},
+          {"noise_multiplier", p.noise_multiplier},
+          {"clients_per_round", p.clients_per_round},
+          {"accuracy", p.accuracy},
+          {"loss", p.loss},
+          {"epsilon", std::isfinite(p.epsilon) ? nlohmann::ordered_json(p.epsilon) : nlohmann::ordered_json("inf")},
+          {"bytes_up_per_client_round", p.bytes_up},
+          {"bytes_down_per_client_round", p.bytes_down},
+          {"client_seconds_per_round", p.client_seconds},
+          {"rounds_committed", p.rounds_committed},
+          {"rounds_aborted", p.rounds_aborted},
+          {"note", p.note}};
+}
+
+absl::StatusOr<SweepPoint> PointFromJson(const nlohmann::json& j) {
+  SweepPoint p;
+  try {
+    p.global_rank = j.at("global_rank").get<int64_t>();
+    p.residual_rank = j.at("residual_rank").get<int64_t>();
+    p.ring_bits = j.at("ring_bits").get<uint32_t>();
+    p.noise_multiplier = j.at("noise_multiplier").get<double>();
+    p.clients_per_round = j.at("clients_per_round").get<int64_t>();
+    p.accuracy = j.at("accuracy").get<double>();
+    p.loss = j.at("loss").get<double>();
+    const nlohmann::json& eps = j.at("epsilon");
+    p.epsilon = eps.is_string() && eps.get<std::string>() == "inf" ? std::numeric_limits<double>::infinity()
+                                                                    : eps.get<double>();
+    p.bytes_up = j.at("bytes_up_per_client_round").get<double>();
+    p.bytes_down = j.at("bytes_down_per_client_round").get<double>();
+    p.client_seconds = j.at("client_seconds_per_round").get<double>();
+    p.rounds_committed = j.at("rounds_committed").get<int64_t>();
+    p.rounds_aborted = j.at("rounds_aborted").get<int64_t>();
+    p.note = j.at("note").get<std::string>();
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(absl::StrCat("bad point record: ", e.what()));
+  }
+  return p;
+}
+
+constexpr const char* kPointRecord = "sweep_point.json";
+
+// The figures of a point an earlier sweep finished with exactly this config;
+// nullopt (after saying why, when there is a record) when it must run.
+std::optional<SweepPoint> FinishedPoint(const std::string& dir, const nlohmann::json& config, size_t index,
+                                        bool progress) {
+  const fs::path path = fs::path(dir) / kPointRecord;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return std::nullopt;
+  auto redo = [&](const std::string& why) -> std::optional<SweepPoint> {
+    if (progress) std::fprintf(stderr, "sweep point %zu: %s; running it again\n", index, why.c_str());
+    return std::nullopt;
+  };
+  absl::StatusOr<std::string> text = ReadFileToString(path.string());
+  if (!text.ok()) return redo(std::string(text.status().message()));
+  const nlohmann::json record = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (record.is_discarded() || !record.is_object() || !record.contains("config") || !record.contains("point")) {
+    return redo(absl::StrCat("'", path.string(), "' is not a point record"));
+  }
+  if (record["config"] != config) return redo("its earlier run had another config");
+  absl::StatusOr<SweepPoint> point = PointFromJson(record["point"]);
+  if (!point.ok()) return redo(absl::StrCat("'", path.string(), "': ", point.status().message()));
+  return *point;
+}
 
 }  // namespace
 
@@ -70,6 +140,15 @@ absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const Swee
   }
   for (size_t i = 0; i < configs.size(); ++i) {
     const ExperimentConfig& c = configs[i];
+    const nlohmann::json config_json = nlohmann::json::parse(ExperimentConfigToJson(c));
+    if (std::optional<SweepPoint> done = FinishedPoint(c.out, config_json, i, progress)) {
+      if (progress) {
+        std::fprintf(stderr, "sweep point %zu/%zu: finished by an earlier run (%s)\n", i + 1, configs.size(),
+                     (fs::path(c.out) / kPointRecord).c_str());
+      }
+      result.points.push_back(std::move(*done));
+      continue;
+    }
     if (progress) {
       std::fprintf(stderr, "sweep point %zu/%zu: global rank %ld, residual rank %ld, ring bits %s, z %g, %ld clients\n",
                    i + 1, configs.size(), static_cast<long>(c.lora.global_rank), static_cast<long>(c.lora.residual_rank),
@@ -101,6 +180,18 @@ absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const Swee
       }
     }
     if (p.rounds_committed == 0) p.epsilon = 0;  // nothing left any client
+    // The point's own run directory (report, metrics, users), then the
+    // record that lets a rerun of the sweep skip it.
+    absl::StatusOr<ReportFiles> files = WriteReport(*r, c.out);
+    if (!files.ok()) {
+      return absl::Status(files.status().code(), absl::StrCat("sweep point ", i, ": ", files.status().message()));
+    }
+    for (const std::string& w : files->warnings) std::fprintf(stderr, "warning: sweep point %zu: %s\n", i, w.c_str());
+    const nlohmann::ordered_json record = {{"config", config_json}, {"point", PointJson(p)}};
+    if (absl::Status s = WriteFileAtomically((fs::path(c.out) / kPointRecord).string(), record.dump(2) + "\n");
+        !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("sweep point ", i, ": ", s.message()));
+    }
     result.points.push_back(std::move(p));
   }
   MarkParetoFront(result.points);
@@ -110,21 +201,9 @@ absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const Swee
 nlohmann::ordered_json SweepJson(const SweepResult& r) {
   nlohmann::ordered_json points = nlohmann::ordered_json::array();
   for (const SweepPoint& p : r.points) {
-    points.push_back({{"global_rank", p.global_rank},
-                      {"residual_rank", p.residual_rank},
-                      {"ring_bits", p.ring_bits},
-                      {"noise_multiplier", p.noise_multiplier},
-                      {"clients_per_round", p.clients_per_round},
-                      {"accuracy", p.accuracy},
-                      {"loss", p.loss},
-                      {"epsilon", std::isfinite(p.epsilon) ? nlohmann::ordered_json(p.epsilon) : nlohmann::ordered_json("inf")},
-                      {"bytes_up_per_client_round", p.bytes_up},
-                      {"bytes_down_per_client_round", p.bytes_down},
-                      {"client_seconds_per_round", p.client_seconds},
-                      {"rounds_committed", p.rounds_committed},
-                      {"rounds_aborted", p.rounds_aborted},
-                      {"note", p.note},
-                      {"pareto", p.pareto}});
+    nlohmann::ordered_json j = PointJson(p);
+    j["pareto"] = p.pareto;
+    points.push_back(std::move(j));
   }
   return {{"data", r.base.data}, {"rounds", r.base.rounds}, {"points", points}};
 }

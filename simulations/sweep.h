@@ -43,8 +43,13 @@ struct SweepResult {
 };
 
 // Runs every grid point (the base config with methods = global+residual and
-// the point's values; run directories under base.out/points/). The base
-// model is pretrained once, by the first point, when base.base has none.
+// the point's values) in its own run directory, base.out/points/<#>/, which
+// gets the point's report (as `fedpers simulate` writes it) and then
+// sweep_point.json, its figures with the config they came from. A point
+// whose directory already holds a record of the same config is not run
+// again: an interrupted sweep resumes where it stopped, and a grid that
+// grows runs only its new points. The base model is pretrained once, by the
+// first point, when base.base has none.
 absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base, const SweepGrid& grid, bool progress);
 
 // Marks the points no other point beats on all three objectives.

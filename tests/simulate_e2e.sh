@@ -119,4 +119,26 @@ assert any(p["pareto"] for p in pts)
 print("sweep: ok")
 PY
 test -s "$work/sweep/sweep.md"
+test -s "$work/sweep/points/1/report.md" && test -s "$work/sweep/points/1/users.csv"
+
+# The same sweep with a third noise level runs only the new point: the two
+# finished ones come from their records (untouched) with the same figures.
+touch -d '2000-01-01' "$work/sweep/points/0/sweep_point.json" "$work/sweep/points/1/sweep_point.json"
+"$fedpers" -q sweep --config "$work/sim.json" --out "$work/sweep" --noise 0,0.5,1 --json > "$work/sweep2.json"
+test -z "$(find "$work/sweep/points/0" "$work/sweep/points/1" -name sweep_point.json -newermt '2001-01-01')"
+test -s "$work/sweep/points/2/sweep_point.json"
+/usr/bin/python3 - "$work/sweep.json" "$work/sweep2.json" <<'PY'
+import json, sys
+first = json.load(open(sys.argv[1]))["points"]
+again = json.load(open(sys.argv[2]))["points"]
+assert [p["noise_multiplier"] for p in again] == [0, 0.5, 1], again
+drop = lambda p: {k: v for k, v in p.items() if k != "pareto"}
+assert [drop(p) for p in again[:2]] == [drop(p) for p in first], (first, again)
+print("sweep resume: ok")
+PY
+# A damaged record is not trusted: that point runs again and its record is rewritten.
+echo '{"config": {' > "$work/sweep/points/2/sweep_point.json"
+"$fedpers" sweep --config "$work/sim.json" --out "$work/sweep" --noise 0,0.5,1 > /dev/null 2> "$work/sweep3.err"
+grep -q "sweep point 2: .* is not a point record; running it again" "$work/sweep3.err"
+/usr/bin/python3 -c 'import json, sys; json.load(open(sys.argv[1]))["point"]' "$work/sweep/points/2/sweep_point.json"
 echo "simulate e2e: ok"
