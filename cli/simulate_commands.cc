@@ -24,24 +24,32 @@ absl::StatusOr<ExperimentConfig> LoadExperimentConfig(const std::string& path) {
 // Command-line overrides of an experiment config.
 struct Overrides {
   std::string config, out, data, methods, schedule;
-  int64_t users = -1, rounds = -1, clients_per_round = -1;
-  double noise_multiplier = -1;
+  int64_t users = 0, rounds = 0, clients_per_round = 0;
+  double noise_multiplier = 0;
+  // Whether each numeric override was given (any value, so a bad one
+  // reaches the config's validation instead of being taken for "unset").
+  CLI::Option *users_given = nullptr, *rounds_given = nullptr, *clients_given = nullptr, *noise_given = nullptr;
   bool plain_aggregation = false;
   bool json = false;
+  bool fresh = false;
 };
 
 void AddOverrides(CLI::App* cmd, Overrides& o) {
   cmd->add_option("--config", o.config, "Experiment config (JSON; docs/simulation.md). Without it: the defaults");
   cmd->add_option("--out", o.out, "Run directory (overrides the config's \"out\")");
   cmd->add_option("--data", o.data, "Corpus spec (overrides \"data\")");
-  cmd->add_option("--users", o.users, "Federated users (overrides \"users\"; 0: all with enough text)");
-  cmd->add_option("--rounds", o.rounds, "Rounds (overrides \"rounds\")");
-  cmd->add_option("--clients-per-round", o.clients_per_round, "Clients per round (overrides \"clients_per_round\")");
-  cmd->add_option("--noise-multiplier", o.noise_multiplier, "DP noise multiplier z (overrides; 0: no noise)");
+  o.users_given = cmd->add_option("--users", o.users, "Federated users (overrides \"users\"; 0: all with enough text)");
+  o.rounds_given = cmd->add_option("--rounds", o.rounds, "Rounds (overrides \"rounds\")");
+  o.clients_given =
+      cmd->add_option("--clients-per-round", o.clients_per_round, "Clients per round (overrides \"clients_per_round\")");
+  o.noise_given = cmd->add_option("--noise-multiplier", o.noise_multiplier, "DP noise multiplier z (overrides; 0: no noise)");
   cmd->add_flag("--no-secure-agg", o.plain_aggregation,
                 "Plain aggregation instead of SecAgg+ (sets \"secure_agg\": false; the coordinator sees each update)");
   cmd->add_option("--schedule", o.schedule, "joint | alternating | residual-after-global (overrides)");
   cmd->add_flag("--json", o.json, "Print the summary as JSON");
+  cmd->add_flag("--fresh", o.fresh,
+                "Run everything again instead of reusing what an earlier run of this build finished with the same "
+                "config (records in <out>/methods/, <out>/points/<#>/)");
 }
 
 ExperimentConfig Resolve(const Overrides& o) {
@@ -49,10 +57,10 @@ ExperimentConfig Resolve(const Overrides& o) {
   if (!c.ok()) Fail(std::string(c.status().message()));
   if (!o.out.empty()) c->out = o.out;
   if (!o.data.empty()) c->data = o.data;
-  if (o.users >= 0) c->users = o.users;
-  if (o.rounds >= 0) c->rounds = o.rounds;
-  if (o.clients_per_round >= 0) c->clients_per_round = o.clients_per_round;
-  if (o.noise_multiplier >= 0) c->noise_multiplier = o.noise_multiplier;
+  if (*o.users_given) c->users = o.users;
+  if (*o.rounds_given) c->rounds = o.rounds;
+  if (*o.clients_given) c->clients_per_round = o.clients_per_round;
+  if (*o.noise_given) c->noise_multiplier = o.noise_multiplier;
   if (o.plain_aggregation) c->secure_agg = false;
   if (!o.methods.empty()) {
     c->methods.clear();
@@ -88,6 +96,7 @@ void RegisterSimulate(CLI::App& app, const GlobalOptions& global) {
     ExperimentHooks hooks;
     hooks.progress = !global.quiet;
     hooks.on_round = [&log](const RoundRecord& r) { (*log)->Append(r); };
+    hooks.reuse_finished = !o->fresh;
     absl::StatusOr<ExperimentResult> result = RunExperiment(config, hooks);
     if (!result.ok()) Fail(std::string(result.status().message()));
     absl::StatusOr<ReportFiles> files = WriteReport(*result, config.out);
@@ -120,7 +129,7 @@ void RegisterSimulate(CLI::App& app, const GlobalOptions& global) {
   sweep->callback([so, grid, &global] {
     ExperimentConfig config = Resolve(*so);
     if (so->out.empty() && so->config.empty()) config.out = "runs/sweep";
-    absl::StatusOr<SweepResult> result = RunSweep(config, *grid, !global.quiet);
+    absl::StatusOr<SweepResult> result = RunSweep(config, *grid, !global.quiet, /*reuse_finished=*/!so->fresh);
     if (!result.ok()) Fail(std::string(result.status().message()));
     absl::StatusOr<ReportFiles> files = WriteSweepReport(*result, config.out);
     if (!files.ok()) Fail(std::string(files.status().message()));

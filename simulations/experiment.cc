@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -24,10 +25,16 @@
 #include "common/progress.h"
 #include "common/tokenizer.h"
 #include "coordinator/round_machine.h"
+#include "simulations/report.h"
 #include "simulations/virtual_federation.h"
 
 namespace fedpers {
 namespace {
+
+namespace fs = std::filesystem;
+
+// A method's name as a file or directory name ("global-residual").
+std::string MethodFileName(Method m) { return absl::StrReplaceAll(MethodName(m), {{"+", "-"}}); }
 
 using Clock = std::chrono::steady_clock;
 
@@ -277,7 +284,7 @@ class Runner {
     std::vector<VirtualUser> vusers;
     for (const SimUser& u : users_) vusers.push_back({u.id, u.train});
     const std::string state_dir =
-        (std::filesystem::path(c_.out) / "state" / absl::StrReplaceAll(MethodName(m), {{"+", "-"}})).string();
+        (std::filesystem::path(c_.out) / "state" / MethodFileName(m)).string();
     absl::StatusOr<std::unique_ptr<VirtualFederation>> fed =
         VirtualFederation::Create(pool->get(), state_dir, std::move(vusers), fs);
     if (!fed.ok()) return fed.status();
@@ -452,6 +459,37 @@ std::optional<double> ShareImproved(const MethodResult& m, const std::vector<Met
   return std::nullopt;
 }
 
+// What a method's result depends on besides the method itself (and the
+// build): the resolved config without its list of methods, and the users.
+nlohmann::json MethodRecordIdentity(const ExperimentResult& result) {
+  nlohmann::json config = nlohmann::json::parse(ExperimentConfigToJson(result.config));
+  config.erase("methods");
+  return RecordIdentity({{"config", config}, {"users", result.users}});
+}
+
+// The method an earlier run finished under `identity` (its round records
+// appended to `rounds` and passed to the hook); nullopt, saying why under
+// `progress` when a record exists, otherwise.
+std::optional<MethodResult> FinishedMethod(const std::string& path, const nlohmann::json& identity,
+                                           const ExperimentHooks& hooks, std::vector<RoundRecord>& rounds) {
+  absl::StatusOr<nlohmann::json> record = ReadFinishedRecord(path, identity);
+  MethodResult method;
+  std::vector<RoundRecord> records;
+  absl::Status s = record.ok() ? MethodRecordFromJson(*record, method, records) : record.status();
+  if (!s.ok()) {
+    if (hooks.progress && !absl::IsNotFound(s)) {
+      std::fprintf(stderr, "%s: %s; running it again\n", path.c_str(), std::string(s.message()).c_str());
+    }
+    return std::nullopt;
+  }
+  if (hooks.progress) std::fprintf(stderr, "%s: finished by an earlier run (%s)\n", MethodName(method.method), path.c_str());
+  for (const RoundRecord& r : records) {
+    if (hooks.on_round) hooks.on_round(r);
+    rounds.push_back(r);
+  }
+  return method;
+}
+
 // The simulation holds every user's residual at once; refusing a run that
 // cannot hold them beats the kernel's OOM killer hours in.
 absl::Status CheckResidualMemory(int64_t users, int64_t residual_values, const LoraConfig& lora) {
@@ -515,9 +553,22 @@ absl::StatusOr<ExperimentResult> RunExperiment(const ExperimentConfig& config, c
     return s;
   }
   Runner runner(c, hooks, *base, std::move(*users), result);
+  const nlohmann::json identity = MethodRecordIdentity(result);
   for (Method m : c.methods) {
+    const std::string record_path = (fs::path(c.out) / "methods" / (MethodFileName(m) + ".json")).string();
+    if (hooks.reuse_finished) {
+      if (std::optional<MethodResult> done = FinishedMethod(record_path, identity, hooks, result.rounds)) {
+        result.methods.push_back(std::move(*done));
+        continue;
+      }
+    }
     absl::StatusOr<MethodResult> r = runner.Run(m);
     if (!r.ok()) return r.status();
+    std::vector<RoundRecord> rounds;
+    for (const RoundRecord& rec : result.rounds) {
+      if (rec.method == m) rounds.push_back(rec);
+    }
+    if (absl::Status s = WriteFinishedRecord(record_path, identity, MethodRecordJson(*r, rounds)); !s.ok()) return s;
     result.methods.push_back(std::move(*r));
   }
   for (MethodResult& m : result.methods) {

@@ -173,6 +173,13 @@ struct ExperimentHooks {
   // Called after every round record (and its evaluation); the runner writes
   // metrics.jsonl from it as the run goes.
   std::function<void(const RoundRecord&)> on_round;
+  // Reuse each method that an earlier run of this build finished with the
+  // same resolved config (the methods list aside) and users: its record,
+  // <out>/methods/<method>.json, written when a method finishes, stands in
+  // for running it (its round records still reach on_round). An interrupted
+  // run resumes at the method it was in. A record that does not match or
+  // cannot be read is ignored (with a note on stderr under `progress`).
+  bool reuse_finished = false;
 };
 
 // Runs the experiment. The run directory (config.out) receives the base

@@ -7,11 +7,13 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <stdexcept>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "common/atomic_file.h"
+#include "common/build_identity.h"
 #include "common/table.h"
 
 namespace fedpers {
@@ -140,6 +142,80 @@ OJson MethodResultToJson(const MethodResult& m) {
   return j;
 }
 
+OJson MethodRecordJson(const MethodResult& m, const std::vector<RoundRecord>& rounds) {
+  OJson j = MethodResultToJson(m);
+  j.erase("improved_over_global");
+  j.erase("improved_over_base");
+  OJson users = OJson::array();
+  for (const UserResult& u : m.users) {
+    users.push_back({{"user_id", u.user_id}, {"train_bytes", u.train_bytes}, {"test_bytes", u.test_bytes},
+                     {"participations", u.participations}, {"loss", u.loss}, {"perplexity", u.perplexity},
+                     {"accuracy", u.accuracy}, {"eval_tokens", u.eval_tokens}});
+  }
+  j["users"] = std::move(users);
+  OJson records = OJson::array();
+  for (const RoundRecord& r : rounds) records.push_back(RoundRecordToJson(r));
+  j["rounds"] = std::move(records);
+  return j;
+}
+
+absl::Status MethodRecordFromJson(const nlohmann::json& j, MethodResult& m, std::vector<RoundRecord>& rounds) {
+  auto method = [](const nlohmann::json& name) -> Method {
+    absl::StatusOr<Method> parsed = ParseMethod(name.get<std::string>());
+    if (!parsed.ok()) throw std::invalid_argument(std::string(parsed.status().message()));
+    return *parsed;
+  };
+  MethodResult out;
+  std::vector<RoundRecord> records;
+  try {
+    out.method = method(j.at("method"));
+    out.final_eval = {j.at("loss").get<double>(), j.at("perplexity").get<double>(), j.at("accuracy").get<double>()};
+    out.bytes_up_per_client_round = j.at("bytes_up_per_client_round").get<double>();
+    out.bytes_down_per_client_round = j.at("bytes_down_per_client_round").get<double>();
+    out.client_seconds_per_round = j.at("client_seconds_per_round").get<double>();
+    out.coordinator_seconds_per_round = j.at("coordinator_seconds_per_round").get<double>();
+    out.epsilon = j.at("epsilon").get<double>();
+    out.rounds_committed = j.at("rounds_committed").get<int64_t>();
+    out.rounds_aborted = j.at("rounds_aborted").get<int64_t>();
+    out.wall_seconds = j.at("wall_seconds").get<double>();
+    for (const nlohmann::json& u : j.at("users")) {
+      out.users.push_back({u.at("user_id").get<std::string>(), u.at("train_bytes").get<int64_t>(),
+                           u.at("test_bytes").get<int64_t>(), u.at("participations").get<int64_t>(),
+                           u.at("loss").get<double>(), u.at("perplexity").get<double>(),
+                           u.at("accuracy").get<double>(), u.at("eval_tokens").get<int64_t>()});
+    }
+    for (const nlohmann::json& r : j.at("rounds")) {
+      RoundRecord rec;
+      rec.method = method(r.at("method"));
+      rec.round = r.at("round").get<int64_t>();
+      rec.committed = r.at("committed").get<bool>();
+      rec.abort_reason = r.value("abort_reason", std::string());
+      rec.sampled = r.at("sampled").get<int64_t>();
+      rec.contributors = r.at("contributors").get<int64_t>();
+      rec.ring_bits = r.value("ring_bits", int64_t{0});
+      rec.bytes_up_per_client = r.at("bytes_up_per_client").get<double>();
+      rec.bytes_down_per_client = r.at("bytes_down_per_client").get<double>();
+      rec.client_seconds = r.at("client_seconds").get<double>();
+      rec.training_seconds = r.at("training_seconds").get<double>();
+      rec.coordinator_seconds = r.at("coordinator_seconds").get<double>();
+      rec.wall_seconds = r.at("wall_seconds").get<double>();
+      rec.epsilon = r.at("epsilon").get<double>();
+      if (r.contains("eval")) {
+        const nlohmann::json& e = r.at("eval");
+        rec.eval = EvalSummary{e.at("loss").get<double>(), e.at("perplexity").get<double>(),
+                               e.at("accuracy").get<double>()};
+      }
+      if (rec.method != out.method) throw std::invalid_argument("a round record of another method");
+      records.push_back(std::move(rec));
+    }
+  } catch (const std::exception& e) {
+    return absl::DataLossError(absl::StrCat("bad method record: ", e.what()));
+  }
+  m = std::move(out);
+  rounds = std::move(records);
+  return absl::OkStatus();
+}
+
 OJson ExperimentSummaryJson(const ExperimentResult& r) {
   OJson j;
   j["corpus"] = r.config.data;
@@ -160,6 +236,34 @@ OJson ExperimentSummaryJson(const ExperimentResult& r) {
   for (const MethodResult& m : r.methods) methods.push_back(MethodResultToJson(m));
   j["methods"] = methods;
   return j;
+}
+
+nlohmann::json RecordIdentity(nlohmann::json inputs) {
+  return {{"build", ExecutableDigest()}, {"inputs", std::move(inputs)}};
+}
+
+absl::Status WriteFinishedRecord(const std::string& path, const nlohmann::json& identity,
+                                 const nlohmann::ordered_json& result) {
+  const nlohmann::ordered_json record = {{"identity", identity}, {"result", result}};
+  return WriteFileAtomically(path, record.dump(1) + "\n");
+}
+
+absl::StatusOr<nlohmann::json> ReadFinishedRecord(const std::string& path, const nlohmann::json& identity) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return absl::NotFoundError(absl::StrCat("no record '", path, "'"));
+  absl::StatusOr<std::string> text = ReadFileToString(path);
+  if (!text.ok()) return absl::FailedPreconditionError(text.status().message());
+  nlohmann::json record = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (record.is_discarded() || !record.is_object() || !record.contains("identity") || !record.contains("result")) {
+    return absl::FailedPreconditionError(absl::StrCat("'", path, "' is not a record of finished work"));
+  }
+  const nlohmann::json& was = record["identity"];
+  const std::string build = identity.value("build", "");
+  if (build.empty() || !was.is_object() || was.value("build", "") != build) {
+    return absl::FailedPreconditionError(absl::StrCat("'", path, "' was made by another build of fedpers"));
+  }
+  if (was != identity) return absl::FailedPreconditionError(absl::StrCat("'", path, "' was made with other inputs"));
+  return std::move(record["result"]);
 }
 
 absl::StatusOr<std::unique_ptr<MetricsLog>> MetricsLog::Create(const std::string& path) {

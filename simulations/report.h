@@ -19,6 +19,27 @@ nlohmann::ordered_json RoundRecordToJson(const RoundRecord& record);
 nlohmann::ordered_json MethodResultToJson(const MethodResult& method);
 nlohmann::ordered_json ExperimentSummaryJson(const ExperimentResult& result);
 
+// A finished method in full (its summary, every user's result and its round
+// records), and back: what lets a rerun of an experiment reuse the method.
+// The improved_over_* shares are not stored (they depend on the other
+// methods). Parsing errors are DataLoss naming the field.
+nlohmann::ordered_json MethodRecordJson(const MethodResult& method, const std::vector<RoundRecord>& rounds);
+absl::Status MethodRecordFromJson(const nlohmann::json& json, MethodResult& method, std::vector<RoundRecord>& rounds);
+
+// Records of finished work (a simulated method, a sweep point), reused by a
+// later run only when made by the same build with the same inputs.
+// `inputs` is what the work depended on (a config, users); the record's
+// identity is {"build": ExecutableDigest(), "inputs": inputs}.
+nlohmann::json RecordIdentity(nlohmann::json inputs);
+// Writes {"identity": identity, "result": result} to `path` atomically.
+absl::Status WriteFinishedRecord(const std::string& path, const nlohmann::json& identity,
+                                 const nlohmann::ordered_json& result);
+// The "result" of the record at `path` when its identity equals `identity`.
+// NotFound when there is no record; FailedPrecondition saying why it cannot
+// be reused otherwise (unreadable, not a record, another build, other
+// inputs).
+absl::StatusOr<nlohmann::json> ReadFinishedRecord(const std::string& path, const nlohmann::json& identity);
+
 // Appends one JSON line per round record to a file, flushed per line so a
 // long run can be followed (`tail -f`). Not thread-safe.
 class MetricsLog {

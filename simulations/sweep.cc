@@ -68,29 +68,6 @@ absl::StatusOr<SweepPoint> PointFromJson(const nlohmann::json& j) {
 
 constexpr const char* kPointRecord = "sweep_point.json";
 
-// The figures of a point an earlier sweep finished with exactly this config;
-// nullopt (after saying why, when there is a record) when it must run.
-std::optional<SweepPoint> FinishedPoint(const std::string& dir, const nlohmann::json& config, size_t index,
-                                        bool progress) {
-  const fs::path path = fs::path(dir) / kPointRecord;
-  std::error_code ec;
-  if (!fs::exists(path, ec)) return std::nullopt;
-  auto redo = [&](const std::string& why) -> std::optional<SweepPoint> {
-    if (progress) std::fprintf(stderr, "sweep point %zu: %s; running it again\n", index, why.c_str());
-    return std::nullopt;
-  };
-  absl::StatusOr<std::string> text = ReadFileToString(path.string());
-  if (!text.ok()) return redo(std::string(text.status().message()));
-  const nlohmann::json record = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
-  if (record.is_discarded() || !record.is_object() || !record.contains("config") || !record.contains("point")) {
-    return redo(absl::StrCat("'", path.string(), "' is not a point record"));
-  }
-  if (record["config"] != config) return redo("its earlier run had another config");
-  absl::StatusOr<SweepPoint> point = PointFromJson(record["point"]);
-  if (!point.ok()) return redo(absl::StrCat("'", path.string(), "': ", point.status().message()));
-  return *point;
-}
-
 }  // namespace
 
 void MarkParetoFront(std::vector<SweepPoint>& points) {
@@ -107,7 +84,8 @@ void MarkParetoFront(std::vector<SweepPoint>& points) {
   }
 }
 
-absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const SweepGrid& grid, bool progress) {
+absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const SweepGrid& grid, bool progress,
+                                     bool reuse_finished) {
   SweepResult result;
   result.base = base_in;
   ExperimentConfig& base = result.base;
@@ -140,11 +118,22 @@ absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const Swee
   }
   for (size_t i = 0; i < configs.size(); ++i) {
     const ExperimentConfig& c = configs[i];
-    const nlohmann::json config_json = nlohmann::json::parse(ExperimentConfigToJson(c));
-    if (std::optional<SweepPoint> done = FinishedPoint(c.out, config_json, i, progress)) {
+    const std::string record_path = (fs::path(c.out) / kPointRecord).string();
+    const nlohmann::json identity = RecordIdentity(nlohmann::json::parse(ExperimentConfigToJson(c)));
+    std::optional<SweepPoint> done;
+    if (reuse_finished) {
+      absl::StatusOr<nlohmann::json> record = ReadFinishedRecord(record_path, identity);
+      absl::StatusOr<SweepPoint> point = record.ok() ? PointFromJson(*record) : record.status();
+      if (point.ok()) {
+        done = *point;
+      } else if (progress && !absl::IsNotFound(point.status())) {
+        std::fprintf(stderr, "sweep point %zu: %s; running it again\n", i, std::string(point.status().message()).c_str());
+      }
+    }
+    if (done) {
       if (progress) {
         std::fprintf(stderr, "sweep point %zu/%zu: finished by an earlier run (%s)\n", i + 1, configs.size(),
-                     (fs::path(c.out) / kPointRecord).c_str());
+                     record_path.c_str());
       }
       result.points.push_back(std::move(*done));
       continue;
@@ -187,9 +176,7 @@ absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const Swee
       return absl::Status(files.status().code(), absl::StrCat("sweep point ", i, ": ", files.status().message()));
     }
     for (const std::string& w : files->warnings) std::fprintf(stderr, "warning: sweep point %zu: %s\n", i, w.c_str());
-    const nlohmann::ordered_json record = {{"config", config_json}, {"point", PointJson(p)}};
-    if (absl::Status s = WriteFileAtomically((fs::path(c.out) / kPointRecord).string(), record.dump(2) + "\n");
-        !s.ok()) {
+    if (absl::Status s = WriteFinishedRecord(record_path, identity, PointJson(p)); !s.ok()) {
       return absl::Status(s.code(), absl::StrCat("sweep point ", i, ": ", s.message()));
     }
     result.points.push_back(std::move(p));

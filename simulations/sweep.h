@@ -46,11 +46,12 @@ struct SweepResult {
 // the point's values) in its own run directory, base.out/points/<#>/, which
 // gets the point's report (as `fedpers simulate` writes it) and then
 // sweep_point.json, its figures with the config they came from. A point
-// whose directory already holds a record of the same config is not run
-// again: an interrupted sweep resumes where it stopped, and a grid that
-// grows runs only its new points. The base model is pretrained once, by the
+// whose directory already holds a record of the same config made by this
+// build is not run again (unless !reuse_finished): an interrupted sweep
+// resumes where it stopped, and a grid that grows runs only its new points. The base model is pretrained once, by the
 // first point, when base.base has none.
-absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base, const SweepGrid& grid, bool progress);
+absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base, const SweepGrid& grid, bool progress,
+                                     bool reuse_finished = true);
 
 // Marks the points no other point beats on all three objectives.
 void MarkParetoFront(std::vector<SweepPoint>& points);

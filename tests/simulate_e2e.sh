@@ -75,6 +75,27 @@ if os.path.exists("/usr/bin/gnuplot"):
 print("simulate: ok", {m: round(fed[m]["accuracy"], 4) for m in fed})
 PY
 
+# Run again: each finished method comes from its record; the one whose record
+# is gone runs again, with the same figures (the run is seeded).
+rm "$work/run/methods/global.json"
+"$fedpers" simulate --config "$work/sim.json" --json > "$work/summary2.json" 2> "$work/resume.err"
+test "$(grep -c 'finished by an earlier run' "$work/resume.err")" = 5 || { cat "$work/resume.err"; exit 1; }
+! grep -q "^global: finished" "$work/resume.err"
+/usr/bin/python3 - "$work/summary.json" "$work/summary2.json" "$work/run/metrics.jsonl" <<'PY'
+import json, sys
+first = {m["method"]: m for m in json.load(open(sys.argv[1]))["methods"]}
+again = {m["method"]: m for m in json.load(open(sys.argv[2]))["methods"]}
+assert list(first) == list(again), (list(first), list(again))
+for name in first:
+    for key in ["accuracy", "loss", "epsilon", "improved_over_global"]:  # bytes vary with random keys
+        assert first[name][key] == again[name][key], (name, key, first[name][key], again[name][key])
+assert len(open(sys.argv[3]).read().splitlines()) == 2 + 5 * 3, "metrics.jsonl holds every round again"
+print("simulate resume: ok")
+PY
+# --fresh reuses nothing.
+"$fedpers" simulate --config "$work/sim.json" --methods base --fresh > /dev/null 2> "$work/fresh.err"
+! grep -q "finished by an earlier run" "$work/fresh.err"
+
 # Without SecAgg+ (plain aggregation): the same global+residual figures (the
 # encodings and their sum are the same), fewer bytes, and the report says so.
 "$fedpers" -q simulate --config "$work/sim.json" --out "$work/plain" --methods global+residual --no-secure-agg \
@@ -139,6 +160,6 @@ PY
 # A damaged record is not trusted: that point runs again and its record is rewritten.
 echo '{"config": {' > "$work/sweep/points/2/sweep_point.json"
 "$fedpers" sweep --config "$work/sim.json" --out "$work/sweep" --noise 0,0.5,1 > /dev/null 2> "$work/sweep3.err"
-grep -q "sweep point 2: .* is not a point record; running it again" "$work/sweep3.err"
-/usr/bin/python3 -c 'import json, sys; json.load(open(sys.argv[1]))["point"]' "$work/sweep/points/2/sweep_point.json"
+grep -q "sweep point 2: .* is not a record of finished work; running it again" "$work/sweep3.err"
+/usr/bin/python3 -c 'import json, sys; json.load(open(sys.argv[1]))["result"]' "$work/sweep/points/2/sweep_point.json"
 echo "simulate e2e: ok"

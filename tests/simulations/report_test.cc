@@ -1,0 +1,135 @@
+#include "simulations/report.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "common/build_identity.h"
+
+namespace fedpers {
+namespace {
+
+// A finished method survives its record exactly: every double round-trips
+// through JSON, optional fields stay absent or present.
+TEST(MethodRecordTest, RoundTripsEveryField) {
+  MethodResult m;
+  m.method = Method::kGlobalResidual;
+  m.final_eval = {2.123456789012345, 8.36188933669, 0.38944223450957766};
+  m.bytes_up_per_client_round = 178948.30625;
+  m.bytes_down_per_client_round = 300804.58333333331;
+  m.client_seconds_per_round = 2.4052488494437503;
+  m.coordinator_seconds_per_round = 0.014886787666666665;
+  m.epsilon = 60024.125;
+  m.rounds_committed = 23;
+  m.rounds_aborted = 1;
+  m.wall_seconds = 645.78692466;
+  m.improved_over_global = 0.55;
+  m.users = {{"alice", 1000, 250, 4, 2.0, 7.389, 0.41, 250}, {"bob \"the\" bard", 3, 1, 0, 3.5, 33.1, 0.1, 1}};
+  RoundRecord evaluated;
+  evaluated.method = Method::kGlobalResidual;
+  evaluated.round = 4;
+  evaluated.sampled = 20;
+  evaluated.contributors = 19;
+  evaluated.ring_bits = 19;
+  evaluated.bytes_up_per_client = 178000.5;
+  evaluated.epsilon = 0.1 + 0.2;
+  evaluated.eval = EvalSummary{2.1, 8.2, 0.3876};
+  RoundRecord aborted;
+  aborted.method = Method::kGlobalResidual;
+  aborted.round = 5;
+  aborted.committed = false;
+  aborted.abort_reason = "fewer than 10 survivors";
+  MethodResult back;
+  std::vector<RoundRecord> rounds;
+  const nlohmann::json text = nlohmann::json::parse(MethodRecordJson(m, {evaluated, aborted}).dump(1));
+  ASSERT_TRUE(MethodRecordFromJson(text, back, rounds).ok());
+  EXPECT_EQ(back.method, m.method);
+  EXPECT_EQ(back.final_eval.loss, m.final_eval.loss);
+  EXPECT_EQ(back.final_eval.perplexity, m.final_eval.perplexity);
+  EXPECT_EQ(back.final_eval.accuracy, m.final_eval.accuracy);
+  EXPECT_EQ(back.bytes_down_per_client_round, m.bytes_down_per_client_round);
+  EXPECT_EQ(back.coordinator_seconds_per_round, m.coordinator_seconds_per_round);
+  EXPECT_EQ(back.epsilon, m.epsilon);
+  EXPECT_EQ(back.rounds_committed, 23);
+  EXPECT_EQ(back.rounds_aborted, 1);
+  EXPECT_EQ(back.wall_seconds, m.wall_seconds);
+  EXPECT_FALSE(back.improved_over_global.has_value()) << "depends on the other methods: recomputed, not stored";
+  ASSERT_EQ(back.users.size(), 2u);
+  EXPECT_EQ(back.users[1].user_id, "bob \"the\" bard");
+  EXPECT_EQ(back.users[0].participations, 4);
+  EXPECT_EQ(back.users[0].eval_tokens, 250);
+  EXPECT_EQ(back.users[1].accuracy, 0.1);
+  ASSERT_EQ(rounds.size(), 2u);
+  EXPECT_EQ(rounds[0].ring_bits, 19);
+  EXPECT_EQ(rounds[0].epsilon, 0.1 + 0.2);
+  ASSERT_TRUE(rounds[0].eval.has_value());
+  EXPECT_EQ(rounds[0].eval->accuracy, 0.3876);
+  EXPECT_FALSE(rounds[1].committed);
+  EXPECT_EQ(rounds[1].abort_reason, "fewer than 10 survivors");
+  EXPECT_EQ(rounds[1].ring_bits, 0);
+  EXPECT_FALSE(rounds[1].eval.has_value());
+}
+
+TEST(MethodRecordTest, DamagedRecordsAreDataLossAndChangeNothing) {
+  MethodResult m;
+  m.method = Method::kLocal;
+  m.users = {{"alice", 1, 1, 1, 1, 1, 1, 1}};
+  nlohmann::json good = nlohmann::json::parse(MethodRecordJson(m, {}).dump());
+  MethodResult out;
+  out.wall_seconds = 7;
+  std::vector<RoundRecord> rounds(3);
+  auto expect_data_loss = [&](nlohmann::json bad, const std::string& why) {
+    absl::Status s = MethodRecordFromJson(bad, out, rounds);
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << why << ": " << s;
+    EXPECT_EQ(out.wall_seconds, 7) << why;
+    EXPECT_EQ(rounds.size(), 3u) << why;
+  };
+  nlohmann::json bad = good;
+  bad.erase("accuracy");
+  expect_data_loss(bad, "missing field");
+  bad = good;
+  bad["method"] = "magic";
+  expect_data_loss(bad, "unknown method");
+  bad = good;
+  bad["users"][0]["accuracy"] = "high";
+  expect_data_loss(bad, "wrong type");
+  bad = good;
+  RoundRecord other;
+  other.method = Method::kGlobal;
+  bad["rounds"] = nlohmann::json::parse(MethodRecordJson(m, {other}).dump())["rounds"];
+  expect_data_loss(bad, "a round of another method");
+  expect_data_loss(nlohmann::json::array(), "not an object");
+}
+
+TEST(FinishedRecordTest, ReusedOnlyByThisBuildWithTheSameInputs) {
+  ASSERT_EQ(ExecutableDigest().size(), 64u) << "the test binary can read itself";
+  const std::string dir = (std::filesystem::path(testing::TempDir()) / "finished_record").string();
+  std::filesystem::remove_all(dir);
+  const std::string path = dir + "/r.json";
+  const nlohmann::json identity = RecordIdentity({{"config", {{"rounds", 3}}}, {"users", {"a", "b"}}});
+  EXPECT_TRUE(absl::IsNotFound(ReadFinishedRecord(path, identity).status()));
+  ASSERT_TRUE(WriteFinishedRecord(path, identity, {{"accuracy", 0.5}}).ok());
+  absl::StatusOr<nlohmann::json> back = ReadFinishedRecord(path, identity);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ((*back)["accuracy"], 0.5);
+  // Other inputs.
+  absl::Status s = ReadFinishedRecord(path, RecordIdentity({{"config", {{"rounds", 4}}}, {"users", {"a", "b"}}})).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("other inputs"), absl::string_view::npos) << s;
+  // Another build.
+  nlohmann::json other_build = identity;
+  other_build["build"] = std::string(64, '0');
+  ASSERT_TRUE(WriteFinishedRecord(path, other_build, {{"accuracy", 0.5}}).ok());
+  s = ReadFinishedRecord(path, identity).status();
+  EXPECT_NE(s.message().find("another build"), absl::string_view::npos) << s;
+  // Damaged.
+  std::ofstream(path) << "{\"identity\": ";
+  s = ReadFinishedRecord(path, identity).status();
+  EXPECT_NE(s.message().find("not a record"), absl::string_view::npos) << s;
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace fedpers
