@@ -14,6 +14,7 @@
 #include "client/residual_vault.h"
 #include "common/atomic_file.h"
 #include "common/corpus.h"
+#include "common/host_port.h"
 #include "common/model/checkpoint.h"
 #include "common/table.h"
 #include "common/tokenizer.h"
@@ -252,6 +253,9 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
       ssl.pem_private_key = *key;
       ssl.pem_cert_chain = *cert;
       creds = grpc::SslCredentials(ssl);
+    }
+    if (absl::Status s = CheckHostPort(a->coordinator, /*allow_port_zero=*/false); !s.ok()) {
+      Fail(absl::StrCat("--coordinator: ", s.message()));
     }
     return fedpers::v1::Admin::NewStub(grpc::CreateChannel(a->coordinator, creds));
   };

@@ -1,6 +1,8 @@
 // fedpers: federated personalization of language models. Wiring only: every
 // subcommand calls into a library.
 #include <cstdio>
+#include <exception>
+#include <new>
 
 #include "CLI/CLI.hpp"
 #include "cli/commands.h"
@@ -53,6 +55,16 @@ int main(int argc, char** argv) {
     return e.get_exit_code();
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const std::bad_alloc&) {
+    // What the up-front memory checks could not foresee (another process
+    // taking the memory, an address-space limit): an error, not an abort.
+    std::fprintf(stderr, "error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    // A library error that escaped its Status conversion (e.g. libtorch's):
+    // a bug to report, but the process still exits with a message.
+    std::fprintf(stderr, "error: internal error: %s\n", e.what());
+    return 1;
   }
   return 0;
 }

@@ -33,6 +33,7 @@ void RegisterPki(CLI::App& app, const GlobalOptions& global) {
   auto hosts = std::make_shared<std::vector<std::string>>();
   auto cdays = std::make_shared<int>(825);
   auto json = std::make_shared<bool>(false);
+  auto replace = std::make_shared<bool>(false);
   issue->add_option("--dir", *ca_dir, "CA directory (from `pki init`)")->required();
   issue->add_option("--role", *role, "coordinator, client or admin")->required()
       ->check(CLI::IsMember({"coordinator", "client", "admin"}));
@@ -41,10 +42,13 @@ void RegisterPki(CLI::App& app, const GlobalOptions& global) {
   issue->add_option("--host", *hosts, "Coordinator host name or IP (repeatable; default localhost, 127.0.0.1, ::1)");
   issue->add_option("--days", *cdays, "Validity in days")->capture_default_str()->check(CLI::PositiveNumber);
   issue->add_flag("--json", *json, "Print the written paths and identity as JSON");
-  issue->callback([ca_dir, role, cname, out, hosts, cdays, json] {
+  issue->add_flag("--replace", *replace,
+                  "Replace an existing certificate and key of this name (the old key stops matching wherever it is "
+                  "deployed)");
+  issue->callback([ca_dir, role, cname, out, hosts, cdays, json, replace] {
     absl::StatusOr<CertRole> r = ParseCertRole(*role);
     if (!r.ok()) Fail(std::string(r.status().message()));
-    absl::StatusOr<IssuedPaths> p = IssueCertificate(*ca_dir, *r, *cname, out->empty() ? *ca_dir : *out, *hosts, *cdays);
+    absl::StatusOr<IssuedPaths> p = IssueCertificate(*ca_dir, *r, *cname, out->empty() ? *ca_dir : *out, *hosts, *cdays, *replace);
     if (!p.ok()) Fail(std::string(p.status().message()));
     absl::StatusOr<std::string> pem = ReadFileToString(p->cert);
     absl::StatusOr<CertIdentity> id = pem.ok() ? ParseCertIdentity(*pem) : pem.status();

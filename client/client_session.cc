@@ -96,7 +96,9 @@ absl::StatusOr<ClientSession> ClientSession::Create(Gpt2LmHead model, std::strin
   if (user_id.empty()) return absl::InvalidArgumentError("empty user id");
   if (!train_tokens) return absl::InvalidArgumentError(absl::StrCat("user '", user_id, "' has no training text"));
   if (!model->lora_config().global_enabled) return absl::InvalidArgumentError("federated rounds need the global LoRA branch");
-  if (options.global_steps < 0 || options.residual_steps < 0) return absl::InvalidArgumentError("negative step count");
+  if (absl::Status v = options.Validate(); !v.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("local training options: ", v.message()));
+  }
   ClientSession s;
   s.user_id_ = std::move(user_id);
   s.train_tokens_ = std::move(train_tokens);

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/atomic_file.h"
+#include "common/host_port.h"
 #include "common/safetensors.h"
 #include "fedpers/v1/federation.grpc.pb.h"
 #include "secure_agg/crypto.h"
@@ -76,7 +77,7 @@ CoordinatorConnection::CoordinatorConnection(std::unique_ptr<Impl> impl) : impl_
 CoordinatorConnection::~CoordinatorConnection() = default;
 
 absl::StatusOr<std::unique_ptr<CoordinatorConnection>> CoordinatorConnection::Open(const ConnectionOptions& o) {
-  if (o.coordinator.empty()) return absl::InvalidArgumentError("no coordinator address (HOST:PORT)");
+  if (absl::Status s = CheckHostPort(o.coordinator, /*allow_port_zero=*/false); !s.ok()) return s;
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (o.insecure) {
     std::fprintf(stderr, "WARNING: connecting WITHOUT TLS (--insecure): local experiments only.\n");
@@ -251,6 +252,8 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
   ClientRunStats stats;
   std::map<std::string, int64_t> finished_per_user, round_of;
   int backoff_ms = 100;
+  std::string last_unreachable;
+  std::chrono::steady_clock::time_point last_unreachable_report;
   bool joined = false, restored = !o.restore_residuals;
   auto all_done = [&] {
     if (o.rounds <= 0) return false;
@@ -358,6 +361,18 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
         if (failure.code() == absl::StatusCode::kFailedPrecondition) joined = false;  // e.g. coordinator restarted
       }
       ++stats.reconnects;
+      // Unreachable: say why and when the next try is, once per distinct
+      // reason and then at most once a minute (an operator watching a
+      // client that cannot connect needs the reason, not a silent loop).
+      const auto now = std::chrono::steady_clock::now();
+      if (failure.code() == absl::StatusCode::kUnavailable &&
+          (failure.message() != last_unreachable || now - last_unreachable_report > std::chrono::minutes(1))) {
+        std::fprintf(stderr, "coordinator %s unreachable: %s (retrying in %d ms, attempt %ld)\n",
+                     o.connection.coordinator.c_str(), std::string(failure.message()).c_str(), backoff_ms,
+                     static_cast<long>(stats.reconnects));
+        last_unreachable = std::string(failure.message());
+        last_unreachable_report = now;
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(backoff_ms));
       backoff_ms = std::min(o.max_backoff_ms, backoff_ms * 2);
       continue;

@@ -1,5 +1,8 @@
 #include "client/local_training.h"
 
+#include <cmath>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 
 namespace fedpers {
@@ -10,6 +13,24 @@ absl::StatusOr<TrainingSchedule> ParseTrainingSchedule(absl::string_view name) {
   if (name == "residual-after-global") return TrainingSchedule::kResidualAfterGlobal;
   return absl::InvalidArgumentError(
       absl::StrCat("unknown training schedule '", name, "' (joint, alternating or residual-after-global)"));
+}
+
+absl::Status LocalTrainingOptions::Validate() const {
+  if (global_steps < 0 || residual_steps < 0 || global_steps + residual_steps < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("global_steps (", global_steps, ") and residual_steps (",
+                                                   residual_steps, ") must be non-negative, not both 0"));
+  }
+  if (batch_size < 1 || micro_batch_size < 0 || seq_len < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("batch_size (", batch_size, ") must be positive, micro_batch_size (",
+                                                   micro_batch_size, ") and seq_len (", seq_len, ") >= 0"));
+  }
+  for (auto [rate, name] : {std::pair{global_learning_rate, "global_learning_rate"},
+                            std::pair{residual_learning_rate, "residual_learning_rate"}}) {
+    if (!(rate > 0) || !std::isfinite(rate)) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " must be positive and finite, got ", rate));
+    }
+  }
+  return absl::OkStatus();
 }
 
 const char* TrainingScheduleName(TrainingSchedule schedule) {

@@ -48,6 +48,10 @@ struct LocalTrainingOptions {
   // the coordinator sees this client's encoded update. Off by default, so a
   // coordinator cannot switch SecAgg+ off behind the clients' backs.
   bool allow_plain_aggregation = false;
+
+  // InvalidArgument naming the first bad field (negative or all-zero step
+  // counts, batch sizes, non-finite or non-positive learning rates).
+  absl::Status Validate() const;
 };
 
 }  // namespace fedpers

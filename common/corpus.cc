@@ -10,9 +10,11 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/atomic_file.h"
+#include "common/host_memory.h"
 #include "common/portable_prg.h"
 #include "common/status.h"
 #include "common/utf8.h"
@@ -178,6 +180,12 @@ absl::StatusOr<Corpus> LoadSynthetic(absl::string_view args, const CorpusOptions
             "synthetic corpus: bad argument '", kv, "' (expected users=N,bytes=B,seed=S)"));
       }
     }
+  }
+  const double text_bytes = static_cast<double>(users) * static_cast<double>(bytes);
+  if (const int64_t available = AvailableMemoryBytes(); available > 0 && text_bytes > static_cast<double>(available)) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "synthetic corpus: %d users x %d bytes is %.1f GiB of text, more than the %.1f GiB of memory available",
+        users, bytes, text_bytes / (1 << 30), static_cast<double>(available) / (1 << 30)));
   }
   Corpus corpus;
   corpus.spec = absl::StrCat("synthetic:users=", users, ",bytes=", bytes, ",seed=", seed);

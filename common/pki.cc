@@ -10,6 +10,7 @@
 #include <openssl/x509v3.h>
 #include <sys/stat.h>
 
+#include <ctime>
 #include <filesystem>
 #include <memory>
 
@@ -92,6 +93,14 @@ absl::Status AddExtension(X509* cert, X509* issuer, int nid, const char* value) 
 }
 
 absl::StatusOr<Cert> NewCert(EVP_PKEY* subject_key, const std::string& cn, const std::string& ou, int days) {
+  // X.509 times end at 9999-12-31T23:59:59Z; a later expiry writes a
+  // certificate no reader accepts.
+  constexpr int64_t kLastEncodableSecond = 253402300799;
+  const int64_t max_days = (kLastEncodableSecond - static_cast<int64_t>(std::time(nullptr))) / 86400;
+  if (days < 1 || days > max_days) {
+    return absl::InvalidArgumentError(absl::StrCat("validity of ", days, " days: must be 1 to ", max_days,
+                                                   " (X.509 dates end at 9999-12-31)"));
+  }
   Cert cert(X509_new());
   if (!cert) return absl::InternalError("X509_new failed");
   X509_set_version(cert.get(), 2);
@@ -156,7 +165,8 @@ absl::StatusOr<CaPaths> InitCa(const std::string& dir, const std::string& name, 
 }
 
 absl::StatusOr<IssuedPaths> IssueCertificate(const std::string& ca_dir, CertRole role, const std::string& name,
-                                             const std::string& out_dir, std::vector<std::string> hosts, int days) {
+                                             const std::string& out_dir, std::vector<std::string> hosts, int days,
+                                             bool replace) {
   if (!ValidName(name)) {
     return absl::InvalidArgumentError(absl::StrCat("certificate name '", name,
                                                    "' must be 1-64 letters, digits, '-', '_', '.' or '@'"));
@@ -166,16 +176,34 @@ absl::StatusOr<IssuedPaths> IssueCertificate(const std::string& ca_dir, CertRole
   if (!ca_cert_pem.ok() || !ca_key_pem.ok()) {
     return absl::NotFoundError(absl::StrCat("no CA in '", ca_dir, "' (run `fedpers pki init --dir ", ca_dir, "`)"));
   }
-  FEDPERS_ASSIGN_OR_RETURN(Cert ca, CertFromPem(*ca_cert_pem));
-  FEDPERS_ASSIGN_OR_RETURN(PKey ca_key, KeyFromPem(*ca_key_pem));
+  absl::StatusOr<Cert> ca = CertFromPem(*ca_cert_pem);
+  if (!ca.ok()) return absl::Status(ca.status().code(), absl::StrCat("'", ca_dir, "/ca.crt': ", ca.status().message()));
+  absl::StatusOr<PKey> ca_key = KeyFromPem(*ca_key_pem);
+  if (!ca_key.ok()) {
+    return absl::Status(ca_key.status().code(), absl::StrCat("'", ca_dir, "/ca.key': ", ca_key.status().message()));
+  }
+  if (X509_check_ca(ca->get()) == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("'", ca_dir, "/ca.crt' is not a CA certificate"));
+  }
+  if (X509_check_private_key(ca->get(), ca_key->get()) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", ca_dir, "/ca.key' is not the key of '", ca_dir, "/ca.crt': certificates it signed would not verify"));
+  }
+  IssuedPaths paths{out_dir + "/" + name + ".crt", out_dir + "/" + name + ".key", out_dir + "/ca.crt"};
+  if (!replace && (std::filesystem::exists(paths.cert) || std::filesystem::exists(paths.key))) {
+    return absl::AlreadyExistsError(absl::StrCat("'", out_dir, "' already holds a certificate or key for '", name,
+                                                 "'; refusing to replace it (--replace to issue a new one: the old "
+                                                 "key stops matching wherever it is deployed)"));
+  }
   FEDPERS_ASSIGN_OR_RETURN(PKey key, NewEcKey());
   FEDPERS_ASSIGN_OR_RETURN(Cert cert, NewCert(key.get(), name, CertRoleName(role), days));
-  X509_set_issuer_name(cert.get(), X509_get_subject_name(ca.get()));
-  FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), ca.get(), NID_basic_constraints, "critical,CA:FALSE"));
-  FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), ca.get(), NID_key_usage, "critical,digitalSignature,keyAgreement"));
-  FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), ca.get(), NID_ext_key_usage,
+  X509_set_issuer_name(cert.get(), X509_get_subject_name(ca->get()));
+  FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), ca->get(), NID_basic_constraints, "critical,CA:FALSE"));
+  FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), ca->get(), NID_key_usage, "critical,digitalSignature,keyAgreement"));
+  FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), ca->get(), NID_ext_key_usage,
                                        role == CertRole::kCoordinator ? "serverAuth" : "clientAuth"));
-  FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), ca.get(), NID_authority_key_identifier, "keyid:always"));
+  FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), ca->get(), NID_authority_key_identifier, "keyid:always"));
   if (role == CertRole::kCoordinator) {
     if (hosts.empty()) hosts = {"localhost", "127.0.0.1", "::1"};
     std::string san;
@@ -183,10 +211,9 @@ absl::StatusOr<IssuedPaths> IssueCertificate(const std::string& ca_dir, CertRole
       const bool ip = h.find_first_not_of("0123456789.") == std::string::npos || h.find(':') != std::string::npos;
       absl::StrAppend(&san, san.empty() ? "" : ",", ip ? "IP:" : "DNS:", h);
     }
-    FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), ca.get(), NID_subject_alt_name, san.c_str()));
+    FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), ca->get(), NID_subject_alt_name, san.c_str()));
   }
-  if (X509_sign(cert.get(), ca_key.get(), EVP_sha256()) == 0) return absl::InternalError(SslError("signing failed"));
-  IssuedPaths paths{out_dir + "/" + name + ".crt", out_dir + "/" + name + ".key", out_dir + "/ca.crt"};
+  if (X509_sign(cert.get(), ca_key->get(), EVP_sha256()) == 0) return absl::InternalError(SslError("signing failed"));
   FEDPERS_ASSIGN_OR_RETURN(std::string key_pem, ToPem(key.get()));
   FEDPERS_ASSIGN_OR_RETURN(std::string cert_pem, ToPem(cert.get()));
   FEDPERS_RETURN_IF_ERROR(WritePrivate(paths.key, key_pem));

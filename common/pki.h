@@ -23,7 +23,8 @@ struct CaPaths {
   std::string cert, key;
 };
 
-// Creates `dir`/ca.crt and `dir`/ca.key. AlreadyExists if a CA is there.
+// Creates `dir`/ca.crt and `dir`/ca.key. AlreadyExists if a CA is there;
+// InvalidArgument when `days` puts the expiry past 9999-12-31.
 absl::StatusOr<CaPaths> InitCa(const std::string& dir, const std::string& name = "fedpers CA", int days = 3650);
 
 struct IssuedPaths {
@@ -34,9 +35,13 @@ struct IssuedPaths {
 // `out_dir`/<name>.crt, <name>.key and ca.crt. Coordinator certificates get
 // serverAuth and subject alternative names `hosts` (default localhost,
 // 127.0.0.1 and ::1); client and admin certificates get clientAuth.
+// Checks before writing anything: ca.key must be ca.crt's key and ca.crt a
+// CA (InvalidArgument), the expiry must be encodable (days up to
+// 9999-12-31), and an existing <name>.crt or <name>.key is AlreadyExists
+// unless `replace`.
 absl::StatusOr<IssuedPaths> IssueCertificate(const std::string& ca_dir, CertRole role, const std::string& name,
                                              const std::string& out_dir, std::vector<std::string> hosts = {},
-                                             int days = 825);
+                                             int days = 825, bool replace = false);
 
 struct CertIdentity {
   std::string name;  // subject CN

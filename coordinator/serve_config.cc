@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/atomic_file.h"
+#include "common/host_port.h"
 #include "common/model_config.h"
 #include "nlohmann/json.hpp"
 
@@ -38,6 +39,9 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::string& text, const std:
   ServeConfig c;
   try {
     c.serve.listen = j.value("listen", "127.0.0.1:7443");
+    if (absl::Status s = CheckHostPort(c.serve.listen, /*allow_port_zero=*/true); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("serve config \"listen\": ", s.message()));
+    }
     c.state_dir = Resolve(j.value("state_dir", "coordinator-state"), config_dir);
     c.serve.insecure = j.value("insecure", false);
     if (j.contains("tls")) {

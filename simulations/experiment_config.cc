@@ -126,15 +126,7 @@ absl::Status ExperimentConfig::Validate() const {
   if (users != 0 && clients_per_round > users) return bad("\"clients_per_round\" exceeds \"users\"");
   const int64_t mc = EffectiveMinClients();
   if (mc < 2 || mc > clients_per_round) return bad("\"min_clients\" must be in [2, clients_per_round]");
-  if (local.global_steps < 0 || local.residual_steps < 0 || local.global_steps + local.residual_steps < 1) {
-    return bad("\"local\" needs non-negative step counts, not both 0");
-  }
-  if (local.batch_size < 1 || local.micro_batch_size < 0 || local.seq_len < 0) {
-    return bad("\"local\" batch_size must be positive, micro_batch_size and seq_len >= 0");
-  }
-  if (!(local.global_learning_rate > 0) || !(local.residual_learning_rate > 0)) {
-    return bad("\"local\" learning rates must be positive");
-  }
+  if (absl::Status s = local.Validate(); !s.ok()) return bad(absl::StrCat("\"local\": ", s.message()));
   if (ring_bits != 0 && (ring_bits < 8 || ring_bits > 32)) {
     return bad("\"ring_bits\" must be 0 (sized per round) or in [8, 32]");
   }

@@ -5,6 +5,8 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/host_memory.h"
 #include "common/model/cpu_kernels.h"
 #include "common/portable_prg.h"
 #include "common/tokenizer.h"
@@ -590,7 +592,17 @@ absl::StatusOr<Gpt2LmHead> CreateGpt2(const ModelConfig& config, const LoraConfi
   if (absl::Status s = config.Validate(); !s.ok()) return s;
   if (absl::Status s = lora.Validate(); !s.ok()) return s;
   if (absl::Status s = ValidateLoraForModel(config, lora); !s.ok()) return s;
-  return Gpt2LmHead(config, lora);
+  const double weight_bytes = 4.0 * static_cast<double>(config.NumParameters());
+  if (const int64_t available = AvailableMemoryBytes(); available > 0 && weight_bytes > static_cast<double>(available)) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "the model's %d parameters need %.1f GiB as float32, more than the %.1f GiB of memory available",
+        config.NumParameters(), weight_bytes / (1 << 30), static_cast<double>(available) / (1 << 30)));
+  }
+  try {
+    return Gpt2LmHead(config, lora);
+  } catch (const c10::Error& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("cannot build the model: ", e.what_without_backtrace()));
+  }
 }
 
 }  // namespace fedpers

@@ -5,7 +5,9 @@
 // users' held-out loss.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
+#include <limits>
 
 #include "client/client_session.h"
 #include "common/corpus.h"
@@ -15,6 +17,30 @@
 
 namespace fedpers {
 namespace {
+
+TEST(LocalTrainingOptionsTest, BadValuesAreNamedBeforeAnyRound) {
+  LocalTrainingOptions o;
+  EXPECT_TRUE(o.Validate().ok());
+  o.global_learning_rate = std::nan("");
+  EXPECT_NE(o.Validate().message().find("global_learning_rate must be positive and finite, got nan"),
+            absl::string_view::npos) << o.Validate();
+  o = LocalTrainingOptions();
+  o.residual_learning_rate = std::numeric_limits<double>::infinity();
+  EXPECT_NE(o.Validate().message().find("residual_learning_rate"), absl::string_view::npos);
+  o = LocalTrainingOptions();
+  o.batch_size = 0;
+  EXPECT_NE(o.Validate().message().find("batch_size (0)"), absl::string_view::npos);
+  o = LocalTrainingOptions();
+  o.global_steps = -1;
+  EXPECT_NE(o.Validate().message().find("global_steps (-1)"), absl::string_view::npos);
+  // A session refuses them at creation, not in every round.
+  o = LocalTrainingOptions();
+  o.global_learning_rate = std::nan("");
+  Gpt2LmHead model = testing::RandomModel();
+  absl::Status s = ClientSession::Create(model, "alice", [] { return std::vector<int32_t>(100, 65); }, o).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("local training options: global_learning_rate"), absl::string_view::npos) << s;
+}
 
 TEST(FederatedRoundsTest, GlobalAdapterIsTheMeanOfClientDeltas) {
   const std::string dir = ::testing::TempDir() + "/fedrounds_" + std::to_string(::getpid());

@@ -62,5 +62,42 @@ TEST(PkiTest, BadInputIsAClearError) {
   EXPECT_FALSE(ParseCertIdentity(*ReadFileToString(ca + "/ca.crt")).ok()) << "the CA has no fedpers role";
 }
 
+// Nothing is written when the request cannot give a working certificate,
+// and an issued key is never replaced silently.
+TEST(PkiTest, IssuingChecksTheCaTheExpiryAndExistingFilesFirst) {
+  const std::string ca = FreshDir("checks"), other = FreshDir("checks-other"), out = FreshDir("checks-out");
+  ASSERT_TRUE(InitCa(ca).ok());
+  ASSERT_TRUE(InitCa(other).ok());
+  auto first = IssueCertificate(ca, CertRole::kClient, "partner", out);
+  ASSERT_TRUE(first.ok()) << first.status();
+  const std::string key = *ReadFileToString(first->key);
+  absl::Status s = IssueCertificate(ca, CertRole::kClient, "partner", out).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists) << s;
+  EXPECT_EQ(*ReadFileToString(first->key), key) << "the deployed key is untouched";
+  ASSERT_TRUE(IssueCertificate(ca, CertRole::kClient, "partner", out, {}, 825, /*replace=*/true).ok());
+  EXPECT_NE(*ReadFileToString(first->key), key);
+
+  // ca.key of another CA: certificates it signed would not verify.
+  std::filesystem::copy_file(other + "/ca.key", ca + "/ca.key", std::filesystem::copy_options::overwrite_existing);
+  s = IssueCertificate(ca, CertRole::kClient, "second", out).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("is not the key of"), absl::string_view::npos) << s;
+  EXPECT_FALSE(std::filesystem::exists(out + "/second.key"));
+
+  // A leaf certificate in the CA's place.
+  const std::string fake = FreshDir("checks-fake");
+  std::filesystem::copy_file(first->cert, fake + "/ca.crt");
+  std::filesystem::copy_file(first->key, fake + "/ca.key");
+  s = IssueCertificate(fake, CertRole::kClient, "third", out).status();
+  EXPECT_NE(s.message().find("is not a CA certificate"), absl::string_view::npos) << s;
+
+  // Expiries X.509 cannot encode.
+  s = IssueCertificate(other, CertRole::kClient, "late", out, {}, 100000000).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("9999-12-31"), absl::string_view::npos) << s;
+  EXPECT_FALSE(std::filesystem::exists(out + "/late.key"));
+  EXPECT_EQ(InitCa(FreshDir("late-ca"), "fedpers CA", 2920000).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace fedpers

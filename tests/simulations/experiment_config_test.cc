@@ -55,6 +55,8 @@ TEST(ExperimentConfigTest, BadConfigsAreNamedErrors) {
   EXPECT_NE(error(R"({"local": {"speed": 1}})").find("\"speed\""), std::string::npos);
   EXPECT_NE(error(R"({"local": {"micro_batch_size": -2}})").find("micro_batch_size"), std::string::npos);
   EXPECT_NE(error(R"({"local": {"recompute_activations": "yes"}})").find("recompute_activations"), std::string::npos);
+  EXPECT_NE(error(R"({"local": {"residual_learning_rate": -1}})").find("residual_learning_rate"), std::string::npos);
+  EXPECT_NE(error(R"({"local": {"global_steps": 0, "residual_steps": 0}})").find("not both 0"), std::string::npos);
   EXPECT_NE(error(R"({"users": 4, "clients_per_round": 10})").find("clients_per_round"), std::string::npos);
   EXPECT_NE(error(R"({"dropout": 1.5})").find("dropout"), std::string::npos);
   EXPECT_NE(error(R"({"noise_multiplier": -1})").find("noise_multiplier"), std::string::npos);
