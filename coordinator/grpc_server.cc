@@ -227,6 +227,20 @@ class ServerImpl final : public CoordinatorServer {
       if (!cert.ok()) return cert.status();
       if (!key.ok()) return key.status();
       if (!ca.ok()) return ca.status();
+      // gRPC would accept any pair here and fail every handshake later, or
+      // serve under a client's identity: check the certificate's role and
+      // issuer now, by name.
+      absl::StatusOr<CertIdentity> id = ParseCertIdentity(*cert);
+      if (!id.ok()) return absl::InvalidArgumentError(absl::StrCat("'", o_.cert_file, "': ", id.status().message()));
+      if (id->role != CertRole::kCoordinator) {
+        return absl::InvalidArgumentError(absl::StrCat("'", o_.cert_file, "' is a ", CertRoleName(id->role),
+                                                       " certificate; the coordinator needs one issued with "
+                                                       "`fedpers pki issue --role coordinator`"));
+      }
+      if (absl::Status v = VerifyCertificate(*cert, *ca); !v.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("'", o_.cert_file, "' does not verify against '", o_.ca_file, "': ", v.message()));
+      }
       grpc::SslServerCredentialsOptions ssl(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
       ssl.pem_root_certs = *ca;
       ssl.pem_key_cert_pairs.push_back({*key, *cert});

@@ -92,6 +92,12 @@ absl::StatusOr<PretrainResult> RunPretrain(const PretrainOptions& o) {
   std::vector<int32_t> train, test;
   PretrainResult result;
   const std::set<std::string> excluded(o.exclude_users.begin(), o.exclude_users.end());
+  for (const std::string& user : excluded) {
+    // A misspelt exclusion would pretrain on the user it meant to keep out.
+    if (corpus.Find(user) == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("pretrain: the excluded user '", user, "' is not in ", corpus.spec));
+    }
+  }
   for (const UserText& u : corpus.users) {
     if (excluded.count(u.user_id)) continue;
     TextSplit split = SplitTrainTest(u.text, o.train_fraction);

@@ -74,6 +74,23 @@ class GrpcHostileTest : public ::testing::Test {
   std::unique_ptr<CoordinatorServer> server_;
 };
 
+// The coordinator refuses to serve under a client's certificate or one its
+// own CA did not sign, naming the file, instead of failing every handshake.
+TEST_F(GrpcHostileTest, ServerRefusesACertificateThatIsNotACoordinatorsOfItsCa) {
+  ServeOptions o;
+  o.cert_file = dir_ + "/certs/p0.crt";
+  o.key_file = dir_ + "/certs/p0.key";
+  o.ca_file = dir_ + "/certs/ca.crt";
+  absl::Status s = StartCoordinatorServer(o, runtime_.get()).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("p0.crt' is a client certificate"), absl::string_view::npos) << s;
+  ASSERT_TRUE(IssueCertificate(dir_ + "/other", CertRole::kCoordinator, "coord", dir_ + "/othercerts").ok());
+  o.cert_file = dir_ + "/othercerts/coord.crt";
+  o.key_file = dir_ + "/othercerts/coord.key";
+  s = StartCoordinatorServer(o, runtime_.get()).status();
+  EXPECT_NE(s.message().find("does not verify against"), absl::string_view::npos) << s;
+}
+
 TEST_F(GrpcHostileTest, BadTrafficIsRefusedAndTheRoundStillCommits) {
   std::vector<std::unique_ptr<Federation::Stub>> stubs;
   for (int i = 0; i < 3; ++i) {
