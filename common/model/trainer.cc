@@ -19,9 +19,13 @@ absl::Status TrainOptions::Validate() const {
   if (batch_size <= 0) return absl::InvalidArgumentError("batch_size must be positive");
   if (micro_batch_size < 0) return absl::InvalidArgumentError("micro_batch_size must be >= 0");
   if (seq_len < 0) return absl::InvalidArgumentError("seq_len must be >= 0");
-  if (!(learning_rate > 0)) return absl::InvalidArgumentError("learning_rate must be positive");
+  if (!(learning_rate > 0) || !std::isfinite(learning_rate)) {
+    return absl::InvalidArgumentError(absl::StrCat("learning_rate must be positive and finite, got ", learning_rate));
+  }
   if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1)) return absl::InvalidArgumentError("min_lr_ratio must be in [0, 1]");
-  if (!(weight_decay >= 0)) return absl::InvalidArgumentError("weight_decay must be >= 0");
+  if (!(weight_decay >= 0) || !std::isfinite(weight_decay)) {
+    return absl::InvalidArgumentError("weight_decay must be >= 0 and finite");
+  }
   if (!(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1)) return absl::InvalidArgumentError("Adam betas must be in [0, 1)");
   return absl::OkStatus();
 }

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "common/corpus.h"
 #include "common/model/trainer.h"
 #include "common/tokenizer.h"
@@ -256,6 +258,10 @@ TEST(TrainingTest, BadInputsAreErrors) {
   TrainOptions bad = Fast(1);
   bad.learning_rate = -1;
   EXPECT_FALSE(Trainer::Create(m, Residual(m), {1, 2, 3}, bad).ok());
+  bad = Fast(1);
+  bad.learning_rate = std::numeric_limits<double>::infinity();
+  EXPECT_NE(Trainer::Create(m, Residual(m), {1, 2, 3}, bad).status().message().find("positive and finite, got inf"),
+            absl::string_view::npos);
   bad = Fast(1);
   bad.micro_batch_size = -1;
   EXPECT_NE(Trainer::Create(m, Residual(m), {1, 2, 3}, bad).status().message().find("micro_batch_size"),
