@@ -85,6 +85,12 @@ absl::StatusOr<Corpus> LoadTxtDir(const std::string& dir, const CorpusOptions& o
 absl::StatusOr<Corpus> LoadJsonl(const std::string& path, const CorpusOptions& options) {
   Corpus corpus;
   corpus.spec = "jsonl:" + path;
+  // A directory reads as empty and a device (/dev/zero) never ends.
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec)) {
+    const char* what = std::filesystem::is_directory(path, ec) ? "a directory" : "not a regular file";
+    return absl::InvalidArgumentError(absl::StrCat("jsonl corpus: '", path, "' is ", what, " (give a .jsonl file)"));
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("jsonl corpus: cannot open '", path, "'"));
   std::map<std::string, std::string> by_user;

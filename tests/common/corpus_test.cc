@@ -119,6 +119,18 @@ TEST(CorpusTest, JsonlSkipsHugeAndBadLinesWhenAsked) {
   EXPECT_NE(LoadCorpus("ftp://x").status().message().find("unknown corpus spec"), absl::string_view::npos);
 }
 
+// Neither a directory nor a device is read as a jsonl file: one reads as
+// empty, the other (/dev/zero) never ends.
+TEST(CorpusTest, JsonlNeedsARegularFile) {
+  absl::StatusOr<Corpus> dir = LoadCorpus("jsonl:" + ::testing::TempDir());
+  ASSERT_FALSE(dir.ok());
+  EXPECT_NE(dir.status().message().find("is a directory"), absl::string_view::npos) << dir.status();
+  absl::StatusOr<Corpus> device = LoadCorpus("jsonl:/dev/zero");
+  ASSERT_FALSE(device.ok());
+  EXPECT_NE(device.status().message().find("'/dev/zero' is not a regular file"), absl::string_view::npos)
+      << device.status();
+}
+
 TEST(CorpusTest, SyntheticUsersAreDeterministicAndDistinct) {
   absl::StatusOr<Corpus> a = LoadCorpus("synthetic:users=3,bytes=2000,seed=5");
   absl::StatusOr<Corpus> b = LoadCorpus("synthetic:users=3,bytes=2000,seed=5");
