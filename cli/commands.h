@@ -24,6 +24,11 @@ void RegisterPki(CLI::App& app, const GlobalOptions& global);
 void RegisterFederation(CLI::App& app, const GlobalOptions& global);
 void RegisterSimulate(CLI::App& app, const GlobalOptions& global);
 
+// Checks of numeric flags whose messages read "--steps: must be positive,
+// got -1" (CLI11's PositiveNumber prints the whole of DBL_MAX).
+const CLI::Validator& Positive();
+const CLI::Validator& NonNegative();
+
 // Prints "error: <message>" to stderr and exits the subcommand with code 1.
 [[noreturn]] void Fail(const std::string& message);
 

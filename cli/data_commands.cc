@@ -26,7 +26,7 @@ void RegisterData(CLI::App& app, const GlobalOptions& global) {
       ->required();
   users->add_option("--min-bytes", o->min_bytes, "Drop users with less text")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(NonNegative());
   users->add_option("--limit", o->limit, "Rows in the table (0: all; --json lists all)")->capture_default_str();
   users->add_flag("--skip-bad", o->skip_bad, "Skip bad records and list them instead of failing");
   users->add_flag("--json", o->json, "Print one JSON object");

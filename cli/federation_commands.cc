@@ -101,7 +101,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     int64_t rounds = 0, global_steps = 20, residual_steps = 20, batch = 8, micro_batch = 0;
     double lr = 3e-3;
     std::string save_updates, kill_at;
-    bool allow_plain = false, recompute = false;
+    bool allow_plain = false, recompute = false, replace_unusable = false;
   };
   auto f = std::make_shared<RunFlags>();
   run->add_option("--coordinator", f->coordinator, "HOST:PORT")->required();
@@ -117,6 +117,9 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
   run->add_option("--lr", f->lr, "Local learning rate")->capture_default_str();
   run->add_flag("--allow-plain-aggregation", f->allow_plain,
                 "Take part in rounds without secure aggregation, where the coordinator sees this client's update");
+  run->add_flag("--replace-unusable-residual", f->replace_unusable,
+                "If the coordinator keeps a residual this client cannot open (another residual.key) or load (another "
+                "layout), start a fresh one instead of stopping; the stored versions stay until deleted");
   run->add_option("--save-updates", f->save_updates,
                   "Also write each plain update (before clipping and noise) to DIR/round-R/USER.safetensors, for audits");
   run->add_option("--fault-kill-at", f->kill_at,
@@ -153,6 +156,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     o.connection = ClientConnection(f->coordinator, f->tls);
     o.rounds = f->rounds;
     o.save_updates_dir = f->save_updates;
+    o.replace_unusable_residuals = f->replace_unusable;
     if (!f->kill_at.empty()) {
       const size_t colon = f->kill_at.find(':');
       if (colon == std::string::npos || !absl::SimpleAtoi(f->kill_at.substr(0, colon), &o.kill_round) ||
@@ -241,21 +245,20 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
   auto a = std::make_shared<AdminFlags>();
   auto connect = [a]() {
     std::shared_ptr<grpc::ChannelCredentials> creds;
-    if (a->tls.insecure) {
-      creds = grpc::InsecureChannelCredentials();
-    } else {
-      absl::StatusOr<std::string> cert = ReadFileToString(a->tls.dir + "/" + a->tls.name + ".crt");
-      absl::StatusOr<std::string> key = ReadFileToString(a->tls.dir + "/" + a->tls.name + ".key");
-      absl::StatusOr<std::string> ca = ReadFileToString(a->tls.dir + "/ca.crt");
-      if (!cert.ok() || !key.ok() || !ca.ok()) Fail("cannot read the admin certificate files (--tls-dir, --name)");
-      grpc::SslCredentialsOptions ssl;
-      ssl.pem_root_certs = *ca;
-      ssl.pem_private_key = *key;
-      ssl.pem_cert_chain = *cert;
-      creds = grpc::SslCredentials(ssl);
-    }
     if (absl::Status s = CheckHostPort(a->coordinator, /*allow_port_zero=*/false); !s.ok()) {
       Fail(absl::StrCat("--coordinator: ", s.message()));
+    }
+    const ConnectionOptions o = ClientConnection(a->coordinator, a->tls);
+    if (o.insecure) {
+      creds = grpc::InsecureChannelCredentials();
+    } else {
+      absl::StatusOr<TlsIdentity> tls = LoadTlsIdentity(o.cert_file, o.key_file, o.ca_file, CertRole::kAdmin);
+      if (!tls.ok()) Fail(std::string(tls.status().message()));
+      grpc::SslCredentialsOptions ssl;
+      ssl.pem_root_certs = tls->ca_pem;
+      ssl.pem_private_key = tls->key_pem;
+      ssl.pem_cert_chain = tls->cert_pem;
+      creds = grpc::SslCredentials(ssl);
     }
     return fedpers::v1::Admin::NewStub(grpc::CreateChannel(a->coordinator, creds));
   };
@@ -332,21 +335,25 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
         fedpers::v1::ClientsResponse r;
         check(s->Clients(c.get(), {}, &r));
         nlohmann::json j = nlohmann::json::array();
-        Table t({"client", "first seen", "last seen"});
+        Table t({"client", "certificate sha256", "first seen", "last seen"});
         for (const auto& x : r.clients()) {
-          j.push_back({{"client_id", x.client_id()}, {"first_seen_unix", x.first_seen_unix()}, {"last_seen_unix", x.last_seen_unix()}});
-          t.AddRow({x.client_id(), absl::StrFormat("%d", x.first_seen_unix()), absl::StrFormat("%d", x.last_seen_unix())});
+          j.push_back({{"client_id", x.client_id()}, {"cert_sha256", x.cert_fingerprint()},
+                       {"first_seen_unix", x.first_seen_unix()}, {"last_seen_unix", x.last_seen_unix()}});
+          // The first 16 hex digits tell certificates apart at a glance; --json has all 64.
+          t.AddRow({x.client_id(), x.cert_fingerprint().empty() ? "-" : x.cert_fingerprint().substr(0, 16) + "...",
+                    absl::StrFormat("%d", x.first_seen_unix()), absl::StrFormat("%d", x.last_seen_unix())});
         }
         std::cout << (a->json ? j.dump(2) + "\n" : t.Render());
       } else {
         fedpers::v1::UsersResponse r;
         check(s->Users(c.get(), {}, &r));
         nlohmann::json j = nlohmann::json::array();
-        Table t({"user", "residual versions", "sealed", "bytes", "epsilon"});
+        Table t({"user", "client", "residual versions", "sealed", "bytes", "epsilon"});
         for (const auto& x : r.users()) {
-          j.push_back({{"user_id", x.user_id()}, {"residual_versions", x.residual_versions()}, {"sealed", x.sealed()},
-                       {"bytes", x.bytes()}, {"epsilon", x.epsilon()}});
-          t.AddRow({x.user_id(), absl::StrFormat("%d", x.residual_versions()), x.sealed() ? "yes" : "no",
+          j.push_back({{"user_id", x.user_id()}, {"client_id", x.client_id()}, {"residual_versions", x.residual_versions()},
+                       {"sealed", x.sealed()}, {"bytes", x.bytes()}, {"epsilon", x.epsilon()}});
+          t.AddRow({x.user_id(), x.client_id().empty() ? "-" : x.client_id(), absl::StrFormat("%d", x.residual_versions()),
+                    x.sealed() ? "yes" : "no",
                     absl::StrFormat("%d", x.bytes()), absl::StrFormat("%.4f", x.epsilon())});
         }
         std::cout << (a->json ? j.dump(2) + "\n" : t.Render());

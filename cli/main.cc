@@ -14,11 +14,36 @@ void Fail(const std::string& message) {
   throw CLI::RuntimeError("error: " + message, 1);
 }
 
+namespace {
+
+// A validator of numbers with `accept`, saying "must be <what>, got X".
+CLI::Validator NumberCheck(const std::string& what, bool (*accept)(double)) {
+  return CLI::Validator(
+      [what, accept](std::string& in) -> std::string {
+        double v = 0;
+        if (!CLI::detail::lexical_cast(in, v)) return "'" + in + "' is not a number";
+        return accept(v) ? std::string() : "must be " + what + ", got " + in;
+      },
+      what == "positive" ? "POSITIVE" : "NONNEGATIVE");
+}
+
+}  // namespace
+
+const CLI::Validator& Positive() {
+  static const CLI::Validator* v = new CLI::Validator(NumberCheck("positive", [](double x) { return x > 0; }));
+  return *v;
+}
+
+const CLI::Validator& NonNegative() {
+  static const CLI::Validator* v = new CLI::Validator(NumberCheck(">= 0", [](double x) { return x >= 0; }));
+  return *v;
+}
+
 void AddTrainingMemoryFlags(CLI::App* cmd, int64_t* micro_batch_size, bool* recompute_activations) {
   cmd->add_option("--micro-batch-size", *micro_batch_size,
                   "Windows per forward/backward pass (0: the whole batch); less memory, the same step")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber)
+      ->check(NonNegative())
       ->group("Training memory");
   cmd->add_flag("--recompute-activations", *recompute_activations,
                 "Keep only each block's input in the forward pass and recompute the rest in backward "
@@ -38,7 +63,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "fedpers 0.1.0");
   GlobalOptions global;
   app.add_option("--threads", global.threads, "Compute threads (0: every available core)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(NonNegative());
   app.add_flag("-q,--quiet", global.quiet, "No progress bars");
   app.parse_complete_callback([&] { fedpers::InitTorchRuntime(global.threads, /*warn=*/true); });
   RegisterPretrain(app, global);

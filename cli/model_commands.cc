@@ -27,13 +27,13 @@ void RegisterPretrain(CLI::App& app, const GlobalOptions& global) {
       ->capture_default_str();
   cmd->add_option("--config", o->config, "Model config: tiny, small, or a config.json path")->capture_default_str();
   cmd->add_option("--out", o->out, "Output model directory (checkpoints go here too)")->required();
-  cmd->add_option("--steps", o->steps, "Optimizer steps")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--batch-size", o->batch_size, "Windows per step")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--steps", o->steps, "Optimizer steps")->capture_default_str()->check(Positive());
+  cmd->add_option("--batch-size", o->batch_size, "Windows per step")->capture_default_str()->check(Positive());
   cmd->add_option("--lr", o->learning_rate, "Peak learning rate (warmup, then cosine)")->capture_default_str();
   AddTrainingMemoryFlags(cmd, &o->micro_batch_size, &o->recompute_activations);
   cmd->add_option("--weight-decay", o->weight_decay, "AdamW weight decay")->capture_default_str();
-  cmd->add_option("--checkpoint-every", o->checkpoint_every, "Steps between checkpoints")->capture_default_str();
-  cmd->add_option("--eval-tokens", o->eval_tokens, "Held-out tokens evaluated at the end")->capture_default_str();
+  cmd->add_option("--checkpoint-every", o->checkpoint_every, "Steps between checkpoints")->capture_default_str()->check(Positive());
+  cmd->add_option("--eval-tokens", o->eval_tokens, "Held-out tokens evaluated at the end")->capture_default_str()->check(NonNegative());
   cmd->add_option("--exclude-user", o->exclude_users, "A user to keep out of pretraining (repeatable)");
   cmd->add_option("--seed", o->seed, "Seed of initialization and batch order")->capture_default_str();
   cmd->add_flag("--no-resume", *no_resume, "Start fresh even if --out holds a checkpoint");
@@ -85,11 +85,11 @@ void RegisterFinetune(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--global-seed", o->lora.global_seed, "Public seed of the frozen A_g")->capture_default_str();
   cmd->add_option("--residual-rank", o->lora.residual_rank, "Rank r_u of the residual")->capture_default_str();
   cmd->add_option("--residual-alpha", o->lora.residual_alpha, "alpha_u (scale alpha_u / r_u)")->capture_default_str();
-  cmd->add_option("--steps", o->steps, "Optimizer steps")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--batch-size", o->batch_size, "Windows per step")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--steps", o->steps, "Optimizer steps")->capture_default_str()->check(Positive());
+  cmd->add_option("--batch-size", o->batch_size, "Windows per step")->capture_default_str()->check(Positive());
   cmd->add_option("--lr", o->learning_rate, "Peak learning rate")->capture_default_str();
   AddTrainingMemoryFlags(cmd, &o->micro_batch_size, &o->recompute_activations);
-  cmd->add_option("--eval-tokens", o->eval_tokens, "Held-out tokens to evaluate (0: all)")->capture_default_str();
+  cmd->add_option("--eval-tokens", o->eval_tokens, "Held-out tokens to evaluate (0: all)")->capture_default_str()->check(NonNegative());
   cmd->add_option("--seed", o->seed, "Seed")->capture_default_str();
   cmd->add_flag("--json", *json, "Print the result as one JSON object");
   cmd->callback([o, json, no_global, no_residual, &global] {

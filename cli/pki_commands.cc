@@ -18,7 +18,7 @@ void RegisterPki(CLI::App& app, const GlobalOptions& global) {
   auto days = std::make_shared<int>(3650);
   init->add_option("--dir", *dir, "Directory for the CA (keep ca.key private)")->required();
   init->add_option("--name", *name, "CA common name")->capture_default_str();
-  init->add_option("--days", *days, "Validity in days")->capture_default_str()->check(CLI::PositiveNumber);
+  init->add_option("--days", *days, "Validity in days")->capture_default_str()->check(Positive());
   init->callback([dir, name, days] {
     absl::StatusOr<CaPaths> p = InitCa(*dir, *name, *days);
     if (!p.ok()) Fail(std::string(p.status().message()));
@@ -40,7 +40,7 @@ void RegisterPki(CLI::App& app, const GlobalOptions& global) {
   issue->add_option("--name", *cname, "Identity (certificate CN): the partner, host or operator name")->required();
   issue->add_option("--out", *out, "Output directory (default: the CA directory)");
   issue->add_option("--host", *hosts, "Coordinator host name or IP (repeatable; default localhost, 127.0.0.1, ::1)");
-  issue->add_option("--days", *cdays, "Validity in days")->capture_default_str()->check(CLI::PositiveNumber);
+  issue->add_option("--days", *cdays, "Validity in days")->capture_default_str()->check(Positive());
   issue->add_flag("--json", *json, "Print the written paths and identity as JSON");
   issue->add_flag("--replace", *replace,
                   "Replace an existing certificate and key of this name (the old key stops matching wherever it is "

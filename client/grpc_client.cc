@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/atomic_file.h"
 #include "common/host_port.h"
+#include "common/pki.h"
 #include "common/safetensors.h"
 #include "fedpers/v1/federation.grpc.pb.h"
 #include "secure_agg/crypto.h"
@@ -83,15 +84,12 @@ absl::StatusOr<std::unique_ptr<CoordinatorConnection>> CoordinatorConnection::Op
     std::fprintf(stderr, "WARNING: connecting WITHOUT TLS (--insecure): local experiments only.\n");
     creds = grpc::InsecureChannelCredentials();
   } else {
-    absl::StatusOr<std::string> cert = ReadFileToString(o.cert_file), key = ReadFileToString(o.key_file),
-                                ca = ReadFileToString(o.ca_file);
-    if (!cert.ok()) return cert.status();
-    if (!key.ok()) return key.status();
-    if (!ca.ok()) return ca.status();
+    absl::StatusOr<TlsIdentity> tls = LoadTlsIdentity(o.cert_file, o.key_file, o.ca_file, o.role);
+    if (!tls.ok()) return tls.status();
     grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = *ca;
-    ssl.pem_private_key = *key;
-    ssl.pem_cert_chain = *cert;
+    ssl.pem_root_certs = tls->ca_pem;
+    ssl.pem_private_key = tls->key_pem;
+    ssl.pem_cert_chain = tls->cert_pem;
     creds = grpc::SslCredentials(ssl);
   }
   grpc::ChannelArguments args;
@@ -200,12 +198,13 @@ std::string UpdateFileName(const std::string& user_id) {
 namespace {
 
 // Fetches, opens and loads each user's latest residual. A user without one
-// starts fresh; one that cannot be used (another layout, another key) is
-// reported and the user starts fresh, since refusing to run would not bring
-// it back.
+// starts fresh. One that cannot be used (another key: most often the wrong
+// --state-dir; another layout) is an error unless `replace_unusable`: a
+// fresh residual would become the user's latest version, and the next
+// restore would take it instead of the one the user trained.
 absl::Status RestoreResiduals(CoordinatorConnection& coordinator, Gpt2LmHead model,
                               std::map<std::string, ClientSession*>& sessions, const ResidualVault& vault,
-                              ClientRunStats& stats) {
+                              bool replace_unusable, ClientRunStats& stats) {
   for (auto& [user, session] : sessions) {
     if (session->residual().empty()) continue;
     absl::StatusOr<std::vector<uint8_t>> blob = coordinator.GetResidual(user);
@@ -223,6 +222,12 @@ absl::Status RestoreResiduals(CoordinatorConnection& coordinator, Gpt2LmHead mod
       }
     }
     if (!restored.ok()) {
+      if (!replace_unusable) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "user ", user, ": the residual the coordinator keeps cannot be used (", restored.message(),
+            "). Run with the state directory whose residual.key sealed it, or pass --replace-unusable-residual "
+            "to start a fresh residual (the stored versions stay at the coordinator until deleted)"));
+      }
       std::fprintf(stderr, "user %s: the stored residual cannot be used (%s); starting a fresh one\n", user.c_str(),
                    std::string(restored.message()).c_str());
       continue;
@@ -280,7 +285,7 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
       }
     }
     if (failure.ok() && joined && !restored) {
-      failure = RestoreResiduals(coordinator, model, sessions, vault, stats);
+      failure = RestoreResiduals(coordinator, model, sessions, vault, o.replace_unusable_residuals, stats);
       if (failure.ok()) {
         restored = true;
       } else if (failure.code() != absl::StatusCode::kUnavailable) {

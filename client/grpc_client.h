@@ -15,13 +15,15 @@
 #include "absl/status/statusor.h"
 #include "client/client_session.h"
 #include "client/residual_vault.h"
+#include "common/pki.h"
 #include "fedpers/v1/federation.pb.h"
 
 namespace fedpers {
 
 struct ConnectionOptions {
   std::string coordinator;                   // host:port
-  std::string cert_file, key_file, ca_file;  // mutual TLS
+  std::string cert_file, key_file, ca_file;  // mutual TLS, checked by LoadTlsIdentity
+  CertRole role = CertRole::kClient;         // the role the certificate must have
   bool insecure = false;                     // no TLS: local experiments only (warns)
   std::string insecure_identity;             // the client name claimed without TLS
   int max_message_bytes = 64 << 20;
@@ -59,8 +61,13 @@ struct ClientRunOptions {
   bool upload_residuals = true;
   // On the first join, fetch each user's latest sealed residual from the
   // coordinator and continue from it (a client that restarted, or moved
-  // machines with its key, loses nothing).
+  // machines with its key, loses nothing). A stored residual this client
+  // cannot use (sealed under another key, or for another layout) stops the
+  // run with FailedPrecondition, since training on would shadow it with a
+  // fresh one, unless `replace_unusable_residuals`: then the user starts
+  // fresh and the stored versions stay at the coordinator until deleted.
   bool restore_residuals = true;
+  bool replace_unusable_residuals = false;
   int max_backoff_ms = 5000;
   // When set, every user's plain update of every round (B_g' - B_g, before
   // clipping and noise) is also written to DIR/round-R/USER.safetensors, so

@@ -195,8 +195,10 @@ absl::StatusOr<Corpus> LoadSynthetic(absl::string_view args, const CorpusOptions
   }
   Corpus corpus;
   corpus.spec = absl::StrCat("synthetic:users=", users, ",bytes=", bytes, ",seed=", seed);
-  corpus.users = SyntheticUsers(users, static_cast<size_t>(bytes), seed);
-  (void)options;
+  // Through the same filter as every other corpus (--min-bytes).
+  std::map<std::string, std::string> by_user;
+  for (UserText& u : SyntheticUsers(users, static_cast<size_t>(bytes), seed)) by_user[u.user_id] = std::move(u.text);
+  if (absl::Status s = Finalize(std::move(by_user), options, corpus); !s.ok()) return s;
   return corpus;
 }
 

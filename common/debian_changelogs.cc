@@ -36,13 +36,23 @@ absl::StatusOr<std::string> Gunzip(const std::string& path, size_t max_bytes) {
       return absl::DataLossError(absl::StrCat("'", path, "': ", msg));
     }
     if (n == 0) break;
+    // zlib reads a file that is not gzip as plain bytes; a changelog.Debian.gz
+    // that is not gzip is damaged.
+    if (out.empty() && gzdirect(f)) {
+      gzclose(f);
+      return absl::DataLossError(absl::StrCat("'", path, "' is not gzip data"));
+    }
     out.append(buf, static_cast<size_t>(n));
     if (out.size() > max_bytes) {
       gzclose(f);
       return absl::ResourceExhaustedError(absl::StrCat("'", path, "' unpacks to over ", max_bytes, " bytes"));
     }
   }
+  // A truncated stream ends with the data read so far and Z_BUF_ERROR.
+  int err = Z_OK;
+  const std::string msg = gzerror(f, &err);
   gzclose(f);
+  if (err != Z_OK) return absl::DataLossError(absl::StrCat("'", path, "': ", msg));
   return out;
 }
 
@@ -155,6 +165,13 @@ absl::StatusOr<Corpus> LoadDebianChangelogs(const std::string& doc_dir, const Co
   for (const fs::path& p : logs) {
     absl::StatusOr<std::string> log = Gunzip(p.string(), options.max_record_bytes);
     if (!log.ok()) {
+      // As for any corpus: an error naming the file, or with
+      // skip_bad_records one problem line.
+      if (!options.skip_bad_records) {
+        return absl::Status(log.status().code(),
+                            absl::StrCat("debian-changelogs: ", log.status().message(),
+                                         " (skip_bad_records / --skip-bad skips the file)"));
+      }
       corpus.problems.emplace_back(log.status().message());
       continue;
     }

@@ -10,6 +10,7 @@
 #include <openssl/x509v3.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <ctime>
 #include <filesystem>
 #include <memory>
@@ -92,6 +93,8 @@ absl::Status AddExtension(X509* cert, X509* issuer, int nid, const char* value) 
   return absl::OkStatus();
 }
 
+const std::string kOrganization = "fedpers";
+
 absl::StatusOr<Cert> NewCert(EVP_PKEY* subject_key, const std::string& cn, const std::string& ou, int days) {
   // X.509 times end at 9999-12-31T23:59:59Z; a later expiry writes a
   // certificate no reader accepts.
@@ -113,9 +116,16 @@ absl::StatusOr<Cert> NewCert(EVP_PKEY* subject_key, const std::string& cn, const
   X509_gmtime_adj(X509_getm_notAfter(cert.get()), static_cast<long>(days) * 86400);
   X509_set_pubkey(cert.get(), subject_key);
   X509_NAME* name = X509_get_subject_name(cert.get());
-  X509_NAME_add_entry_by_txt(name, "O", MBSTRING_UTF8, reinterpret_cast<const unsigned char*>("fedpers"), -1, -1, 0);
-  X509_NAME_add_entry_by_txt(name, "OU", MBSTRING_UTF8, reinterpret_cast<const unsigned char*>(ou.c_str()), -1, -1, 0);
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
+  for (auto [field, value] : {std::pair<const char*, const std::string*>{"O", &kOrganization}, {"OU", &ou}, {"CN", &cn}}) {
+    // OpenSSL refuses, e.g., a CN over 64 characters; a subject without it
+    // would be a certificate without an identity.
+    if (X509_NAME_add_entry_by_txt(name, field, MBSTRING_UTF8, reinterpret_cast<const unsigned char*>(value->c_str()),
+                                   -1, -1, 0) != 1) {
+      ERR_clear_error();
+      return absl::InvalidArgumentError(absl::StrCat("cannot put '", *value, "' in a certificate's ", field,
+                                                     " (1-64 characters of UTF-8)"));
+    }
+  }
   return cert;
 }
 
@@ -147,6 +157,11 @@ std::string CertRoleName(CertRole role) {
 
 absl::StatusOr<CaPaths> InitCa(const std::string& dir, const std::string& name, int days) {
   CaPaths paths{dir + "/ca.crt", dir + "/ca.key"};
+  const bool printable = std::all_of(name.begin(), name.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x20 && c != 0x7f; });
+  if (name.empty() || name.size() > 64 || !printable) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CA name '", name, "' must be 1-64 bytes without control characters"));
+  }
   if (std::filesystem::exists(paths.key) || std::filesystem::exists(paths.cert)) {
     return absl::AlreadyExistsError(absl::StrCat("'", dir, "' already holds a CA; refusing to overwrite it"));
   }
@@ -260,6 +275,37 @@ absl::Status VerifyCertificate(const std::string& pem, const std::string& ca_pem
         absl::StrCat("certificate rejected: ", X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx.get()))));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<TlsIdentity> LoadTlsIdentity(const std::string& cert_file, const std::string& key_file,
+                                            const std::string& ca_file, CertRole role) {
+  TlsIdentity out;
+  for (auto [path, text] : {std::pair{&cert_file, &out.cert_pem}, {&key_file, &out.key_pem}, {&ca_file, &out.ca_pem}}) {
+    absl::StatusOr<std::string> read = ReadFileToString(*path);
+    if (!read.ok()) return read.status();
+    *text = std::move(*read);
+  }
+  absl::StatusOr<CertIdentity> id = ParseCertIdentity(out.cert_pem);
+  if (!id.ok()) return absl::InvalidArgumentError(absl::StrCat("'", cert_file, "': ", id.status().message()));
+  if (id->role != role) {
+    return absl::InvalidArgumentError(absl::StrCat("'", cert_file, "' is a ", CertRoleName(id->role),
+                                                   " certificate; this needs one issued with `fedpers pki issue --role ",
+                                                   CertRoleName(role), "`"));
+  }
+  absl::StatusOr<Cert> cert = CertFromPem(out.cert_pem);
+  if (!cert.ok()) return absl::InvalidArgumentError(absl::StrCat("'", cert_file, "': ", cert.status().message()));
+  absl::StatusOr<PKey> key = KeyFromPem(out.key_pem);
+  if (!key.ok()) return absl::InvalidArgumentError(absl::StrCat("'", key_file, "': ", key.status().message()));
+  if (X509_check_private_key(cert->get(), key->get()) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(absl::StrCat("'", key_file, "' is not the key of '", cert_file,
+                                                   "' (a key from another `pki issue`?)"));
+  }
+  if (absl::Status v = VerifyCertificate(out.cert_pem, out.ca_pem); !v.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", cert_file, "' does not verify against '", ca_file, "': ", v.message()));
+  }
+  return out;
 }
 
 }  // namespace fedpers

@@ -57,6 +57,19 @@ absl::StatusOr<CertIdentity> ParseCertIdentity(const std::string& pem);
 // period). PermissionDenied with OpenSSL's reason otherwise.
 absl::Status VerifyCertificate(const std::string& pem, const std::string& ca_pem);
 
+// The PEM texts of one party's mutual-TLS identity.
+struct TlsIdentity {
+  std::string cert_pem, key_pem, ca_pem;
+};
+
+// Reads and checks a TLS identity before gRPC gets it (gRPC would accept any
+// files and fail every handshake later with "Socket closed"): each file is
+// readable (errors name it), the key is the certificate's, the certificate
+// verifies against the CA, and its role is `role`. InvalidArgument naming
+// the file and the fix otherwise.
+absl::StatusOr<TlsIdentity> LoadTlsIdentity(const std::string& cert_file, const std::string& key_file,
+                                            const std::string& ca_file, CertRole role);
+
 }  // namespace fedpers
 
 #endif  // FEDPERS_COMMON_PKI_H_

@@ -65,9 +65,9 @@ class FederationImpl final : public Federation::Service {
   FederationImpl(CoordinatorRuntime* rt, const ServeOptions& o) : rt_(rt), o_(o) {}
 
   grpc::Status Join(grpc::ServerContext* ctx, const JoinRequest* req, JoinResponse* resp) override {
-    absl::StatusOr<std::string> who = Client(ctx);
+    absl::StatusOr<CertIdentity> who = ClientCert(ctx);
     if (!who.ok()) return ToGrpc(who.status());
-    absl::StatusOr<JoinResponse> r = rt_->Join(*who, *req);
+    absl::StatusOr<JoinResponse> r = rt_->Join(who->name, *req, who->fingerprint_sha256);
     if (!r.ok()) return ToGrpc(r.status());
     *resp = *r;
     return grpc::Status::OK;
@@ -148,12 +148,17 @@ class FederationImpl final : public Federation::Service {
   }
 
  private:
-  absl::StatusOr<std::string> Client(grpc::ServerContext* ctx) {
+  absl::StatusOr<CertIdentity> ClientCert(grpc::ServerContext* ctx) {
     absl::StatusOr<CertIdentity> id = Identify(ctx, o_.insecure);
     if (!id.ok()) return id.status();
     if (id->role != CertRole::kClient) {
       return absl::PermissionDeniedError(absl::StrCat("'", id->name, "' is not a client certificate"));
     }
+    return id;
+  }
+  absl::StatusOr<std::string> Client(grpc::ServerContext* ctx) {
+    absl::StatusOr<CertIdentity> id = ClientCert(ctx);
+    if (!id.ok()) return id.status();
     return id->name;
   }
   CoordinatorRuntime* rt_;
@@ -222,38 +227,31 @@ class ServerImpl final : public CoordinatorServer {
                    "identity. Local experiments only.\n");
       creds = grpc::InsecureServerCredentials();
     } else {
-      absl::StatusOr<std::string> cert = ReadFileToString(o_.cert_file), key = ReadFileToString(o_.key_file),
-                                  ca = ReadFileToString(o_.ca_file);
-      if (!cert.ok()) return cert.status();
-      if (!key.ok()) return key.status();
-      if (!ca.ok()) return ca.status();
-      // gRPC would accept any pair here and fail every handshake later, or
-      // serve under a client's identity: check the certificate's role and
-      // issuer now, by name.
-      absl::StatusOr<CertIdentity> id = ParseCertIdentity(*cert);
-      if (!id.ok()) return absl::InvalidArgumentError(absl::StrCat("'", o_.cert_file, "': ", id.status().message()));
-      if (id->role != CertRole::kCoordinator) {
-        return absl::InvalidArgumentError(absl::StrCat("'", o_.cert_file, "' is a ", CertRoleName(id->role),
-                                                       " certificate; the coordinator needs one issued with "
-                                                       "`fedpers pki issue --role coordinator`"));
-      }
-      if (absl::Status v = VerifyCertificate(*cert, *ca); !v.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("'", o_.cert_file, "' does not verify against '", o_.ca_file, "': ", v.message()));
-      }
+      // gRPC would accept any files here and fail every handshake later, or
+      // serve under a client's identity: check them now, by name.
+      absl::StatusOr<TlsIdentity> tls = LoadTlsIdentity(o_.cert_file, o_.key_file, o_.ca_file, CertRole::kCoordinator);
+      if (!tls.ok()) return tls.status();
       grpc::SslServerCredentialsOptions ssl(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-      ssl.pem_root_certs = *ca;
-      ssl.pem_key_cert_pairs.push_back({*key, *cert});
+      ssl.pem_root_certs = tls->ca_pem;
+      ssl.pem_key_cert_pairs.push_back({tls->key_pem, tls->cert_pem});
       creds = grpc::SslServerCredentials(ssl);
     }
     grpc::ServerBuilder builder;
+    // gRPC sets SO_REUSEPORT by default: a second coordinator on the same
+    // port would start, and the kernel would split the clients between the
+    // two. Binding exclusively makes that an error.
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
     builder.AddListeningPort(o_.listen, creds, &port_);
     builder.SetMaxReceiveMessageSize(o_.max_message_bytes);
     builder.SetMaxSendMessageSize(o_.max_message_bytes);
     builder.RegisterService(&federation_);
     builder.RegisterService(&admin_);
     server_ = builder.BuildAndStart();
-    if (!server_ || port_ == 0) return absl::UnavailableError(absl::StrCat("cannot listen on ", o_.listen));
+    if (!server_ || port_ == 0) {
+      return absl::UnavailableError(absl::StrCat("cannot listen on ", o_.listen,
+                                                 ": the port is in use (another coordinator?) or the host is not an "
+                                                 "address of this machine"));
+    }
     ticker_ = std::thread([this] {
       while (!stop_.load()) {
         absl::StatusOr<CoordinatorRuntime::TickResult> t = rt_->Tick();

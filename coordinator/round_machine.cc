@@ -35,15 +35,23 @@ absl::StatusOr<secagg::RingConfig> FinestRing(int bits, double clip_norm, int64_
 }  // namespace
 
 absl::Status RoundSettings::Validate() const {
-  if (clients_per_round < 2) return absl::InvalidArgumentError("clients_per_round must be at least 2");
+  if (clients_per_round < 2 || clients_per_round > kMaxClientsPerRound) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("clients_per_round must be 2 to ", kMaxClientsPerRound, ", got ", clients_per_round));
+  }
   if (min_clients < 2 || min_clients > clients_per_round) {
     return absl::InvalidArgumentError("min_clients must be in [2, clients_per_round]");
+  }
+  if (threshold == 1 || threshold > clients_per_round) {
+    return absl::InvalidArgumentError("threshold must be 0 (derived) or in [2, clients_per_round]");
   }
   if (ring_bits != 0 && (ring_bits < 8 || ring_bits > 32)) {
     return absl::InvalidArgumentError("ring_bits must be 0 (sized per round) or in [8, 32]");
   }
-  if (!(clip_norm > 0)) return absl::InvalidArgumentError("clip_norm must be positive");
-  if (!(noise_multiplier >= 0)) return absl::InvalidArgumentError("noise_multiplier must be >= 0");
+  if (!(clip_norm > 0) || !std::isfinite(clip_norm)) return absl::InvalidArgumentError("clip_norm must be positive and finite");
+  if (!(noise_multiplier >= 0) || !std::isfinite(noise_multiplier)) {
+    return absl::InvalidArgumentError("noise_multiplier must be >= 0 and finite");
+  }
   if (!(delta > 0 && delta < 1)) return absl::InvalidArgumentError("delta must be in (0, 1)");
   if (!(epsilon_budget > 0)) return absl::InvalidArgumentError("epsilon_budget must be positive");
   return strategy.Validate();
@@ -105,9 +113,73 @@ absl::StatusOr<std::map<std::string, Eigen::VectorXf>> ParseStrategyState(std::s
   return out;
 }
 
+namespace {
+
+// What a round of n sampled clients runs with.
+struct RoundPlan {
+  SecAggParams params;  // graph seed and nonce not set
+  dp::DistributedDpConfig dp;
+  secagg::RingConfig ring;
+};
+
+// SecAgg parameters: derived degree and threshold, or the complete graph
+// with t = ceil(2n/3) for samples too small for the bounds. A plain round
+// uses the count, the vector length and the ring, and the same minimum of
+// contributors (max(t, min_clients)): the clients split the noise among as
+// many, so both modes encode and sum the same values.
+absl::StatusOr<RoundPlan> PlanRound(const RoundSettings& settings, int64_t n, size_t layout_size,
+                                    uint64_t rotation_seed) {
+  RoundPlan plan;
+  SecAggParams& params = plan.params;
+  params.set_num_clients(static_cast<uint32_t>(n));
+  absl::StatusOr<secagg::DegreeAndThreshold> kt =
+      secagg::ChooseDegreeAndThreshold(static_cast<uint32_t>(n), secagg::SecAggAssumptions{});
+  uint32_t k = static_cast<uint32_t>(n - 1), t = static_cast<uint32_t>((2 * n + 2) / 3);
+  if (kt.ok()) {
+    k = kt->degree;
+    t = kt->threshold;
+  }
+  if (settings.threshold > 0) t = settings.threshold;
+  t = std::max<uint32_t>(t, static_cast<uint32_t>(std::min<int64_t>(settings.min_clients, n)));
+  params.set_degree(k);
+  params.set_threshold(t);
+  const int64_t min_survivors = std::max<int64_t>(t, settings.min_clients);
+  plan.dp.noise_multiplier = settings.central_noise ? 0 : settings.noise_multiplier;
+  plan.dp.min_clients = min_survivors;
+  plan.dp.rotate = settings.rotate;
+  plan.dp.rotation_seed = rotation_seed;
+  params.set_vector_length(dp::RotatedLength(layout_size, plan.dp));
+  absl::StatusOr<secagg::RingConfig> ring =
+      ChooseRing(settings.ring_bits, settings.clip_norm, n, static_cast<size_t>(params.vector_length()), plan.dp);
+  if (!ring.ok()) return ring.status();
+  plan.ring = *ring;
+  params.set_ring_bits(static_cast<uint32_t>(plan.ring.bits));
+  return plan;
+}
+
+}  // namespace
+
+absl::Status CheckRoundsCanOpen(const RoundSettings& settings, size_t layout_size) {
+  if (absl::Status s = settings.Validate(); !s.ok()) return s;
+  // A round samples between min_clients and clients_per_round clients; the
+  // ring and the threshold are hardest to meet at the ends.
+  for (int64_t n : {settings.min_clients, settings.clients_per_round}) {
+    absl::StatusOr<RoundPlan> plan = PlanRound(settings, n, layout_size, /*rotation_seed=*/0);
+    if (!plan.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("no round of ", n, " clients can run with these settings: ", plan.status().message()));
+    }
+    if (settings.threshold > n) {
+      return absl::InvalidArgumentError(absl::StrCat("threshold ", settings.threshold, " exceeds a round of ", n,
+                                                     " clients (min_clients)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<RoundMachine>> RoundMachine::Create(StateStore* store, FlatLayout layout,
                                                                    RoundSettings settings) {
-  if (absl::Status s = settings.Validate(); !s.ok()) return s;
+  if (absl::Status s = CheckRoundsCanOpen(settings, static_cast<size_t>(layout.total_size())); !s.ok()) return s;
   std::unique_ptr<RoundMachine> m(new RoundMachine());
   m->store_ = store;
   m->layout_ = std::move(layout);
@@ -177,43 +249,19 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
   std::mt19937_64 gen(seed);
   std::vector<std::string> pool = SampleClients(eligible, n, gen);
   const bool secure = settings_.secure_aggregation;
-  // SecAgg parameters: derived degree and threshold, or the complete graph
-  // with t = ceil(2n/3) for samples too small for the bounds. A plain round
-  // uses the count, the vector length and the ring, and the same minimum of
-  // contributors (max(t, min_clients)): the clients split the noise among as
-  // many, so both modes encode and sum the same values.
-  SecAggParams params;
-  params.set_num_clients(static_cast<uint32_t>(n));
-  absl::StatusOr<secagg::DegreeAndThreshold> kt =
-      secagg::ChooseDegreeAndThreshold(static_cast<uint32_t>(n), secagg::SecAggAssumptions{});
-  uint32_t k = static_cast<uint32_t>(n - 1), t = static_cast<uint32_t>((2 * n + 2) / 3);
-  if (kt.ok()) {
-    k = kt->degree;
-    t = kt->threshold;
-  }
-  if (settings_.threshold > 0) t = settings_.threshold;
-  t = std::max<uint32_t>(t, static_cast<uint32_t>(std::min<int64_t>(settings_.min_clients, n)));
-  params.set_degree(k);
-  params.set_threshold(t);
-  const int64_t min_survivors = std::max<int64_t>(t, settings_.min_clients);
-  dp_ = dp::DistributedDpConfig();
-  dp_.noise_multiplier = settings_.central_noise ? 0 : settings_.noise_multiplier;
-  dp_.min_clients = min_survivors;
-  dp_.rotate = settings_.rotate;
-  dp_.rotation_seed = gen();
-  params.set_vector_length(dp::RotatedLength(static_cast<size_t>(layout_.total_size()), dp_));
+  absl::StatusOr<RoundPlan> plan = PlanRound(settings_, n, static_cast<size_t>(layout_.total_size()), gen());
+  if (!plan.ok()) return plan.status();
+  SecAggParams params = plan->params;
+  const uint32_t k = params.degree(), t = params.threshold();
   params.set_session_nonce(static_cast<uint64_t>(round));
-  absl::StatusOr<secagg::RingConfig> ring =
-      ChooseRing(settings_.ring_bits, settings_.clip_norm, n, static_cast<size_t>(params.vector_length()), dp_);
-  if (!ring.ok()) return ring.status();
-  params.set_ring_bits(static_cast<uint32_t>(ring->bits));
+  dp_ = plan->dp;
   if (secure) {
     absl::StatusOr<secagg::Key32> graph_seed = secagg::RandomKey32();
     if (!graph_seed.ok()) return graph_seed.status();
     params.set_graph_seed(std::string(graph_seed->begin(), graph_seed->end()));
     if (absl::Status s = secagg::ValidateParams(params); !s.ok()) return s;
   }
-  ring_ = *ring;
+  ring_ = plan->ring;
   // The ledger accounts the noise against the rounded update's norm bound,
   // in both noise modes (central noise is added to a sum of the same
   // rounded vectors). Nothing above has touched the store or the ledger.
@@ -244,7 +292,7 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
   round_adapter_ = std::move(*global_bytes);
   vector_length_ = params.vector_length();
   accounted_noise_multiplier_ = accounted_z;
-  min_survivors_ = min_survivors;
+  min_survivors_ = dp_.min_clients;  // max(t, min_clients), as planned
   plain_sum_.clear();
   plain_ids_.clear();
   if (!secure) plain_sum_.assign(static_cast<size_t>(vector_length_), 0);

@@ -36,6 +36,8 @@
 namespace fedpers {
 
 struct RoundSettings {
+  // SecAgg+'s bound on a round's clients (ValidateParams).
+  static constexpr int64_t kMaxClientsPerRound = int64_t{1} << 20;
   int64_t clients_per_round = 10;  // sampled uniformly from the eligible clients
   int64_t min_clients = 3;         // fewer survivors than this abort the round
   // SecAgg ring bits: 0 sizes the ring per round (ChooseRing: the fewest
@@ -62,6 +64,13 @@ struct RoundSettings {
   uint64_t seed = 0;
   absl::Status Validate() const;
 };
+
+// Validate(), and that a round of min_clients and one of clients_per_round
+// clients over `layout_size` values can be planned: a SecAgg ring that fits
+// the clipped, noised sum (ChooseRing) and a threshold the sample can meet.
+// Config time, so that an unusable setting is refused before serving rather
+// than aborting every round.
+absl::Status CheckRoundsCanOpen(const RoundSettings& settings, size_t layout_size);
 
 // The ring of a round of n sampled clients and m ring values, with noise
 // `dp` (its min_clients is the fewest summands a commit has).

@@ -30,11 +30,22 @@ const char* StageName(RoundStage s) {
 
 }  // namespace
 
+absl::Status RuntimeSettings::Validate() const {
+  if (stage_timeout_ms <= 0) return absl::InvalidArgumentError(absl::StrCat("stage_timeout_ms must be positive, got ", stage_timeout_ms));
+  if (liveness_timeout_ms <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("liveness_timeout_ms must be positive, got ", liveness_timeout_ms));
+  }
+  if (round_interval_ms < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("round_interval_ms must be >= 0, got ", round_interval_ms));
+  }
+  if (max_rounds < 0) return absl::InvalidArgumentError(absl::StrCat("max_rounds must be >= 0 (0: no limit), got ", max_rounds));
+  return round.Validate();
+}
+
 absl::StatusOr<std::unique_ptr<CoordinatorRuntime>> CoordinatorRuntime::Create(StateStore* store, FlatLayout layout,
                                                                                 RuntimeSettings settings,
                                                                                 std::function<int64_t()> now_ms) {
-  if (settings.stage_timeout_ms <= 0) return absl::InvalidArgumentError("stage_timeout_ms must be positive");
-  if (settings.liveness_timeout_ms <= 0) return absl::InvalidArgumentError("liveness_timeout_ms must be positive");
+  if (absl::Status s = settings.Validate(); !s.ok()) return s;
   std::unique_ptr<CoordinatorRuntime> rt(new CoordinatorRuntime());
   rt->store_ = store;
   rt->settings_ = settings;
@@ -45,19 +56,33 @@ absl::StatusOr<std::unique_ptr<CoordinatorRuntime>> CoordinatorRuntime::Create(S
   rt->machine_ = std::move(*machine);
   rt->last_round_end_ms_ = rt->now_ms_() - settings.round_interval_ms;
   rt->paused_ = settings.start_paused;
+  absl::StatusOr<std::vector<UserRow>> users = store->Users();
+  if (!users.ok()) return users.status();
+  for (const UserRow& u : *users) rt->owner_[u.user_id] = u.client_id;
   return rt;
 }
 
 absl::Status CoordinatorRuntime::OwnsUser(const std::string& client, const std::string& user) const {
   auto it = owner_.find(user);
-  if (it == owner_.end()) return absl::FailedPreconditionError(absl::StrCat("user '", user, "' has not joined"));
+  if (it == owner_.end()) return absl::NotFoundError(absl::StrCat("user '", user, "' has never joined this coordinator"));
   if (it->second != client) {
     return absl::PermissionDeniedError(absl::StrCat("user '", user, "' belongs to another client"));
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<JoinResponse> CoordinatorRuntime::Join(const std::string& client, const JoinRequest& request) {
+absl::Status CoordinatorRuntime::InSession(const std::string& client, const std::string& user) const {
+  if (absl::Status s = OwnsUser(client, user); !s.ok() && s.code() != absl::StatusCode::kNotFound) return s;
+  // FailedPrecondition tells a client to join again (after a restart, the
+  // layout and the user's preferences are checked anew).
+  if (!joined_.count(user)) {
+    return absl::FailedPreconditionError(absl::StrCat("user '", user, "' has not joined since the coordinator started"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<JoinResponse> CoordinatorRuntime::Join(const std::string& client, const JoinRequest& request,
+                                                      const std::string& cert_fingerprint) {
   std::lock_guard<std::mutex> lock(mu_);
   if (client.empty()) return absl::UnauthenticatedError("no client identity");
   if (request.layout_fingerprint() != layout_fingerprint_) {
@@ -71,9 +96,13 @@ absl::StatusOr<JoinResponse> CoordinatorRuntime::Join(const std::string& client,
       return absl::PermissionDeniedError(absl::StrCat("user '", user, "' belongs to another client"));
     }
   }
+  // Durable before it takes effect: a binding this process acted on survives it.
+  const std::vector<std::string> users(request.user_ids().begin(), request.user_ids().end());
+  if (absl::Status s = store_->RecordJoin(client, cert_fingerprint, users); !s.ok()) return s;
   const int64_t now = now_ms_();
   for (const std::string& user : request.user_ids()) {
     owner_[user] = client;
+    joined_.insert(user);
     last_seen_ms_[user] = now;
     if (request.allows_plain_aggregation()) {
       allows_plain_.insert(user);
@@ -81,7 +110,6 @@ absl::StatusOr<JoinResponse> CoordinatorRuntime::Join(const std::string& client,
       allows_plain_.erase(user);
     }
   }
-  if (absl::Status s = store_->TouchClient(client, ""); !s.ok()) return s;
   JoinResponse r;
   r.set_layout_fingerprint(layout_fingerprint_);
   r.set_last_committed_round(machine_->last_committed_round());
@@ -91,7 +119,7 @@ absl::StatusOr<JoinResponse> CoordinatorRuntime::Join(const std::string& client,
 
 absl::StatusOr<PollResponse> CoordinatorRuntime::Poll(const std::string& client, const std::string& user) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (absl::Status s = OwnsUser(client, user); !s.ok()) return s;
+  if (absl::Status s = InSession(client, user); !s.ok()) return s;
   last_seen_ms_[user] = now_ms_();
   std::deque<PollResponse>& box = outbox_[user];
   if (box.empty()) {
@@ -109,7 +137,7 @@ absl::StatusOr<PollResponse> CoordinatorRuntime::Poll(const std::string& client,
 
 absl::Status CoordinatorRuntime::Upload(const std::string& client, const SecAggUpload& upload) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (absl::Status s = OwnsUser(client, upload.user_id()); !s.ok()) return s;
+  if (absl::Status s = InSession(client, upload.user_id()); !s.ok()) return s;
   last_seen_ms_[upload.user_id()] = now_ms_();
   if (machine_->stage() == RoundStage::kIdle || upload.round() != machine_->current_round()) {
     return absl::FailedPreconditionError(absl::StrCat("round ", upload.round(), " is not running"));
@@ -153,7 +181,7 @@ void CoordinatorRuntime::FinishRound(bool committed, const std::string& reason) 
 
 std::vector<std::string> CoordinatorRuntime::EligibleUsers(int64_t now) const {
   std::vector<std::string> eligible;
-  for (const auto& [user, client] : owner_) {
+  for (const std::string& user : joined_) {
     auto seen = last_seen_ms_.find(user);
     if (seen == last_seen_ms_.end() || now - seen->second > settings_.liveness_timeout_ms) continue;
     auto dropped = dropped_ms_.find(user);
@@ -247,7 +275,9 @@ StatusResponse CoordinatorRuntime::AdminStatus() {
   s.set_last_committed_round(machine_->last_committed_round());
   s.set_stage(StageName(machine_->stage()));
   s.set_current_round(machine_->current_round());
-  s.set_connected_clients(static_cast<int64_t>(owner_.size()));
+  std::set<std::string> clients;
+  for (const std::string& user : joined_) clients.insert(owner_.at(user));
+  s.set_connected_clients(static_cast<int64_t>(clients.size()));
   s.set_epsilon(machine_->ledger().epsilon());
   s.set_delta(machine_->ledger().delta());
   s.set_epsilon_budget(machine_->ledger().budget());
@@ -291,7 +321,10 @@ absl::StatusOr<UsersResponse> CoordinatorRuntime::AdminUsers() {
   absl::StatusOr<std::vector<ResidualRow>> rows = store_->Residuals();
   if (!rows.ok()) return rows.status();
   std::map<std::string, UserInfo> users;
-  for (const auto& [user, client] : owner_) users[user].set_user_id(user);
+  for (const auto& [user, client] : owner_) {
+    users[user].set_user_id(user);
+    users[user].set_client_id(client);
+  }
   for (const ResidualRow& row : *rows) {
     UserInfo& u = users[row.user_id];
     u.set_user_id(row.user_id);

@@ -5,8 +5,9 @@
 // dropouts, which SecAgg+ recovers from).
 //
 // Identities are given by the transport (the mutual-TLS certificate name);
-// a user belongs to the first client that joins with it. Thread-safe: every
-// public method takes the runtime's lock.
+// a user belongs to the first client that joins with it, for good: the
+// binding is stored and outlives restarts. Thread-safe: every public method
+// takes the runtime's lock.
 #ifndef FEDPERS_COORDINATOR_RUNTIME_H_
 #define FEDPERS_COORDINATOR_RUNTIME_H_
 
@@ -38,6 +39,9 @@ struct RuntimeSettings {
   // later round.
   int64_t liveness_timeout_ms = 30000;
   bool start_paused = false;  // open no round until an admin resumes
+  // Positive timeouts, interval and max_rounds >= 0, and the round settings
+  // (RoundSettings::Validate).
+  absl::Status Validate() const;
 };
 
 class CoordinatorRuntime {
@@ -47,11 +51,20 @@ class CoordinatorRuntime {
                                                                     RuntimeSettings settings,
                                                                     std::function<int64_t()> now_ms = {});
 
-  absl::StatusOr<fedpers::v1::JoinResponse> Join(const std::string& client, const fedpers::v1::JoinRequest& request);
+  // Binds each user not yet bound to `client` and records the join (with
+  // the certificate's fingerprint, when the transport has one).
+  // PermissionDenied when a user belongs to another client, FailedPrecondition
+  // when the layout differs.
+  absl::StatusOr<fedpers::v1::JoinResponse> Join(const std::string& client, const fedpers::v1::JoinRequest& request,
+                                                 const std::string& cert_fingerprint = "");
+  // Poll and Upload: only for users that joined since this runtime started
+  // (FailedPrecondition otherwise: the client joins again).
   absl::StatusOr<fedpers::v1::PollResponse> Poll(const std::string& client, const std::string& user_id);
   absl::Status Upload(const std::string& client, const fedpers::v1::SecAggUpload& upload);
 
-  // Residuals, only for users the client owns.
+  // Residuals, only for users the client owns, joined since this start or
+  // not: a client may fetch or delete them without taking part in rounds.
+  // NotFound for a user that never joined.
   absl::StatusOr<int64_t> PutResidual(const std::string& client, const std::string& user_id,
                                       std::span<const uint8_t> blob, bool sealed);
   absl::StatusOr<std::vector<uint8_t>> GetResidual(const std::string& client, const std::string& user_id,
@@ -83,6 +96,7 @@ class CoordinatorRuntime {
  private:
   CoordinatorRuntime() = default;
   absl::Status OwnsUser(const std::string& client, const std::string& user) const;
+  absl::Status InSession(const std::string& client, const std::string& user) const;
   void FinishRound(bool committed, const std::string& reason);
   // Users that may be sampled now (sorted): alive, not silent since a drop,
   // and, for rounds without secure aggregation, willing to take part.
@@ -94,7 +108,8 @@ class CoordinatorRuntime {
   std::function<int64_t()> now_ms_;
   std::unique_ptr<RoundMachine> machine_;
   uint64_t layout_fingerprint_ = 0;
-  std::map<std::string, std::string> owner_;  // user -> client
+  std::map<std::string, std::string> owner_;  // user -> client, as stored
+  std::set<std::string> joined_;              // users that joined since this runtime started
   std::set<std::string> allows_plain_;        // users whose client takes plain rounds
   std::map<std::string, std::deque<fedpers::v1::PollResponse>> outbox_;  // by user
   std::set<std::string> participants_;

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/atomic_file.h"
 #include "common/host_port.h"
+#include "common/json_fields.h"
 #include "common/model_config.h"
 #include "nlohmann/json.hpp"
 
@@ -14,13 +15,6 @@ namespace {
 
 using Json = nlohmann::json;
 
-absl::Status OnlyKeys(const Json& j, const std::set<std::string>& allowed, absl::string_view where) {
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    if (!allowed.count(it.key())) return absl::InvalidArgumentError(absl::StrCat("unknown key '", it.key(), "' in ", where));
-  }
-  return absl::OkStatus();
-}
-
 std::string Resolve(const std::string& path, const std::string& base) {
   if (path.empty() || std::filesystem::path(path).is_absolute()) return path;
   return (std::filesystem::path(base) / path).string();
@@ -28,81 +22,109 @@ std::string Resolve(const std::string& path, const std::string& base) {
 
 }  // namespace
 
+#define FEDPERS_READ(json, key, field, prefix) \
+  if (absl::Status s_ = ReadJsonField(json, key, field, prefix); !s_.ok()) return s_
+
 absl::StatusOr<ServeConfig> ParseServeConfig(const std::string& text, const std::string& config_dir) {
-  Json j = Json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("serve config is not a JSON object");
-  if (absl::Status s = OnlyKeys(j, {"listen", "state_dir", "base", "lora", "tls", "insecure", "round",
-                                    "stage_timeout_ms", "round_interval_ms", "max_rounds", "liveness_timeout_ms", "start_paused"}, "the serve config");
+  Json j;
+  if (absl::Status s = ParseJsonObject(text, "the serve config", j); !s.ok()) return s;
+  if (absl::Status s = CheckOnlyKeys(j, {"listen", "state_dir", "base", "lora", "tls", "insecure", "round",
+                                         "stage_timeout_ms", "round_interval_ms", "max_rounds", "liveness_timeout_ms",
+                                         "start_paused"},
+                                     "the serve config");
       !s.ok()) {
     return s;
   }
   ServeConfig c;
-  try {
-    c.serve.listen = j.value("listen", "127.0.0.1:7443");
-    if (absl::Status s = CheckHostPort(c.serve.listen, /*allow_port_zero=*/true); !s.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("serve config \"listen\": ", s.message()));
-    }
-    c.state_dir = Resolve(j.value("state_dir", "coordinator-state"), config_dir);
-    c.serve.insecure = j.value("insecure", false);
-    if (j.contains("tls")) {
-      const Json& t = j["tls"];
-      if (absl::Status s = OnlyKeys(t, {"cert", "key", "ca"}, "tls"); !s.ok()) return s;
-      c.serve.cert_file = Resolve(t.at("cert").get<std::string>(), config_dir);
-      c.serve.key_file = Resolve(t.at("key").get<std::string>(), config_dir);
-      c.serve.ca_file = Resolve(t.at("ca").get<std::string>(), config_dir);
-    } else if (!c.serve.insecure) {
-      return absl::InvalidArgumentError("serve config needs \"tls\": {cert, key, ca} (or \"insecure\": true)");
-    }
-    c.runtime.stage_timeout_ms = j.value("stage_timeout_ms", int64_t{30000});
-    c.runtime.round_interval_ms = j.value("round_interval_ms", int64_t{0});
-    c.runtime.max_rounds = j.value("max_rounds", int64_t{0});
-    c.runtime.liveness_timeout_ms = j.value("liveness_timeout_ms", int64_t{30000});
-    c.runtime.start_paused = j.value("start_paused", false);
-    RoundSettings& r = c.runtime.round;
-    if (j.contains("round")) {
-      const Json& rj = j["round"];
-      if (absl::Status s = OnlyKeys(rj, {"clients_per_round", "min_clients", "ring_bits", "clip_norm", "noise_multiplier",
-                                         "central_noise", "rotate", "threshold", "strategy", "server_learning_rate",
-                                         "delta", "epsilon_budget", "seed", "secure_aggregation"}, "round");
-          !s.ok()) {
-        return s;
-      }
-      r.clients_per_round = rj.value("clients_per_round", r.clients_per_round);
-      r.min_clients = rj.value("min_clients", r.min_clients);
-      r.ring_bits = rj.value("ring_bits", r.ring_bits);
-      r.clip_norm = rj.value("clip_norm", r.clip_norm);
-      r.noise_multiplier = rj.value("noise_multiplier", r.noise_multiplier);
-      r.central_noise = rj.value("central_noise", r.central_noise);
-      r.rotate = rj.value("rotate", r.rotate);
-      r.secure_aggregation = rj.value("secure_aggregation", r.secure_aggregation);
-      r.threshold = rj.value("threshold", r.threshold);
-      r.strategy.name = rj.value("strategy", r.strategy.name);
-      r.strategy.server_learning_rate = rj.value("server_learning_rate", r.strategy.server_learning_rate);
-      r.delta = rj.value("delta", r.delta);
-      r.epsilon_budget = rj.value("epsilon_budget", r.epsilon_budget);
-      r.seed = rj.value("seed", r.seed);
-    }
-    const std::string base = Resolve(j.at("base").get<std::string>(), config_dir);
-    absl::StatusOr<std::string> model_json = ReadFileToString(base + "/config.json");
-    if (!model_json.ok()) return absl::NotFoundError(absl::StrCat("base model: ", model_json.status().message()));
-    absl::StatusOr<ModelConfig> model = ParseModelConfigJson(*model_json);
-    if (!model.ok()) return model.status();
-    LoraConfig lora;
-    if (j.contains("lora")) {
-      absl::StatusOr<LoraConfig> parsed = ParseLoraConfigJson(j["lora"].dump());
-      if (!parsed.ok()) return parsed.status();
-      lora = *parsed;
-    }
-    absl::StatusOr<FlatLayout> layout = GlobalAdapterLayout(*model, lora);
-    if (!layout.ok()) return layout.status();
-    c.layout = *layout;
-    absl::StatusOr<std::vector<float>> initial = InitialGlobalAdapter(*model, lora);
-    if (!initial.ok()) return initial.status();
-    if (lora.train_global_a) r.initial_global = std::move(*initial);
-  } catch (const Json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat("serve config: ", e.what()));
+  c.serve.listen = "127.0.0.1:7443";
+  FEDPERS_READ(j, "listen", c.serve.listen, "");
+  if (absl::Status s = CheckHostPort(c.serve.listen, /*allow_port_zero=*/true); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("serve config \"listen\": ", s.message()));
   }
-  if (absl::Status s = c.runtime.round.Validate(); !s.ok()) return s;
+  std::string state_dir = "coordinator-state", base;
+  FEDPERS_READ(j, "state_dir", state_dir, "");
+  c.state_dir = Resolve(state_dir, config_dir);
+  FEDPERS_READ(j, "insecure", c.serve.insecure, "");
+  if (j.contains("tls")) {
+    const Json& t = j["tls"];
+    if (absl::Status s = CheckOnlyKeys(t, {"cert", "key", "ca"}, "\"tls\""); !s.ok()) return s;
+    for (const char* key : {"cert", "key", "ca"}) {
+      if (!t.contains(key)) return absl::InvalidArgumentError(absl::StrCat("\"tls\" needs \"", key, "\""));
+    }
+    FEDPERS_READ(t, "cert", c.serve.cert_file, "tls: ");
+    FEDPERS_READ(t, "key", c.serve.key_file, "tls: ");
+    FEDPERS_READ(t, "ca", c.serve.ca_file, "tls: ");
+    c.serve.cert_file = Resolve(c.serve.cert_file, config_dir);
+    c.serve.key_file = Resolve(c.serve.key_file, config_dir);
+    c.serve.ca_file = Resolve(c.serve.ca_file, config_dir);
+  } else if (!c.serve.insecure) {
+    return absl::InvalidArgumentError("serve config needs \"tls\": {cert, key, ca} (or \"insecure\": true)");
+  }
+  FEDPERS_READ(j, "stage_timeout_ms", c.runtime.stage_timeout_ms, "");
+  FEDPERS_READ(j, "round_interval_ms", c.runtime.round_interval_ms, "");
+  FEDPERS_READ(j, "max_rounds", c.runtime.max_rounds, "");
+  FEDPERS_READ(j, "liveness_timeout_ms", c.runtime.liveness_timeout_ms, "");
+  FEDPERS_READ(j, "start_paused", c.runtime.start_paused, "");
+  RoundSettings& r = c.runtime.round;
+  if (j.contains("round")) {
+    const Json& rj = j["round"];
+    if (absl::Status s = CheckOnlyKeys(rj, {"clients_per_round", "min_clients", "ring_bits", "clip_norm",
+                                            "noise_multiplier", "central_noise", "rotate", "threshold", "strategy",
+                                            "server_learning_rate", "delta", "epsilon_budget", "seed",
+                                            "secure_aggregation"},
+                                       "\"round\"");
+        !s.ok()) {
+      return s;
+    }
+    FEDPERS_READ(rj, "clients_per_round", r.clients_per_round, "round: ");
+    FEDPERS_READ(rj, "min_clients", r.min_clients, "round: ");
+    FEDPERS_READ(rj, "ring_bits", r.ring_bits, "round: ");
+    FEDPERS_READ(rj, "clip_norm", r.clip_norm, "round: ");
+    FEDPERS_READ(rj, "noise_multiplier", r.noise_multiplier, "round: ");
+    FEDPERS_READ(rj, "central_noise", r.central_noise, "round: ");
+    FEDPERS_READ(rj, "rotate", r.rotate, "round: ");
+    FEDPERS_READ(rj, "secure_aggregation", r.secure_aggregation, "round: ");
+    FEDPERS_READ(rj, "threshold", r.threshold, "round: ");
+    FEDPERS_READ(rj, "strategy", r.strategy.name, "round: ");
+    FEDPERS_READ(rj, "server_learning_rate", r.strategy.server_learning_rate, "round: ");
+    FEDPERS_READ(rj, "delta", r.delta, "round: ");
+    FEDPERS_READ(rj, "epsilon_budget", r.epsilon_budget, "round: ");
+    FEDPERS_READ(rj, "seed", r.seed, "round: ");
+  }
+  if (!j.contains("base")) return absl::InvalidArgumentError("serve config needs \"base\" (the base model directory)");
+  FEDPERS_READ(j, "base", base, "");
+  base = Resolve(base, config_dir);
+  absl::StatusOr<std::string> model_json = ReadFileToString(base + "/config.json");
+  if (!model_json.ok()) return absl::NotFoundError(absl::StrCat("base model: ", model_json.status().message()));
+  absl::StatusOr<ModelConfig> model = ParseModelConfigJson(*model_json);
+  if (!model.ok()) return model.status();
+  LoraConfig lora;
+  if (j.contains("lora")) {
+    absl::StatusOr<LoraConfig> parsed = ParseLoraConfigJson(j["lora"].dump());
+    if (!parsed.ok()) return parsed.status();
+    lora = *parsed;
+  }
+  absl::StatusOr<FlatLayout> layout = GlobalAdapterLayout(*model, lora);
+  if (!layout.ok()) return layout.status();
+  c.layout = *layout;
+  absl::StatusOr<std::vector<float>> initial = InitialGlobalAdapter(*model, lora);
+  if (!initial.ok()) return initial.status();
+  if (lora.train_global_a) r.initial_global = std::move(*initial);
+  if (absl::Status s = c.runtime.Validate(); !s.ok()) return s;
+  // A deployment's clock is real: beyond a week a timeout is a typo (and
+  // stage deadlines of years would hang a round on one silent client).
+  constexpr int64_t kWeekMs = int64_t{7} * 24 * 3600 * 1000;
+  for (auto [name, ms] : {std::pair<const char*, int64_t>{"stage_timeout_ms", c.runtime.stage_timeout_ms},
+                          {"liveness_timeout_ms", c.runtime.liveness_timeout_ms},
+                          {"round_interval_ms", c.runtime.round_interval_ms}}) {
+    if (ms > kWeekMs) {
+      return absl::InvalidArgumentError(absl::StrCat("serve config \"", name, "\" must be at most ", kWeekMs,
+                                                     " (a week), got ", ms));
+    }
+  }
+  if (absl::Status s = CheckRoundsCanOpen(r, static_cast<size_t>(c.layout.total_size())); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("serve config \"round\": ", s.message()));
+  }
   return c;
 }
 

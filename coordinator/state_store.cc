@@ -122,6 +122,11 @@ CREATE TABLE IF NOT EXISTS clients (
   cert_fingerprint TEXT NOT NULL,
   first_seen_unix INTEGER NOT NULL,
   last_seen_unix INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+  user_id TEXT PRIMARY KEY,
+  client_id TEXT NOT NULL,
+  first_joined_unix INTEGER NOT NULL,
+  last_joined_unix INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS residuals (
   user_id TEXT NOT NULL,
   version INTEGER NOT NULL,
@@ -296,20 +301,51 @@ absl::StatusOr<std::vector<RoundRow>> StateStore::Rounds(int limit) {
   return out;
 }
 
-absl::Status StateStore::TouchClient(const std::string& id, const std::string& fingerprint) {
-  if (id.empty()) return absl::InvalidArgumentError("empty client id");
-  Statement st(db_, "INSERT INTO clients (client_id, cert_fingerprint, first_seen_unix, last_seen_unix) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT(client_id) DO UPDATE SET cert_fingerprint = excluded.cert_fingerprint, "
-                    "last_seen_unix = excluded.last_seen_unix");
-  if (absl::Status s = st.status(); !s.ok()) return s;
-  const int64_t now = NowUnix();
-  return st.Bind(1, id).Bind(2, fingerprint).Bind(3, now).Bind(4, now).Run();
-}
-
 absl::StatusOr<std::vector<ClientRow>> StateStore::Clients() {
   Statement st(db_, "SELECT client_id, cert_fingerprint, first_seen_unix, last_seen_unix FROM clients ORDER BY client_id");
   if (absl::Status s = st.status(); !s.ok()) return s;
   std::vector<ClientRow> out;
+  while (true) {
+    absl::StatusOr<bool> row = st.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    out.push_back({st.Text(0), st.Text(1), st.Int(2), st.Int(3)});
+  }
+  return out;
+}
+
+absl::Status StateStore::RecordJoin(const std::string& client, const std::string& fingerprint,
+                                    const std::vector<std::string>& users) {
+  if (client.empty()) return absl::InvalidArgumentError("empty client id");
+  Transaction tx(db_);
+  if (absl::Status s = tx.status(); !s.ok()) return s;
+  const int64_t now = NowUnix();
+  Statement touch(db_, "INSERT INTO clients (client_id, cert_fingerprint, first_seen_unix, last_seen_unix) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT(client_id) DO UPDATE SET cert_fingerprint = excluded.cert_fingerprint, "
+                       "last_seen_unix = excluded.last_seen_unix");
+  if (absl::Status s = touch.status(); !s.ok()) return s;
+  if (absl::Status s = touch.Bind(1, client).Bind(2, fingerprint).Bind(3, now).Bind(4, now).Run(); !s.ok()) return s;
+  for (const std::string& user : users) {
+    if (user.empty()) return absl::InvalidArgumentError("empty user id");
+    Statement owner(db_, "SELECT client_id FROM users WHERE user_id = ?");
+    if (absl::Status s = owner.status(); !s.ok()) return s;
+    absl::StatusOr<bool> row = owner.Bind(1, user).Step();
+    if (!row.ok()) return row.status();
+    if (*row && owner.Text(0) != client) {
+      return absl::PermissionDeniedError(absl::StrCat("user '", user, "' belongs to another client"));
+    }
+    Statement up(db_, "INSERT INTO users (user_id, client_id, first_joined_unix, last_joined_unix) VALUES (?, ?, ?, ?) "
+                      "ON CONFLICT(user_id) DO UPDATE SET last_joined_unix = excluded.last_joined_unix");
+    if (absl::Status s = up.status(); !s.ok()) return s;
+    if (absl::Status s = up.Bind(1, user).Bind(2, client).Bind(3, now).Bind(4, now).Run(); !s.ok()) return s;
+  }
+  return tx.Commit();
+}
+
+absl::StatusOr<std::vector<UserRow>> StateStore::Users() {
+  Statement st(db_, "SELECT user_id, client_id, first_joined_unix, last_joined_unix FROM users ORDER BY user_id");
+  if (absl::Status s = st.status(); !s.ok()) return s;
+  std::vector<UserRow> out;
   while (true) {
     absl::StatusOr<bool> row = st.Step();
     if (!row.ok()) return row.status();

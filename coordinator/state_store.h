@@ -43,6 +43,11 @@ struct ClientRow {
   int64_t first_seen_unix = 0, last_seen_unix = 0;
 };
 
+struct UserRow {
+  std::string user_id, client_id;  // the client that hosts the user
+  int64_t first_joined_unix = 0, last_joined_unix = 0;
+};
+
 struct ResidualRow {
   std::string user_id;
   int64_t version = 0;
@@ -77,9 +82,17 @@ class StateStore {
   // Newest first, at most `limit`.
   absl::StatusOr<std::vector<RoundRow>> Rounds(int limit = 100);
 
-  // Clients: first and last seen, by certificate identity.
-  absl::Status TouchClient(const std::string& client_id, const std::string& cert_fingerprint);
+  // A client's join: records the client (first and last seen, by
+  // certificate identity) and binds its users to it. A user is bound at its
+  // first join and stays bound across restarts: only that client may take
+  // part for the user or read, replace or delete the user's residuals. One
+  // transaction; PermissionDenied, and nothing written, when a user is bound
+  // to another client.
+  absl::Status RecordJoin(const std::string& client_id, const std::string& cert_fingerprint,
+                          const std::vector<std::string>& user_ids);
   absl::StatusOr<std::vector<ClientRow>> Clients();
+  // Sorted by user id.
+  absl::StatusOr<std::vector<UserRow>> Users();
 
   // Residual blobs by user, versioned (1, 2, ...). `sealed` records whether
   // the blob is ciphertext only its client can open.

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/host_memory.h"
+#include "common/json_fields.h"
 #include "nlohmann/json.hpp"
 #include "simulations/experiment.h"
 
@@ -16,30 +17,8 @@ using Json = nlohmann::json;
 constexpr Method kAllMethods[] = {Method::kBase,       Method::kLocal,      Method::kGlobal,
                                   Method::kGlobalResidual, Method::kFedAvgLora, Method::kCentralized};
 
-// Reads `key` of `j` into `out` when present, naming the key on a type error.
-template <typename T>
-absl::Status Read(const Json& j, const char* key, T& out, absl::string_view where) {
-  if (!j.contains(key)) return absl::OkStatus();
-  try {
-    out = j.at(key).get<T>();
-  } catch (const Json::exception&) {
-    return absl::InvalidArgumentError(absl::StrCat(where, "\"", key, "\" has a value of the wrong type"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status OnlyKeys(const Json& j, std::initializer_list<const char*> keys, absl::string_view where) {
-  if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(where, " must be a JSON object"));
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    if (std::none_of(keys.begin(), keys.end(), [&](const char* k) { return it.key() == k; })) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown key \"", it.key(), "\" in ", where));
-    }
-  }
-  return absl::OkStatus();
-}
-
 #define FEDPERS_READ(json, key, field, where)                                         \
-  if (absl::Status s_ = Read(json, key, field, where); !s_.ok()) return s_
+  if (absl::Status s_ = ReadJsonField(json, key, field, where); !s_.ok()) return s_
 
 }  // namespace
 
@@ -142,10 +121,10 @@ absl::Status ExperimentConfig::Validate() const {
 }
 
 absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_text) {
-  Json j = Json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return absl::InvalidArgumentError("experiment config is not valid JSON");
+  Json j;
+  if (absl::Status s = ParseJsonObject(json_text, "the experiment config", j); !s.ok()) return s;
   const char* top = "the experiment config";
-  if (absl::Status s = OnlyKeys(j, {"data", "skip_bad_records", "users", "min_user_bytes", "select", "train_fraction",
+  if (absl::Status s = CheckOnlyKeys(j, {"data", "skip_bad_records", "users", "min_user_bytes", "select", "train_fraction",
                                     "base", "pretrain", "lora", "methods", "rounds", "clients_per_round",
                                     "min_clients", "local", "secure_agg", "ring_bits", "clip_norm",
                                     "noise_multiplier", "delta", "strategy", "dropout", "eval_every", "eval_tokens",
@@ -164,7 +143,7 @@ absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_t
   FEDPERS_READ(j, "base", c.base, "");
   if (j.contains("pretrain")) {
     const Json& p = j["pretrain"];
-    if (absl::Status s = OnlyKeys(p, {"corpus", "config", "steps", "batch_size", "learning_rate"}, "\"pretrain\"");
+    if (absl::Status s = CheckOnlyKeys(p, {"corpus", "config", "steps", "batch_size", "learning_rate"}, "\"pretrain\"");
         !s.ok()) {
       return s;
     }
@@ -197,7 +176,7 @@ absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_t
   FEDPERS_READ(j, "min_clients", c.min_clients, "");
   if (j.contains("local")) {
     const Json& l = j["local"];
-    if (absl::Status s = OnlyKeys(l, {"global_steps", "residual_steps", "schedule", "batch_size", "micro_batch_size",
+    if (absl::Status s = CheckOnlyKeys(l, {"global_steps", "residual_steps", "schedule", "batch_size", "micro_batch_size",
                                       "recompute_activations", "seq_len",
                                       "global_learning_rate", "residual_learning_rate"},
                                   "\"local\"");
@@ -227,7 +206,7 @@ absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_t
   FEDPERS_READ(j, "delta", c.delta, "");
   if (j.contains("strategy")) {
     const Json& st = j["strategy"];
-    if (absl::Status s = OnlyKeys(st, {"name", "server_learning_rate", "beta1", "beta2", "tau"}, "\"strategy\"");
+    if (absl::Status s = CheckOnlyKeys(st, {"name", "server_learning_rate", "beta1", "beta2", "tau"}, "\"strategy\"");
         !s.ok()) {
       return s;
     }
@@ -246,7 +225,7 @@ absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_t
   if (j.contains("references")) {
     if (!j["references"].is_array()) return absl::InvalidArgumentError("\"references\" must be an array");
     for (const Json& r : j["references"]) {
-      if (absl::Status s = OnlyKeys(r, {"name", "accuracy", "note"}, "a reference"); !s.ok()) return s;
+      if (absl::Status s = CheckOnlyKeys(r, {"name", "accuracy", "note"}, "a reference"); !s.ok()) return s;
       ReferenceResult ref;
       FEDPERS_READ(r, "name", ref.name, "reference: ");
       FEDPERS_READ(r, "accuracy", ref.accuracy, "reference: ");

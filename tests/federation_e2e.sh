@@ -42,12 +42,44 @@ for _ in $(seq 1 100); do grep -q "restored the residual" "$work/client1.log" &&
 grep -q "user user0000: restored the residual of round 3 from the coordinator (sha256 $uploaded)" "$work/client1.log"
 kill "${pids[0]}"
 wait "${pids[0]}" || true
-# Another client can neither read nor delete it; its owner can delete it.
+# The same client with another state directory, hence another residual.key,
+# stops rather than shadow the stored residual with a fresh one; with
+# --replace-unusable-residual it starts a fresh one.
+elsewhere=(--threads 1 -q client run --coordinator "$addr" --data "$corpus" --user user0000 --base "$work/base"
+  --tls-dir "$work/certs" --name partner1 --state-dir "$work/elsewhere" --rounds 1)
+if timeout 60 "$fedpers" "${elsewhere[@]}" > "$work/wrongkey.log" 2>&1; then
+  echo "a client with another residual key ran on"; exit 1
+fi
+grep -q "user user0000: the residual the coordinator keeps cannot be used" "$work/wrongkey.log"
+grep -q -- "--replace-unusable-residual" "$work/wrongkey.log"
+"$fedpers" "${elsewhere[@]}" --replace-unusable-residual > "$work/replace.log" 2>&1 &
+replace_pid=$!
+for _ in $(seq 1 100); do grep -q "starting a fresh one" "$work/replace.log" && break; sleep 0.2; done
+grep -q "user user0000: the stored residual cannot be used (.*); starting a fresh one" "$work/replace.log"
+kill "$replace_pid"
+wait "$replace_pid" || true
+
+# Users stay bound to their client across a coordinator restart: the owner
+# fetches its residual before any join; another client can neither read nor
+# delete it; its owner can delete it.
+kill -TERM "$coord_pid"
+wait "$coord_pid" || true
+e2e_start_coordinator
+addr="127.0.0.1:$port"
+client1=(--coordinator "$addr" --tls-dir "$work/certs" --name partner1)
+"$fedpers" client residual get "${client1[@]}" --user user0000 --state-dir "$work/client1" \
+  --out "$work/residual2.safetensors" --json > "$work/residual2.json"
+grep -q "\"sha256\": \"$uploaded\"" "$work/residual2.json"
 if "$fedpers" client residual get --coordinator "$addr" --tls-dir "$work/certs" --name partner2 --user user0000 \
   --state-dir "$work/client2" --out "$work/stolen" 2> "$work/err3"; then
   echo "another client read user0000's residual"; exit 1
 fi
 grep -q "belongs to another client" "$work/err3"
+if "$fedpers" client residual delete --coordinator "$addr" --tls-dir "$work/certs" --name partner2 --user user0000 \
+  2> "$work/err4"; then
+  echo "another client deleted user0000's residual"; exit 1
+fi
+grep -q "belongs to another client" "$work/err4"
 "$fedpers" client residual delete "${client1[@]}" --user user0000 | grep -q "3 residual versions deleted"
 
 admin=(--coordinator "$addr" --tls-dir "$work/certs" --name ops)
@@ -57,6 +89,7 @@ grep -q '"last_committed_round": 3' "$work/status.json"
 test "$(grep -c committed "$work/rounds.txt")" -eq 3
 "$fedpers" admin users "${admin[@]}" --json > "$work/users.json"
 grep -q '"sealed": true' "$work/users.json"
+grep -q '"client_id": "partner3"' "$work/users.json"
 "$fedpers" admin clients "${admin[@]}" | grep -q partner5
 
 # Refusals: an admin certificate from another CA; a client certificate used as admin.
@@ -66,7 +99,7 @@ fi
 if "$fedpers" admin status --coordinator "$addr" --tls-dir "$work/certs" --name partner1 > /dev/null 2> "$work/err2"; then
   echo "a client certificate was accepted as admin"; exit 1
 fi
-grep -q "not an admin" "$work/err2"
+grep -q "partner1.crt' is a client certificate; this needs one issued with .*--role admin" "$work/err2"
 
 kill -TERM "$coord_pid"
 wait "$coord_pid" || true

@@ -33,6 +33,9 @@ absl::StatusOr<FinetuneResult> RunFinetune(const FinetuneOptions& o) {
   if (!o.train_global && !o.train_residual) {
     return absl::InvalidArgumentError("finetune: nothing to train (both --no-global and --no-residual)");
   }
+  if (o.eval_tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("finetune: --eval-tokens must be >= 0 (0: all), got ", o.eval_tokens));
+  }
   LoraConfig lora = o.lora;
   lora.global_enabled = lora.global_enabled && o.train_global;
   lora.residual_enabled = lora.residual_enabled && o.train_residual;

@@ -79,6 +79,9 @@ absl::StatusOr<PretrainResult> RunPretrain(const PretrainOptions& o) {
   if (o.out.empty()) return absl::InvalidArgumentError("pretrain: --out is required");
   if (o.steps <= 0) return absl::InvalidArgumentError("pretrain: --steps must be positive");
   if (o.checkpoint_every <= 0) return absl::InvalidArgumentError("pretrain: --checkpoint-every must be positive");
+  if (o.eval_tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("pretrain: --eval-tokens must be >= 0, got ", o.eval_tokens));
+  }
   if (!(o.train_fraction > 0 && o.train_fraction < 1)) {
     return absl::InvalidArgumentError("pretrain: --train-fraction must be in (0, 1)");
   }

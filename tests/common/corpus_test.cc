@@ -144,6 +144,14 @@ TEST(CorpusTest, SyntheticUsersAreDeterministicAndDistinct) {
   EXPECT_NE(a->users[0].text, a->users[1].text);
   EXPECT_FALSE(LoadCorpus("synthetic:users=0").ok());
   EXPECT_FALSE(LoadCorpus("synthetic:colour=blue").ok());
+  // The minimum per user applies as to any corpus.
+  CorpusOptions strict;
+  strict.min_user_bytes = a->users[0].text.size() + 1'000'000;
+  absl::StatusOr<Corpus> none = LoadCorpus("synthetic:users=3,bytes=2000,seed=5", strict);
+  ASSERT_FALSE(none.ok());
+  EXPECT_NE(none.status().message().find("fewer than the minimum"), absl::string_view::npos) << none.status();
+  strict.min_user_bytes = 2000;
+  EXPECT_EQ(LoadCorpus("synthetic:users=3,bytes=2000,seed=5", strict)->users.size(), 3u);
 }
 
 TEST(CorpusTest, SplitKeepsTimeOrderAndLines) {
@@ -156,6 +164,12 @@ TEST(CorpusTest, SplitKeepsTimeOrderAndLines) {
   TextSplit u = SplitTrainTest("aaaaé", 0.9);  // never cuts inside a code point
   EXPECT_TRUE(CheckText(u.train, "t").ok());
   EXPECT_TRUE(CheckText(u.test, "t").ok());
+}
+
+bool ReadAll(const std::string& path, std::string& out) {
+  std::ifstream in(path, std::ios::binary);
+  out.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  return static_cast<bool>(in) || in.eof();
 }
 
 void WriteGz(const std::string& path, const std::string& contents) {
@@ -192,6 +206,31 @@ TEST(CorpusTest, DebianChangelogsGroupByMaintainerDedupAndOrderByDate) {
   EXPECT_EQ(c->Find("bob@example.org")->text.find("Latin-1"), std::string::npos);
   EXPECT_FALSE(c->problems.empty());
   EXPECT_EQ(LoadCorpus("debian-changelogs:" + dir + "/none").status().code(), absl::StatusCode::kNotFound);
+
+  // A damaged log is an error naming it, as for any corpus; with
+  // skip_bad_records one problem line each, and the others still load.
+  fs::create_directories(dir + "/pkgc");
+  fs::create_directories(dir + "/pkgd");
+  std::string whole;
+  ASSERT_TRUE(ReadAll(dir + "/pkgb/changelog.Debian.gz", whole));
+  std::ofstream(dir + "/pkgc/changelog.Debian.gz", std::ios::binary) << whole.substr(0, whole.size() / 2);
+  std::ofstream(dir + "/pkgd/changelog.Debian.gz") << log_a;  // plain text under a .gz name
+  absl::StatusOr<Corpus> strict = LoadCorpus("debian-changelogs:" + dir);
+  ASSERT_FALSE(strict.ok());
+  EXPECT_EQ(strict.status().code(), absl::StatusCode::kDataLoss) << strict.status();
+  EXPECT_NE(strict.status().message().find("pkgc/changelog.Debian.gz"), absl::string_view::npos) << strict.status();
+  EXPECT_NE(strict.status().message().find("--skip-bad"), absl::string_view::npos) << strict.status();
+  CorpusOptions skip;
+  skip.skip_bad_records = true;
+  absl::StatusOr<Corpus> skipped = LoadCorpus("debian-changelogs:" + dir, skip);
+  ASSERT_TRUE(skipped.ok()) << skipped.status();
+  EXPECT_EQ(skipped->users.size(), 2u);
+  auto mentions = [&](const std::string& part) {
+    return std::any_of(skipped->problems.begin(), skipped->problems.end(),
+                       [&](const std::string& p) { return p.find(part) != std::string::npos; });
+  };
+  EXPECT_TRUE(mentions("pkgc/changelog.Debian.gz")) << "truncated";
+  EXPECT_TRUE(mentions("pkgd/changelog.Debian.gz' is not gzip data"));
 }
 
 }  // namespace

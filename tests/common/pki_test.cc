@@ -60,6 +60,44 @@ TEST(PkiTest, BadInputIsAClearError) {
   EXPECT_FALSE(ParseCertRole("root").ok());
   EXPECT_FALSE(ParseCertIdentity("-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n").ok());
   EXPECT_FALSE(ParseCertIdentity(*ReadFileToString(ca + "/ca.crt")).ok()) << "the CA has no fedpers role";
+  // A CA name that cannot be a subject is refused, and nothing is written.
+  const std::string named = FreshDir("named");
+  for (const std::string& name : {std::string(65, 'x'), std::string(), std::string("tab\there")}) {
+    absl::Status s = InitCa(named, name).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << name;
+    EXPECT_NE(s.message().find("CA name"), absl::string_view::npos) << s;
+  }
+  EXPECT_FALSE(std::filesystem::exists(named + "/ca.key"));
+  EXPECT_TRUE(InitCa(named, "Acme Research CA").ok()) << "spaces are fine in a CA's name";
+}
+
+// LoadTlsIdentity checks a party's files before gRPC sees them: the key
+// belongs to the certificate, the certificate to the CA and the role.
+TEST(PkiTest, TlsIdentitiesAreCheckedBeforeUse) {
+  const std::string ca = FreshDir("tls_ca"), other = FreshDir("tls_other"), out = FreshDir("tls_out");
+  ASSERT_TRUE(InitCa(ca).ok());
+  ASSERT_TRUE(InitCa(other).ok());
+  ASSERT_TRUE(IssueCertificate(ca, CertRole::kClient, "alice", out).ok());
+  ASSERT_TRUE(IssueCertificate(ca, CertRole::kClient, "bob", out).ok());
+  ASSERT_TRUE(IssueCertificate(other, CertRole::kClient, "carol", other + "/certs").ok());
+  absl::StatusOr<TlsIdentity> ok = LoadTlsIdentity(out + "/alice.crt", out + "/alice.key", out + "/ca.crt", CertRole::kClient);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->cert_pem, *ReadFileToString(out + "/alice.crt"));
+  auto error = [&](const std::string& cert, const std::string& key, const std::string& ca_file, CertRole role) {
+    absl::StatusOr<TlsIdentity> t = LoadTlsIdentity(cert, key, ca_file, role);
+    EXPECT_FALSE(t.ok());
+    return t.ok() ? std::string() : std::string(t.status().message());
+  };
+  EXPECT_NE(error(out + "/alice.crt", out + "/bob.key", out + "/ca.crt", CertRole::kClient).find("bob.key' is not the key of"),
+            std::string::npos);
+  EXPECT_NE(error(out + "/alice.crt", out + "/alice.key", out + "/ca.crt", CertRole::kAdmin)
+                .find("alice.crt' is a client certificate; this needs one issued with `fedpers pki issue --role admin`"),
+            std::string::npos);
+  EXPECT_NE(error(other + "/certs/carol.crt", other + "/certs/carol.key", out + "/ca.crt", CertRole::kClient)
+                .find("does not verify against"),
+            std::string::npos);
+  EXPECT_NE(error(out + "/nobody.crt", out + "/alice.key", out + "/ca.crt", CertRole::kClient).find("nobody.crt"),
+            std::string::npos);
 }
 
 // Nothing is written when the request cannot give a working certificate,

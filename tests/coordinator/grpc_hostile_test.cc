@@ -11,6 +11,7 @@
 #include "common/atomic_file.h"
 #include "common/pki.h"
 #include "coordinator/grpc_server.h"
+#include "fedpers/v1/admin.grpc.pb.h"
 #include "fedpers/v1/federation.grpc.pb.h"
 #include "secure_agg/dp_mechanisms.h"
 #include "secure_agg/secagg_client.h"
@@ -89,6 +90,34 @@ TEST_F(GrpcHostileTest, ServerRefusesACertificateThatIsNotACoordinatorsOfItsCa) 
   o.key_file = dir_ + "/othercerts/coord.key";
   s = StartCoordinatorServer(o, runtime_.get()).status();
   EXPECT_NE(s.message().find("does not verify against"), absl::string_view::npos) << s;
+  // The coordinator's certificate with another key.
+  o.cert_file = dir_ + "/certs/coord.crt";
+  o.key_file = dir_ + "/certs/p1.key";
+  s = StartCoordinatorServer(o, runtime_.get()).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("p1.key' is not the key of"), absl::string_view::npos) << s;
+  // A second coordinator on a port in use is an error, not a silent
+  // SO_REUSEPORT share of the clients.
+  o.key_file = dir_ + "/certs/coord.key";
+  o.listen = "127.0.0.1:" + std::to_string(server_->port());
+  s = StartCoordinatorServer(o, runtime_.get()).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_NE(s.message().find("the port is in use"), absl::string_view::npos) << s;
+}
+
+// The Admin service takes admin certificates only.
+TEST_F(GrpcHostileTest, AdminRefusesAClientCertificate) {
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = Read(dir_ + "/certs/ca.crt");
+  ssl.pem_cert_chain = Read(dir_ + "/certs/p0.crt");
+  ssl.pem_private_key = Read(dir_ + "/certs/p0.key");
+  auto admin = Admin::NewStub(grpc::CreateChannel("localhost:" + std::to_string(server_->port()), grpc::SslCredentials(ssl)));
+  StatusRequest req;
+  StatusResponse resp;
+  auto ctx = Ctx();
+  grpc::Status s = admin->Status(ctx.get(), req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+  EXPECT_NE(s.error_message().find("'p0' is not an admin"), std::string::npos) << s.error_message();
 }
 
 TEST_F(GrpcHostileTest, BadTrafficIsRefusedAndTheRoundStillCommits) {

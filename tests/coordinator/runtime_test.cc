@@ -188,6 +188,47 @@ TEST(RuntimeTest, UsersBelongToTheirClient) {
   EXPECT_EQ(f.rt->Upload("partner-a", up).code(), absl::StatusCode::kFailedPrecondition) << "no round running";
 }
 
+// The binding of users to clients is stored: a restarted coordinator still
+// refuses another client's claim on a user and its residuals (which the
+// store kept), lets the owner fetch them before it joins, and asks it to
+// join again before it takes part.
+TEST(RuntimeTest, OwnershipOutlivesARestart) {
+  RuntimeSettings settings;
+  settings.round.clients_per_round = 2;
+  settings.round.min_clients = 2;
+  Fixture f("restart", settings);
+  ASSERT_TRUE(f.rt->Join("partner-a", JoinFor({"alice", "amy"}), "a1b2").ok());
+  std::vector<uint8_t> blob = {4, 5, 6};
+  ASSERT_EQ(*f.rt->PutResidual("partner-a", "alice", blob, true), 1);
+
+  f.rt.reset();
+  f.rt = std::move(*CoordinatorRuntime::Create(f.store.get(), Layout(), settings, [&f] { return f.clock; }));
+  EXPECT_EQ(f.rt->Join("partner-b", JoinFor({"alice"})).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(f.rt->Join("partner-b", JoinFor({"bob", "amy"})).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(f.rt->GetResidual("partner-b", "alice", 0).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(f.rt->DeleteResidual("partner-b", "alice").status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(*f.rt->GetResidual("partner-a", "alice", 0), blob);
+  EXPECT_EQ(f.rt->GetResidual("partner-a", "nobody", 0).status().code(), absl::StatusCode::kNotFound);
+  // Known but not joined since the restart: join again, then poll.
+  EXPECT_EQ(f.rt->Poll("partner-a", "alice").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(f.rt->AdminStatus().connected_clients(), 0);
+  ASSERT_TRUE(f.rt->Join("partner-a", JoinFor({"alice"}), "a1b2").ok());
+  EXPECT_TRUE(f.rt->Poll("partner-a", "alice").ok());
+  EXPECT_EQ(f.rt->AdminStatus().connected_clients(), 1);
+  EXPECT_EQ(f.rt->AdminStatus().eligible_users(), 1) << "amy has not joined since the restart";
+  // A refused join bound none of its users: bob is still free.
+  ASSERT_TRUE(f.rt->Join("partner-c", JoinFor({"bob"})).ok());
+  absl::StatusOr<UsersResponse> users = f.rt->AdminUsers();
+  ASSERT_TRUE(users.ok()) << users.status();
+  std::map<std::string, std::string> owners;
+  for (const UserInfo& u : users->users()) owners[u.user_id()] = u.client_id();
+  EXPECT_EQ(owners, (std::map<std::string, std::string>{{"alice", "partner-a"}, {"amy", "partner-a"}, {"bob", "partner-c"}}));
+  absl::StatusOr<ClientsResponse> clients = f.rt->AdminClients();
+  ASSERT_TRUE(clients.ok());
+  ASSERT_EQ(clients->clients_size(), 2);
+  EXPECT_EQ(clients->clients(0).cert_fingerprint(), "a1b2");
+}
+
 TEST(RuntimeTest, PlainRoundsSampleOnlyUsersWhoseClientAllowsThem) {
   RuntimeSettings settings;
   settings.round.clients_per_round = 5;

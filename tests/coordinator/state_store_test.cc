@@ -83,11 +83,21 @@ TEST(StateStoreTest, ResidualsAreVersionedAndDeletable) {
   EXPECT_EQ(*(*store)->DeleteResidual("alice"), 2);
   EXPECT_EQ((*store)->GetResidual("alice").status().code(), absl::StatusCode::kNotFound);
   EXPECT_FALSE((*store)->PutResidual("", Blob(1), true).ok());
-  ASSERT_TRUE((*store)->TouchClient("partner-a", "ab12").ok());
-  ASSERT_TRUE((*store)->TouchClient("partner-a", "cd34").ok());
+  ASSERT_TRUE((*store)->RecordJoin("partner-a", "ab12", {"alice"}).ok());
+  ASSERT_TRUE((*store)->RecordJoin("partner-a", "cd34", {"alice", "amy"}).ok());
   auto clients = (*store)->Clients();
   ASSERT_EQ(clients->size(), 1u);
   EXPECT_EQ((*clients)[0].cert_fingerprint, "cd34");
+  // A join that claims another client's user writes nothing.
+  EXPECT_EQ((*store)->RecordJoin("partner-b", "ef56", {"bob", "alice"}).code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ((*store)->Clients()->size(), 1u);
+  auto users = (*store)->Users();
+  ASSERT_TRUE(users.ok());
+  ASSERT_EQ(users->size(), 2u);
+  EXPECT_EQ((*users)[0].user_id, "alice");
+  EXPECT_EQ((*users)[0].client_id, "partner-a");
+  EXPECT_EQ((*users)[1].user_id, "amy");
+  EXPECT_FALSE((*store)->RecordJoin("partner-a", "cd34", {""}).ok());
 }
 
 TEST(StateStoreTest, NotADatabaseIsAClearError) {

@@ -62,6 +62,19 @@ TEST(ExperimentConfigTest, BadConfigsAreNamedErrors) {
   EXPECT_NE(error(R"({"noise_multiplier": -1})").find("noise_multiplier"), std::string::npos);
   EXPECT_NE(error("[1, 2]").find("object"), std::string::npos);
   EXPECT_NE(error("{not json").find("JSON"), std::string::npos);
+  // Types are checked, not converted: a fraction, a huge or negative count,
+  // NaN (not JSON) and overflowing numbers are errors naming the key.
+  EXPECT_NE(error(R"({"rounds": 2.5})").find("\"rounds\" must be an integer"), std::string::npos);
+  EXPECT_NE(error(R"({"rounds": 1e20})").find("\"rounds\" must be an integer in"), std::string::npos);
+  EXPECT_NE(error(R"({"seed": -1})").find("\"seed\""), std::string::npos);
+  EXPECT_NE(error(R"({"clip_norm": 1e999})").find("number overflow"), std::string::npos);
+  EXPECT_NE(error(R"({"clip_norm": NaN})").find("line 1"), std::string::npos);
+  EXPECT_NE(error(R"({"secure_agg": 1})").find("\"secure_agg\" must be true or false"), std::string::npos);
+  EXPECT_NE(error(R"({"local": {"batch_size": "8"}})").find("local: \"batch_size\" must be an integer"),
+            std::string::npos);
+  absl::StatusOr<ExperimentConfig> integral = ParseExperimentConfig(R"({"rounds": 4.0})");
+  ASSERT_TRUE(integral.ok()) << integral.status();
+  EXPECT_EQ(integral->rounds, 4) << "a number with an integral value is that integer";
 }
 
 // Model-dependent checks run before pretraining or the corpus: against the
