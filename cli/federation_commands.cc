@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <ctime>
 #include <filesystem>
 #include <iostream>
 
@@ -40,6 +41,17 @@ void AddTlsFlags(CLI::App* cmd, TlsFlags& t, const char* role) {
   cmd->add_option("--name", t.name, absl::StrFormat("The %s certificate's name", role));
   cmd->add_flag("--insecure", t.insecure, "No TLS: local experiments only (identity from --identity)");
   cmd->add_option("--identity", t.identity, "Name claimed with --insecure");
+}
+
+// "2026-11-24 13:58:23" for a Unix time, "-" for 0 (never).
+std::string FormatUtc(int64_t unix_seconds) {
+  if (unix_seconds <= 0) return "-";
+  const std::time_t t = static_cast<std::time_t>(unix_seconds);
+  std::tm tm{};
+  if (gmtime_r(&t, &tm) == nullptr) return absl::StrCat(unix_seconds);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
 }
 
 // Connection options from --coordinator and the TLS flags of a client command.
@@ -323,25 +335,43 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
         fedpers::v1::RoundsResponse r;
         check(s->Rounds(c.get(), req, &r));
         nlohmann::json j = nlohmann::json::array();
-        Table t({"round", "state", "opened", "closed", "metrics / reason"});
+        Table t({"round", "state", "opened (UTC)", "seconds", "sampled", "contributors", "|update|", "epsilon",
+                 "aggregation / abort reason"});
         for (const auto& x : r.rounds()) {
           j.push_back({{"round", x.round()}, {"state", x.state()}, {"opened_unix", x.opened_unix()},
                        {"closed_unix", x.closed_unix()}, {"metrics_json", x.metrics_json()}, {"abort_reason", x.abort_reason()}});
-          t.AddRow({absl::StrFormat("%d", x.round()), x.state(), absl::StrFormat("%d", x.opened_unix()),
-                    absl::StrFormat("%d", x.closed_unix()), x.state() == "aborted" ? x.abort_reason() : x.metrics_json()});
+          const nlohmann::json m = nlohmann::json::parse(x.metrics_json(), nullptr, /*allow_exceptions=*/false);
+          auto number = [&m](const char* key) -> std::string {
+            if (!m.is_object() || !m.contains(key) || !m[key].is_number()) return "-";
+            return absl::StrFormat("%.4g", m[key].get<double>());
+          };
+          auto count = [&m](const char* key) -> std::string {
+            if (!m.is_object() || !m.contains(key)) return "-";
+            const nlohmann::json& v = m[key];
+            if (v.is_array()) return absl::StrCat(v.size());
+            return v.is_number_integer() ? absl::StrCat(v.get<int64_t>()) : "-";
+          };
+          const bool closed = x.closed_unix() > 0;
+          t.AddRow({absl::StrFormat("%d", x.round()), x.state(), FormatUtc(x.opened_unix()),
+                    closed ? absl::StrFormat("%d", x.closed_unix() - x.opened_unix()) : "-", count("sampled"),
+                    count("contributors"), number("update_norm"), number("epsilon"),
+                    x.state() == "aborted" ? x.abort_reason()
+                    : m.is_object() && m.contains("aggregation") && m["aggregation"].is_string()
+                        ? m["aggregation"].get<std::string>()
+                        : "-"});
         }
         std::cout << (a->json ? j.dump(2) + "\n" : t.Render());
       } else if (name == "clients") {
         fedpers::v1::ClientsResponse r;
         check(s->Clients(c.get(), {}, &r));
         nlohmann::json j = nlohmann::json::array();
-        Table t({"client", "certificate sha256", "first seen", "last seen"});
+        Table t({"client", "certificate sha256", "first seen (UTC)", "last seen (UTC)"});
         for (const auto& x : r.clients()) {
           j.push_back({{"client_id", x.client_id()}, {"cert_sha256", x.cert_fingerprint()},
                        {"first_seen_unix", x.first_seen_unix()}, {"last_seen_unix", x.last_seen_unix()}});
           // The first 16 hex digits tell certificates apart at a glance; --json has all 64.
           t.AddRow({x.client_id(), x.cert_fingerprint().empty() ? "-" : x.cert_fingerprint().substr(0, 16) + "...",
-                    absl::StrFormat("%d", x.first_seen_unix()), absl::StrFormat("%d", x.last_seen_unix())});
+                    FormatUtc(x.first_seen_unix()), FormatUtc(x.last_seen_unix())});
         }
         std::cout << (a->json ? j.dump(2) + "\n" : t.Render());
       } else {
@@ -352,9 +382,10 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
         for (const auto& x : r.users()) {
           j.push_back({{"user_id", x.user_id()}, {"client_id", x.client_id()}, {"residual_versions", x.residual_versions()},
                        {"sealed", x.sealed()}, {"bytes", x.bytes()}, {"epsilon", x.epsilon()}});
+          const bool stored = x.residual_versions() > 0;  // sealing and size describe the latest version
           t.AddRow({x.user_id(), x.client_id().empty() ? "-" : x.client_id(), absl::StrFormat("%d", x.residual_versions()),
-                    x.sealed() ? "yes" : "no",
-                    absl::StrFormat("%d", x.bytes()), absl::StrFormat("%.4f", x.epsilon())});
+                    stored ? (x.sealed() ? "yes" : "no") : "-", stored ? absl::StrFormat("%d", x.bytes()) : "-",
+                    absl::StrFormat("%.4f", x.epsilon())});
         }
         std::cout << (a->json ? j.dump(2) + "\n" : t.Render());
       }

@@ -86,7 +86,7 @@ admin=(--coordinator "$addr" --tls-dir "$work/certs" --name ops)
 "$fedpers" admin status "${admin[@]}" --json > "$work/status.json"
 grep -q '"last_committed_round": 3' "$work/status.json"
 "$fedpers" admin rounds "${admin[@]}" > "$work/rounds.txt"
-test "$(grep -c committed "$work/rounds.txt")" -eq 3
+test "$(grep -c "committed .* secagg+" "$work/rounds.txt")" -eq 3
 "$fedpers" admin users "${admin[@]}" --json > "$work/users.json"
 grep -q '"sealed": true' "$work/users.json"
 grep -q '"client_id": "partner3"' "$work/users.json"
