@@ -253,6 +253,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     TlsFlags tls;
     bool json = false;
     int limit = 20;
+    std::string user;
   };
   auto a = std::make_shared<AdminFlags>();
   auto connect = [a]() {
@@ -287,6 +288,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     if (a->json) {
       std::cout << nlohmann::json({{"last_committed_round", r.last_committed_round()}, {"stage", r.stage()},
                                    {"current_round", r.current_round()}, {"connected_clients", r.connected_clients()},
+                                   {"joined_users", r.joined_users()},
                                    {"eligible_users", r.eligible_users()}, {"paused", r.paused()},
                                    {"epsilon", r.epsilon()}, {"delta", r.delta()}, {"epsilon_budget", r.epsilon_budget()}})
                        .dump(2)
@@ -297,7 +299,8 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     t.AddRow({"last committed round", absl::StrFormat("%d", r.last_committed_round())});
     t.AddRow({"stage", r.stage()});
     t.AddRow({"current round", absl::StrFormat("%d", r.current_round())});
-    t.AddRow({"users joined", absl::StrFormat("%d", r.connected_clients())});
+    t.AddRow({"clients joined", absl::StrFormat("%d", r.connected_clients())});
+    t.AddRow({"users joined", absl::StrFormat("%d", r.joined_users())});
     t.AddRow({"users eligible now", absl::StrFormat("%d", r.eligible_users())});
     t.AddRow({"new rounds", r.paused() ? "paused" : "open"});
     t.AddRow({"epsilon", absl::StrFormat("%.4f (delta %g, budget %g)", r.epsilon(), r.delta(), r.epsilon_budget())});
@@ -309,12 +312,15 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
       {"clients", "Show the clients (certificate names) and when they were seen"},
       {"users", "Show the users: residual versions, sealing, bytes, epsilon"},
       {"pause", "Open no new rounds (a running round finishes)"},
-      {"resume", "Open rounds again"}};
+      {"resume", "Open rounds again"},
+      {"release-user", "Unbind a user from its client (e.g. a renamed partner certificate): the next client to "
+                       "join with it owns it and its stored residuals"}};
   for (const auto& [what, description] : admin_commands) {
     auto* cmd = admin->add_subcommand(what, description);
     cmd->add_option("--coordinator", a->coordinator, "HOST:PORT")->required();
     cmd->add_flag("--json", a->json, "Print JSON");
     if (what == "rounds") cmd->add_option("--limit", a->limit, "Newest rounds to show")->capture_default_str();
+    if (what == "release-user") cmd->add_option("--user", a->user, "The user to unbind")->required();
     AddTlsFlags(cmd, a->tls, "admin");
     cmd->callback([a, connect, ctx, check, print_status, name = what] {
       auto s = connect();
@@ -329,6 +335,18 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
         fedpers::v1::StatusResponse r;
         check(s->SetPaused(c.get(), req, &r));
         print_status(r);
+      } else if (name == "release-user") {
+        fedpers::v1::ReleaseUserRequest req;
+        req.set_user_id(a->user);
+        fedpers::v1::ReleaseUserResponse r;
+        check(s->ReleaseUser(c.get(), req, &r));
+        if (a->json) {
+          std::cout << nlohmann::json({{"user_id", a->user}, {"previous_client_id", r.previous_client_id()}}).dump(2)
+                    << "\n";
+        } else {
+          std::cout << absl::StrFormat("user %s released from client %s; the next client to join with it owns it\n",
+                                       a->user, r.previous_client_id());
+        }
       } else if (name == "rounds") {
         fedpers::v1::RoundsRequest req;
         req.set_limit(a->limit);

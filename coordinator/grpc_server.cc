@@ -200,6 +200,13 @@ class AdminImpl final : public Admin::Service {
     *resp = rt_->AdminSetPaused(req->paused());
     return grpc::Status::OK;
   }
+  grpc::Status ReleaseUser(grpc::ServerContext* ctx, const ReleaseUserRequest* req, ReleaseUserResponse* resp) override {
+    if (grpc::Status s = Check(ctx); !s.ok()) return s;
+    auto r = rt_->AdminReleaseUser(req->user_id());
+    if (!r.ok()) return ToGrpc(r.status());
+    *resp = *r;
+    return grpc::Status::OK;
+  }
 
  private:
   grpc::Status Check(grpc::ServerContext* ctx) {

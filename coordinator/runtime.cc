@@ -278,6 +278,7 @@ StatusResponse CoordinatorRuntime::AdminStatus() {
   std::set<std::string> clients;
   for (const std::string& user : joined_) clients.insert(owner_.at(user));
   s.set_connected_clients(static_cast<int64_t>(clients.size()));
+  s.set_joined_users(static_cast<int64_t>(joined_.size()));
   s.set_epsilon(machine_->ledger().epsilon());
   s.set_delta(machine_->ledger().delta());
   s.set_epsilon_budget(machine_->ledger().budget());
@@ -338,6 +339,25 @@ absl::StatusOr<UsersResponse> CoordinatorRuntime::AdminUsers() {
     info.set_epsilon(eps.ok() ? *eps : 0);
     *r.add_users() = info;
   }
+  return r;
+}
+
+absl::StatusOr<ReleaseUserResponse> CoordinatorRuntime::AdminReleaseUser(const std::string& user) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (participants_.count(user)) {
+    return absl::FailedPreconditionError(absl::StrCat("user '", user, "' takes part in round ",
+                                                      machine_->current_round(), "; release it once the round ends"));
+  }
+  absl::StatusOr<std::string> previous = store_->ReleaseUser(user);
+  if (!previous.ok()) return previous.status();
+  owner_.erase(user);
+  joined_.erase(user);
+  allows_plain_.erase(user);
+  outbox_.erase(user);
+  last_seen_ms_.erase(user);
+  dropped_ms_.erase(user);
+  ReleaseUserResponse r;
+  r.set_previous_client_id(*previous);
   return r;
 }
 

@@ -88,6 +88,10 @@ class CoordinatorRuntime {
   absl::StatusOr<fedpers::v1::RoundsResponse> AdminRounds(int limit);
   absl::StatusOr<fedpers::v1::ClientsResponse> AdminClients();
   absl::StatusOr<fedpers::v1::UsersResponse> AdminUsers();
+  // Unbinds `user_id` (see ReleaseUserRequest); the client that hosted it
+  // must join again and may claim it again. NotFound for an unbound user,
+  // FailedPrecondition while it takes part in the running round.
+  absl::StatusOr<fedpers::v1::ReleaseUserResponse> AdminReleaseUser(const std::string& user_id);
 
   bool finished() const;  // max_rounds committed
   // A copy of the current global adapter (flat, in the layout's order).

@@ -355,6 +355,22 @@ absl::StatusOr<std::vector<UserRow>> StateStore::Users() {
   return out;
 }
 
+absl::StatusOr<std::string> StateStore::ReleaseUser(const std::string& user) {
+  Transaction tx(db_);
+  if (absl::Status s = tx.status(); !s.ok()) return s;
+  Statement owner(db_, "SELECT client_id FROM users WHERE user_id = ?");
+  if (absl::Status s = owner.status(); !s.ok()) return s;
+  absl::StatusOr<bool> row = owner.Bind(1, user).Step();
+  if (!row.ok()) return row.status();
+  if (!*row) return absl::NotFoundError(absl::StrCat("user '", user, "' is not bound to any client"));
+  const std::string client = owner.Text(0);
+  Statement del(db_, "DELETE FROM users WHERE user_id = ?");
+  if (absl::Status s = del.status(); !s.ok()) return s;
+  if (absl::Status s = del.Bind(1, user).Run(); !s.ok()) return s;
+  if (absl::Status s = tx.Commit(); !s.ok()) return s;
+  return client;
+}
+
 absl::StatusOr<int64_t> StateStore::PutResidual(const std::string& user, std::span<const uint8_t> blob, bool sealed) {
   if (user.empty()) return absl::InvalidArgumentError("empty user id");
   Transaction tx(db_);

@@ -227,6 +227,29 @@ TEST(RuntimeTest, OwnershipOutlivesARestart) {
   ASSERT_TRUE(clients.ok());
   ASSERT_EQ(clients->clients_size(), 2);
   EXPECT_EQ(clients->clients(0).cert_fingerprint(), "a1b2");
+
+  // An admin releases a user: another client may claim it (and its
+  // residuals); the old client is told to join again.
+  EXPECT_EQ(f.rt->AdminReleaseUser("nobody").status().code(), absl::StatusCode::kNotFound);
+  absl::StatusOr<ReleaseUserResponse> released = f.rt->AdminReleaseUser("alice");
+  ASSERT_TRUE(released.ok()) << released.status();
+  EXPECT_EQ(released->previous_client_id(), "partner-a");
+  EXPECT_EQ(f.rt->Poll("partner-a", "alice").status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(f.rt->Join("partner-b", JoinFor({"alice"})).ok());
+  EXPECT_EQ(*f.rt->GetResidual("partner-b", "alice", 0), blob);
+  EXPECT_EQ(f.rt->GetResidual("partner-a", "alice", 0).status().code(), absl::StatusCode::kPermissionDenied);
+  // The release is stored: a restart keeps partner-b as the owner.
+  f.rt.reset();
+  f.rt = std::move(*CoordinatorRuntime::Create(f.store.get(), Layout(), settings, [&f] { return f.clock; }));
+  EXPECT_EQ(f.rt->Join("partner-a", JoinFor({"alice"})).status().code(), absl::StatusCode::kPermissionDenied);
+  // Not while the user takes part in a round.
+  ASSERT_TRUE(f.rt->Join("partner-b", JoinFor({"alice"})).ok());
+  ASSERT_TRUE(f.rt->Join("partner-c", JoinFor({"bob"})).ok());
+  absl::StatusOr<CoordinatorRuntime::TickResult> tick = f.rt->Tick();
+  ASSERT_TRUE(tick.ok() && tick->opened) << "alice and bob make a round";
+  absl::Status busy = f.rt->AdminReleaseUser("bob").status();
+  EXPECT_EQ(busy.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(busy.message().find("takes part in round"), absl::string_view::npos) << busy;
 }
 
 TEST(RuntimeTest, PlainRoundsSampleOnlyUsersWhoseClientAllowsThem) {
