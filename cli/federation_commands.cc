@@ -253,7 +253,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     TlsFlags tls;
     bool json = false;
     int limit = 20;
-    std::string user;
+    std::string user, to_client;
   };
   auto a = std::make_shared<AdminFlags>();
   auto connect = [a]() {
@@ -313,14 +313,16 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
       {"users", "Show the users: residual versions, sealing, bytes, epsilon"},
       {"pause", "Open no new rounds (a running round finishes)"},
       {"resume", "Open rounds again"},
-      {"release-user", "Unbind a user from its client (e.g. a renamed partner certificate): the next client to "
-                       "join with it owns it and its stored residuals"}};
+      {"move-user", "Move a user to another client (e.g. a renamed partner certificate), with its stored residuals"}};
   for (const auto& [what, description] : admin_commands) {
     auto* cmd = admin->add_subcommand(what, description);
     cmd->add_option("--coordinator", a->coordinator, "HOST:PORT")->required();
     cmd->add_flag("--json", a->json, "Print JSON");
     if (what == "rounds") cmd->add_option("--limit", a->limit, "Newest rounds to show")->capture_default_str();
-    if (what == "release-user") cmd->add_option("--user", a->user, "The user to unbind")->required();
+    if (what == "move-user") {
+      cmd->add_option("--user", a->user, "The user to move")->required();
+      cmd->add_option("--to", a->to_client, "The client (certificate name) that hosts it from now on")->required();
+    }
     AddTlsFlags(cmd, a->tls, "admin");
     cmd->callback([a, connect, ctx, check, print_status, name = what] {
       auto s = connect();
@@ -335,17 +337,20 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
         fedpers::v1::StatusResponse r;
         check(s->SetPaused(c.get(), req, &r));
         print_status(r);
-      } else if (name == "release-user") {
-        fedpers::v1::ReleaseUserRequest req;
+      } else if (name == "move-user") {
+        fedpers::v1::MoveUserRequest req;
         req.set_user_id(a->user);
-        fedpers::v1::ReleaseUserResponse r;
-        check(s->ReleaseUser(c.get(), req, &r));
+        req.set_to_client_id(a->to_client);
+        fedpers::v1::MoveUserResponse r;
+        check(s->MoveUser(c.get(), req, &r));
         if (a->json) {
-          std::cout << nlohmann::json({{"user_id", a->user}, {"previous_client_id", r.previous_client_id()}}).dump(2)
+          std::cout << nlohmann::json({{"user_id", a->user}, {"previous_client_id", r.previous_client_id()},
+                                       {"client_id", a->to_client}})
+                           .dump(2)
                     << "\n";
         } else {
-          std::cout << absl::StrFormat("user %s released from client %s; the next client to join with it owns it\n",
-                                       a->user, r.previous_client_id());
+          std::cout << absl::StrFormat("user %s moved from client %s to %s (it takes part once %s joins with it)\n",
+                                       a->user, r.previous_client_id(), a->to_client, a->to_client);
         }
       } else if (name == "rounds") {
         fedpers::v1::RoundsRequest req;

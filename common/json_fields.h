@@ -61,8 +61,8 @@ absl::Status ReadJsonField(const nlohmann::json& j, const char* key, T& out, abs
       out = static_cast<T>(u);
     } else if (v.is_number_integer()) {
       const int64_t i = v.get<int64_t>();
-      if (i < 0 && !Limits::is_signed) return bad(range);
-      if (Limits::is_signed && (i < static_cast<int64_t>(Limits::min()) || i > static_cast<int64_t>(Limits::max()))) {
+      if (i < 0 ? (!Limits::is_signed || i < static_cast<int64_t>(Limits::min()))
+                : static_cast<uint64_t>(i) > static_cast<uint64_t>(Limits::max())) {
         return bad(range);
       }
       out = static_cast<T>(i);

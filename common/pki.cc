@@ -19,6 +19,7 @@
 #include "common/atomic_file.h"
 #include "common/openssl_util.h"
 #include "common/status.h"
+#include "common/utf8.h"
 
 namespace fedpers {
 namespace {
@@ -157,10 +158,13 @@ std::string CertRoleName(CertRole role) {
 
 absl::StatusOr<CaPaths> InitCa(const std::string& dir, const std::string& name, int days) {
   CaPaths paths{dir + "/ca.crt", dir + "/ca.key"};
+  // X.509 bounds a CN at 64 characters; count UTF-8 lead bytes.
+  const size_t characters = static_cast<size_t>(
+      std::count_if(name.begin(), name.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xc0) != 0x80; }));
   const bool printable = std::all_of(name.begin(), name.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x20 && c != 0x7f; });
-  if (name.empty() || name.size() > 64 || !printable) {
+  if (characters == 0 || characters > 64 || !printable || FindInvalidUtf8(name) != std::string::npos) {
     return absl::InvalidArgumentError(
-        absl::StrCat("CA name '", name, "' must be 1-64 bytes without control characters"));
+        absl::StrCat("CA name '", name, "' must be 1-64 characters of UTF-8 without control characters"));
   }
   if (std::filesystem::exists(paths.key) || std::filesystem::exists(paths.cert)) {
     return absl::AlreadyExistsError(absl::StrCat("'", dir, "' already holds a CA; refusing to overwrite it"));
@@ -263,11 +267,24 @@ absl::StatusOr<CertIdentity> ParseCertIdentity(const std::string& pem) {
 
 absl::Status VerifyCertificate(const std::string& pem, const std::string& ca_pem) {
   FEDPERS_ASSIGN_OR_RETURN(Cert cert, CertFromPem(pem));
-  FEDPERS_ASSIGN_OR_RETURN(Cert ca, CertFromPem(ca_pem));
   Store store(X509_STORE_new());
   StoreCtx ctx(X509_STORE_CTX_new());
-  if (!store || !ctx || X509_STORE_add_cert(store.get(), ca.get()) != 1 ||
-      X509_STORE_CTX_init(ctx.get(), store.get(), cert.get(), nullptr) != 1) {
+  if (!store || !ctx) return absl::InternalError(SslError("cannot set up certificate verification"));
+  // Every certificate of the CA file counts (a bundle of old and new CAs
+  // while a CA is rotated), as for the TLS handshake.
+  Bio bio(BIO_new_mem_buf(ca_pem.data(), static_cast<int>(ca_pem.size())));
+  int cas = 0;
+  while (true) {
+    Cert ca(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+    if (!ca) break;
+    if (X509_STORE_add_cert(store.get(), ca.get()) != 1) {
+      return absl::InternalError(SslError("cannot set up certificate verification"));
+    }
+    ++cas;
+  }
+  ERR_clear_error();  // the end of the PEM stream reads as an error
+  if (cas == 0) return absl::InvalidArgumentError("not a PEM certificate");
+  if (X509_STORE_CTX_init(ctx.get(), store.get(), cert.get(), nullptr) != 1) {
     return absl::InternalError(SslError("cannot set up certificate verification"));
   }
   if (X509_verify_cert(ctx.get()) != 1) {

@@ -200,9 +200,9 @@ class AdminImpl final : public Admin::Service {
     *resp = rt_->AdminSetPaused(req->paused());
     return grpc::Status::OK;
   }
-  grpc::Status ReleaseUser(grpc::ServerContext* ctx, const ReleaseUserRequest* req, ReleaseUserResponse* resp) override {
+  grpc::Status MoveUser(grpc::ServerContext* ctx, const MoveUserRequest* req, MoveUserResponse* resp) override {
     if (grpc::Status s = Check(ctx); !s.ok()) return s;
-    auto r = rt_->AdminReleaseUser(req->user_id());
+    auto r = rt_->AdminMoveUser(req->user_id(), req->to_client_id());
     if (!r.ok()) return ToGrpc(r.status());
     *resp = *r;
     return grpc::Status::OK;

@@ -141,6 +141,10 @@ absl::StatusOr<RoundPlan> PlanRound(const RoundSettings& settings, int64_t n, si
   }
   if (settings.threshold > 0) t = settings.threshold;
   t = std::max<uint32_t>(t, static_cast<uint32_t>(std::min<int64_t>(settings.min_clients, n)));
+  // Shares go to the k neighbours and the client itself, so t <= k + 1: a
+  // threshold raised to min_clients (say 80 of 100, where the bounds give
+  // k = 76) needs more neighbours, which only adds security.
+  if (t > k + 1) k = std::min<uint32_t>(static_cast<uint32_t>(n - 1), (t - 1) % 2 == 0 ? t - 1 : t);  // even, or n - 1
   params.set_degree(k);
   params.set_threshold(t);
   const int64_t min_survivors = std::max<int64_t>(t, settings.min_clients);
@@ -164,14 +168,20 @@ absl::Status CheckRoundsCanOpen(const RoundSettings& settings, size_t layout_siz
   // A round samples between min_clients and clients_per_round clients; the
   // ring and the threshold are hardest to meet at the ends.
   for (int64_t n : {settings.min_clients, settings.clients_per_round}) {
-    absl::StatusOr<RoundPlan> plan = PlanRound(settings, n, layout_size, /*rotation_seed=*/0);
-    if (!plan.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("no round of ", n, " clients can run with these settings: ", plan.status().message()));
-    }
     if (settings.threshold > n) {
       return absl::InvalidArgumentError(absl::StrCat("threshold ", settings.threshold, " exceeds a round of ", n,
                                                      " clients (min_clients)"));
+    }
+    absl::StatusOr<RoundPlan> plan = PlanRound(settings, n, layout_size, /*rotation_seed=*/0);
+    absl::Status usable = plan.status();
+    if (usable.ok() && settings.secure_aggregation) {
+      SecAggParams params = plan->params;
+      params.set_graph_seed(std::string(32, '\0'));  // Open draws a random one
+      usable = secagg::ValidateParams(params);
+    }
+    if (!usable.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("no round of ", n, " clients can run with these settings: ", usable.message()));
     }
   }
   return absl::OkStatus();

@@ -64,7 +64,9 @@ absl::StatusOr<std::unique_ptr<CoordinatorRuntime>> CoordinatorRuntime::Create(S
 
 absl::Status CoordinatorRuntime::OwnsUser(const std::string& client, const std::string& user) const {
   auto it = owner_.find(user);
-  if (it == owner_.end()) return absl::NotFoundError(absl::StrCat("user '", user, "' has never joined this coordinator"));
+  if (it == owner_.end()) {
+    return absl::FailedPreconditionError(absl::StrCat("user '", user, "' is not bound to any client (it never joined)"));
+  }
   if (it->second != client) {
     return absl::PermissionDeniedError(absl::StrCat("user '", user, "' belongs to another client"));
   }
@@ -72,10 +74,13 @@ absl::Status CoordinatorRuntime::OwnsUser(const std::string& client, const std::
 }
 
 absl::Status CoordinatorRuntime::InSession(const std::string& client, const std::string& user) const {
-  if (absl::Status s = OwnsUser(client, user); !s.ok() && s.code() != absl::StatusCode::kNotFound) return s;
+  auto it = owner_.find(user);
+  if (it != owner_.end() && it->second != client) {
+    return absl::PermissionDeniedError(absl::StrCat("user '", user, "' belongs to another client"));
+  }
   // FailedPrecondition tells a client to join again (after a restart, the
   // layout and the user's preferences are checked anew).
-  if (!joined_.count(user)) {
+  if (it == owner_.end() || !joined_.count(user)) {
     return absl::FailedPreconditionError(absl::StrCat("user '", user, "' has not joined since the coordinator started"));
   }
   return absl::OkStatus();
@@ -342,21 +347,25 @@ absl::StatusOr<UsersResponse> CoordinatorRuntime::AdminUsers() {
   return r;
 }
 
-absl::StatusOr<ReleaseUserResponse> CoordinatorRuntime::AdminReleaseUser(const std::string& user) {
+absl::StatusOr<MoveUserResponse> CoordinatorRuntime::AdminMoveUser(const std::string& user, const std::string& to_client) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (to_client.empty() || to_client.size() > 64) return absl::InvalidArgumentError("the client name must be 1-64 bytes");
   if (participants_.count(user)) {
     return absl::FailedPreconditionError(absl::StrCat("user '", user, "' takes part in round ",
-                                                      machine_->current_round(), "; release it once the round ends"));
+                                                      machine_->current_round(), "; move it once the round ends"));
   }
-  absl::StatusOr<std::string> previous = store_->ReleaseUser(user);
+  if (auto box = outbox_.find(user); box != outbox_.end() && !box->second.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("user '", user, "' has messages its client has not polled yet; move it once they are delivered"));
+  }
+  absl::StatusOr<std::string> previous = store_->MoveUser(user, to_client);
   if (!previous.ok()) return previous.status();
-  owner_.erase(user);
+  owner_[user] = to_client;
   joined_.erase(user);
   allows_plain_.erase(user);
-  outbox_.erase(user);
   last_seen_ms_.erase(user);
   dropped_ms_.erase(user);
-  ReleaseUserResponse r;
+  MoveUserResponse r;
   r.set_previous_client_id(*previous);
   return r;
 }

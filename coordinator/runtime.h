@@ -64,7 +64,7 @@ class CoordinatorRuntime {
 
   // Residuals, only for users the client owns, joined since this start or
   // not: a client may fetch or delete them without taking part in rounds.
-  // NotFound for a user that never joined.
+  // FailedPrecondition for a user bound to no client (it never joined).
   absl::StatusOr<int64_t> PutResidual(const std::string& client, const std::string& user_id,
                                       std::span<const uint8_t> blob, bool sealed);
   absl::StatusOr<std::vector<uint8_t>> GetResidual(const std::string& client, const std::string& user_id,
@@ -88,10 +88,11 @@ class CoordinatorRuntime {
   absl::StatusOr<fedpers::v1::RoundsResponse> AdminRounds(int limit);
   absl::StatusOr<fedpers::v1::ClientsResponse> AdminClients();
   absl::StatusOr<fedpers::v1::UsersResponse> AdminUsers();
-  // Unbinds `user_id` (see ReleaseUserRequest); the client that hosted it
-  // must join again and may claim it again. NotFound for an unbound user,
-  // FailedPrecondition while it takes part in the running round.
-  absl::StatusOr<fedpers::v1::ReleaseUserResponse> AdminReleaseUser(const std::string& user_id);
+  // Binds `user_id` to `to_client` (see MoveUserRequest), which must join
+  // with it before it takes part. NotFound for a user that never joined,
+  // FailedPrecondition while it takes part in the running round or has
+  // undelivered messages.
+  absl::StatusOr<fedpers::v1::MoveUserResponse> AdminMoveUser(const std::string& user_id, const std::string& to_client);
 
   bool finished() const;  // max_rounds committed
   // A copy of the current global adapter (flat, in the layout's order).

@@ -12,7 +12,11 @@
 namespace fedpers {
 namespace {
 
-constexpr int kSchemaVersion = 1;
+// 2 added the users table (user -> client bindings). Version 1 stores are
+// upgraded in place (the table is created empty: users bind at their next
+// join); a binary that reads version 1 refuses a version 2 store instead of
+// ignoring the bindings.
+constexpr int kSchemaVersion = 2;
 
 int64_t NowUnix() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -179,6 +183,12 @@ absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const std::string& 
   if (!row.ok()) return row.status();
   if (!*row) {
     if (absl::Status s = store->Exec(absl::StrCat("INSERT INTO meta VALUES ('schema_version', '", kSchemaVersion, "')"));
+        !s.ok()) {
+      return s;
+    }
+  } else if (get.Text(0) == "1") {
+    if (absl::Status s = store->Exec(absl::StrCat("UPDATE meta SET value = '", kSchemaVersion,
+                                                  "' WHERE key = 'schema_version'"));
         !s.ok()) {
       return s;
     }
@@ -355,7 +365,8 @@ absl::StatusOr<std::vector<UserRow>> StateStore::Users() {
   return out;
 }
 
-absl::StatusOr<std::string> StateStore::ReleaseUser(const std::string& user) {
+absl::StatusOr<std::string> StateStore::MoveUser(const std::string& user, const std::string& to_client) {
+  if (to_client.empty()) return absl::InvalidArgumentError("empty client id");
   Transaction tx(db_);
   if (absl::Status s = tx.status(); !s.ok()) return s;
   Statement owner(db_, "SELECT client_id FROM users WHERE user_id = ?");
@@ -364,9 +375,9 @@ absl::StatusOr<std::string> StateStore::ReleaseUser(const std::string& user) {
   if (!row.ok()) return row.status();
   if (!*row) return absl::NotFoundError(absl::StrCat("user '", user, "' is not bound to any client"));
   const std::string client = owner.Text(0);
-  Statement del(db_, "DELETE FROM users WHERE user_id = ?");
-  if (absl::Status s = del.status(); !s.ok()) return s;
-  if (absl::Status s = del.Bind(1, user).Run(); !s.ok()) return s;
+  Statement move(db_, "UPDATE users SET client_id = ? WHERE user_id = ?");
+  if (absl::Status s = move.status(); !s.ok()) return s;
+  if (absl::Status s = move.Bind(1, to_client).Bind(2, user).Run(); !s.ok()) return s;
   if (absl::Status s = tx.Commit(); !s.ok()) return s;
   return client;
 }

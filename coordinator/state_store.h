@@ -93,9 +93,9 @@ class StateStore {
   absl::StatusOr<std::vector<ClientRow>> Clients();
   // Sorted by user id.
   absl::StatusOr<std::vector<UserRow>> Users();
-  // Removes the user's binding; returns the client it was bound to.
-  // NotFound when the user is not bound.
-  absl::StatusOr<std::string> ReleaseUser(const std::string& user_id);
+  // Binds a bound user to `to_client_id` instead; returns the client it was
+  // bound to. NotFound when the user is not bound.
+  absl::StatusOr<std::string> MoveUser(const std::string& user_id, const std::string& to_client_id);
 
   // Residual blobs by user, versioned (1, 2, ...). `sealed` records whether
   // the blob is ciphertext only its client can open.

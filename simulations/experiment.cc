@@ -260,15 +260,8 @@ class Runner {
     absl::StatusOr<std::unique_ptr<ModelPool>> pool = Pool(setup);
     if (!pool.ok()) return pool.status();
     FederationSettings fs;
+    fs.runtime.round = c_.FederatedRoundSettings();
     RoundSettings& rs = fs.runtime.round;
-    rs.clients_per_round = c_.clients_per_round;
-    rs.min_clients = c_.EffectiveMinClients();
-    rs.ring_bits = c_.ring_bits;
-    rs.clip_norm = c_.clip_norm;
-    rs.noise_multiplier = c_.noise_multiplier;
-    rs.secure_aggregation = c_.secure_agg;
-    rs.delta = c_.delta;
-    rs.strategy = c_.strategy;
     rs.seed = Derive(c_.seed, "rounds");
     if (setup.lora.train_global_a) {
       absl::StatusOr<std::vector<float>> initial = InitialGlobalAdapter(base_->config(), setup.lora);

@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "client/local_training.h"
 #include "common/model_config.h"
+#include "coordinator/round_machine.h"
 #include "coordinator/strategy.h"
 
 namespace fedpers {
@@ -92,10 +93,14 @@ struct ExperimentConfig {
   absl::Status Validate() const;
   // Checks what only the model can tell (LoRA ranks against the projections,
   // seq_len against n_positions, a local training step against the memory
-  // available) before anything long runs: the model is the
-  // base's config.json when EffectiveBase() holds a model, else the one
-  // pretraining would build. Reads that file, nothing else.
+  // available, rounds that SecAgg+ and the ring can carry: CheckRoundsCanOpen
+  // for each federated method's adapter) before anything long runs: the
+  // model is the base's config.json when EffectiveBase() holds a model, else
+  // the one pretraining would build. Reads that file, nothing else.
   absl::Status ValidateForModel() const;
+  // The coordinator's round settings of the federated methods, but for the
+  // seed and the initial adapter, which depend on the run.
+  RoundSettings FederatedRoundSettings() const;
   int64_t EffectiveMinClients() const;
   int64_t EffectiveEvalEvery() const;
   std::string EffectiveBase() const;  // `base`, or <out>/base

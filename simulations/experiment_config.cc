@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "common/flat_layout.h"
 #include "common/host_memory.h"
 #include "common/json_fields.h"
 #include "nlohmann/json.hpp"
@@ -82,7 +83,32 @@ absl::Status ExperimentConfig::ValidateForModel() const {
       !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("experiment config: \"local\": ", s.message()));
   }
+  // The global adapter is B_g, or A_g and B_g for fedavg-lora.
+  const RoundSettings rounds = FederatedRoundSettings();
+  for (Method m : methods) {
+    if (m != Method::kGlobal && m != Method::kGlobalResidual && m != Method::kFedAvgLora) continue;
+    LoraConfig shared = lora;
+    shared.train_global_a = m == Method::kFedAvgLora;
+    absl::StatusOr<FlatLayout> layout = GlobalAdapterLayout(*model, shared);
+    if (!layout.ok()) return layout.status();
+    if (absl::Status s = CheckRoundsCanOpen(rounds, static_cast<size_t>(layout->total_size())); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("experiment config (", MethodName(m), "): ", s.message()));
+    }
+  }
   return absl::OkStatus();
+}
+
+RoundSettings ExperimentConfig::FederatedRoundSettings() const {
+  RoundSettings rs;
+  rs.clients_per_round = clients_per_round;
+  rs.min_clients = EffectiveMinClients();
+  rs.ring_bits = ring_bits;
+  rs.clip_norm = clip_norm;
+  rs.noise_multiplier = noise_multiplier;
+  rs.secure_aggregation = secure_agg;
+  rs.delta = delta;
+  rs.strategy = strategy;
+  return rs;
 }
 
 absl::Status ExperimentConfig::Validate() const {

@@ -90,8 +90,8 @@ test "$(grep -c "committed .* secagg+" "$work/rounds.txt")" -eq 3
 "$fedpers" admin users "${admin[@]}" --json > "$work/users.json"
 grep -q '"sealed": true' "$work/users.json"
 grep -q '"client_id": "partner3"' "$work/users.json"
-"$fedpers" admin release-user "${admin[@]}" --user user0000 | grep -q "user user0000 released from client partner1"
-"$fedpers" admin users "${admin[@]}" --json | grep -q '"user_id": "user0000"' && { echo "user0000 still bound"; exit 1; }
+"$fedpers" admin move-user "${admin[@]}" --user user0000 --to partner2 | grep -q "user user0000 moved from client partner1 to partner2"
+"$fedpers" admin users "${admin[@]}" | grep -q "^user0000 *partner2 "
 "$fedpers" admin clients "${admin[@]}" | grep -q partner5
 
 # Refusals: an admin certificate from another CA; a client certificate used as admin.

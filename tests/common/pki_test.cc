@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "common/atomic_file.h"
 
@@ -69,6 +70,10 @@ TEST(PkiTest, BadInputIsAClearError) {
   }
   EXPECT_FALSE(std::filesystem::exists(named + "/ca.key"));
   EXPECT_TRUE(InitCa(named, "Acme Research CA").ok()) << "spaces are fine in a CA's name";
+  // 64 characters, not bytes: 40 two-byte characters are fine.
+  std::string greek;
+  for (int i = 0; i < 40; ++i) greek += "\xce\xb1";  // alpha
+  EXPECT_TRUE(InitCa(FreshDir("greek"), greek).ok());
 }
 
 // LoadTlsIdentity checks a party's files before gRPC sees them: the key
@@ -98,6 +103,12 @@ TEST(PkiTest, TlsIdentitiesAreCheckedBeforeUse) {
             std::string::npos);
   EXPECT_NE(error(out + "/nobody.crt", out + "/alice.key", out + "/ca.crt", CertRole::kClient).find("nobody.crt"),
             std::string::npos);
+  // A CA file holding two CAs (a rotation): certificates of either verify.
+  std::ofstream(out + "/bundle.crt") << *ReadFileToString(other + "/ca.crt") << *ReadFileToString(ca + "/ca.crt");
+  EXPECT_TRUE(LoadTlsIdentity(out + "/alice.crt", out + "/alice.key", out + "/bundle.crt", CertRole::kClient).ok());
+  EXPECT_TRUE(LoadTlsIdentity(other + "/certs/carol.crt", other + "/certs/carol.key", out + "/bundle.crt",
+                              CertRole::kClient)
+                  .ok());
 }
 
 // Nothing is written when the request cannot give a working certificate,

@@ -473,5 +473,21 @@ TEST(RoundMachineTest, PlainRoundsRefuseWrongMessagesAndAbortBelowMinClients) {
   EXPECT_EQ(next->sampled, 5);
 }
 
+// SecAgg+ needs t <= k + 1. The bounds give k = 76 for large samples, and
+// min_clients raises t to 80 of 100: the graph widens instead of every round
+// failing to open. CheckRoundsCanOpen runs the protocol's own checks.
+TEST(RoundMachineTest, AThresholdRaisedToMinClientsWidensTheGraph) {
+  RoundSettings settings;
+  settings.clients_per_round = 100;
+  settings.min_clients = 80;
+  EXPECT_TRUE(CheckRoundsCanOpen(settings, 48).ok()) << CheckRoundsCanOpen(settings, 48);
+  settings.min_clients = 99;
+  EXPECT_TRUE(CheckRoundsCanOpen(settings, 48).ok()) << CheckRoundsCanOpen(settings, 48);
+  settings.threshold = 100;
+  settings.min_clients = 80;
+  absl::Status s = CheckRoundsCanOpen(settings, 48);
+  EXPECT_NE(s.message().find("threshold 100 exceeds a round of 80 clients"), absl::string_view::npos) << s;
+}
+
 }  // namespace
 }  // namespace fedpers

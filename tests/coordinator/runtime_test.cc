@@ -70,16 +70,26 @@ struct FakeClient {
 };
 
 struct Fixture {
+  std::string dir;
   std::unique_ptr<StateStore> store;
   std::unique_ptr<CoordinatorRuntime> rt;
   int64_t clock = 0;
   explicit Fixture(const std::string& name, RuntimeSettings settings) {
-    const std::string dir = ::testing::TempDir() + "/runtime_" + name + "_" + std::to_string(::getpid());
+    dir = ::testing::TempDir() + "/runtime_" + name + "_" + std::to_string(::getpid());
     std::filesystem::remove_all(dir);
     store = std::move(*StateStore::Open(dir));
     rt = std::move(*CoordinatorRuntime::Create(store.get(), Layout(), settings, [this] { return clock; }));
   }
 };
+
+// A coordinator restart: the runtime and the store are closed and opened
+// again from the state directory.
+void Restart(Fixture& f, const RuntimeSettings& settings) {
+  f.rt.reset();
+  f.store.reset();
+  f.store = std::move(*StateStore::Open(f.dir));
+  f.rt = std::move(*CoordinatorRuntime::Create(f.store.get(), Layout(), settings, [&f] { return f.clock; }));
+}
 
 JoinRequest JoinFor(const std::vector<std::string>& users) {
   JoinRequest j;
@@ -201,14 +211,13 @@ TEST(RuntimeTest, OwnershipOutlivesARestart) {
   std::vector<uint8_t> blob = {4, 5, 6};
   ASSERT_EQ(*f.rt->PutResidual("partner-a", "alice", blob, true), 1);
 
-  f.rt.reset();
-  f.rt = std::move(*CoordinatorRuntime::Create(f.store.get(), Layout(), settings, [&f] { return f.clock; }));
+  Restart(f, settings);
   EXPECT_EQ(f.rt->Join("partner-b", JoinFor({"alice"})).status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(f.rt->Join("partner-b", JoinFor({"bob", "amy"})).status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(f.rt->GetResidual("partner-b", "alice", 0).status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(f.rt->DeleteResidual("partner-b", "alice").status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(*f.rt->GetResidual("partner-a", "alice", 0), blob);
-  EXPECT_EQ(f.rt->GetResidual("partner-a", "nobody", 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(f.rt->GetResidual("partner-a", "nobody", 0).status().code(), absl::StatusCode::kFailedPrecondition);
   // Known but not joined since the restart: join again, then poll.
   EXPECT_EQ(f.rt->Poll("partner-a", "alice").status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(f.rt->AdminStatus().connected_clients(), 0);
@@ -228,26 +237,27 @@ TEST(RuntimeTest, OwnershipOutlivesARestart) {
   ASSERT_EQ(clients->clients_size(), 2);
   EXPECT_EQ(clients->clients(0).cert_fingerprint(), "a1b2");
 
-  // An admin releases a user: another client may claim it (and its
-  // residuals); the old client is told to join again.
-  EXPECT_EQ(f.rt->AdminReleaseUser("nobody").status().code(), absl::StatusCode::kNotFound);
-  absl::StatusOr<ReleaseUserResponse> released = f.rt->AdminReleaseUser("alice");
-  ASSERT_TRUE(released.ok()) << released.status();
-  EXPECT_EQ(released->previous_client_id(), "partner-a");
-  EXPECT_EQ(f.rt->Poll("partner-a", "alice").status().code(), absl::StatusCode::kFailedPrecondition);
-  ASSERT_TRUE(f.rt->Join("partner-b", JoinFor({"alice"})).ok());
+  // An admin moves a user to another client, with its residuals; the old
+  // client is refused, the new one joins before it takes part.
+  EXPECT_EQ(f.rt->AdminMoveUser("nobody", "partner-b").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(f.rt->AdminMoveUser("alice", "").status().code(), absl::StatusCode::kInvalidArgument);
+  absl::StatusOr<MoveUserResponse> moved = f.rt->AdminMoveUser("alice", "partner-b");
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_EQ(moved->previous_client_id(), "partner-a");
+  EXPECT_EQ(f.rt->Poll("partner-a", "alice").status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(f.rt->Join("partner-a", JoinFor({"alice"})).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(f.rt->Poll("partner-b", "alice").status().code(), absl::StatusCode::kFailedPrecondition) << "join first";
   EXPECT_EQ(*f.rt->GetResidual("partner-b", "alice", 0), blob);
   EXPECT_EQ(f.rt->GetResidual("partner-a", "alice", 0).status().code(), absl::StatusCode::kPermissionDenied);
-  // The release is stored: a restart keeps partner-b as the owner.
-  f.rt.reset();
-  f.rt = std::move(*CoordinatorRuntime::Create(f.store.get(), Layout(), settings, [&f] { return f.clock; }));
+  // The move is stored.
+  Restart(f, settings);
   EXPECT_EQ(f.rt->Join("partner-a", JoinFor({"alice"})).status().code(), absl::StatusCode::kPermissionDenied);
   // Not while the user takes part in a round.
   ASSERT_TRUE(f.rt->Join("partner-b", JoinFor({"alice"})).ok());
   ASSERT_TRUE(f.rt->Join("partner-c", JoinFor({"bob"})).ok());
   absl::StatusOr<CoordinatorRuntime::TickResult> tick = f.rt->Tick();
   ASSERT_TRUE(tick.ok() && tick->opened) << "alice and bob make a round";
-  absl::Status busy = f.rt->AdminReleaseUser("bob").status();
+  absl::Status busy = f.rt->AdminMoveUser("bob", "partner-a").status();
   EXPECT_EQ(busy.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(busy.message().find("takes part in round"), absl::string_view::npos) << busy;
 }

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -98,6 +99,31 @@ TEST(StateStoreTest, ResidualsAreVersionedAndDeletable) {
   EXPECT_EQ((*users)[0].client_id, "partner-a");
   EXPECT_EQ((*users)[1].user_id, "amy");
   EXPECT_FALSE((*store)->RecordJoin("partner-a", "cd34", {""}).ok());
+}
+
+// A version 1 store (no users table) is upgraded in place; a store of a
+// newer version is refused, naming both versions.
+TEST(StateStoreTest, OlderSchemasAreUpgradedNewerRefused) {
+  const std::string dir = FreshDir("schema");
+  ASSERT_TRUE(StateStore::Open(dir).ok());
+  auto exec = [&](const char* sql) {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir + "/state.sqlite3").c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, sql, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+    sqlite3_close(db);
+  };
+  exec("DROP TABLE users; UPDATE meta SET value = '1' WHERE key = 'schema_version'");
+  {
+    auto store = StateStore::Open(dir);
+    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_TRUE((*store)->RecordJoin("partner-a", "", {"alice"}).ok());
+    EXPECT_EQ((*store)->Users()->size(), 1u);
+  }
+  exec("UPDATE meta SET value = '3' WHERE key = 'schema_version'");
+  auto newer = StateStore::Open(dir);
+  ASSERT_FALSE(newer.ok());
+  EXPECT_NE(newer.status().message().find("has schema version 3; this fedpers reads version 2"), absl::string_view::npos)
+      << newer.status();
 }
 
 TEST(StateStoreTest, NotADatabaseIsAClearError) {
