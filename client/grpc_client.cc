@@ -361,6 +361,13 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
       if (!sent.ok() && sent.code() == absl::StatusCode::kUnavailable) failure = sent;
     }
     if (!failure.ok()) {
+      if (failure.code() == absl::StatusCode::kPermissionDenied) {
+        // A user this client hosted now belongs to another client (an
+        // admin moved it): retrying cannot help, and running on for the
+        // other users would hide it.
+        return absl::PermissionDeniedError(absl::StrCat("coordinator refused: ", failure.message(),
+                                                        " (moved to another client by an admin?)"));
+      }
       if (failure.code() != absl::StatusCode::kUnavailable) {
         std::fprintf(stderr, "coordinator refused: %s\n", std::string(failure.message()).c_str());
         if (failure.code() == absl::StatusCode::kFailedPrecondition) joined = false;  // e.g. coordinator restarted

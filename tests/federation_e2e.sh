@@ -90,7 +90,17 @@ test "$(grep -c "committed .* secagg+" "$work/rounds.txt")" -eq 3
 "$fedpers" admin users "${admin[@]}" --json > "$work/users.json"
 grep -q '"sealed": true' "$work/users.json"
 grep -q '"client_id": "partner3"' "$work/users.json"
+# Moving a user while its client runs: the client stops, saying why.
+pids=()
+e2e_start_client 1 1
+for _ in $(seq 1 100); do
+  "$fedpers" admin status "${admin[@]}" --json | grep -q '"joined_users": 1' && break
+  sleep 0.2
+done
 "$fedpers" admin move-user "${admin[@]}" --user user0000 --to partner2 | grep -q "user user0000 moved from client partner1 to partner2"
+timeout 30 tail --pid="${pids[0]}" -f /dev/null
+if wait "${pids[0]}"; then echo "client 1 ran on after its user moved"; exit 1; fi
+grep -q "user0000' belongs to another client (moved to another client by an admin?)" "$work/client1.log"
 "$fedpers" admin users "${admin[@]}" | grep -q "^user0000 *partner2 "
 "$fedpers" admin clients "${admin[@]}" | grep -q partner5
 
