@@ -96,6 +96,12 @@ absl::Status ReadJsonField(const nlohmann::json& j, const char* key, T& out, abs
   return absl::OkStatus();
 }
 
+// Returns from the calling function when ReadJsonField fails.
+#define FEDPERS_READ_JSON(json, key, field, prefix)                                        \
+  if (absl::Status fedpers_read_status_ = ::fedpers::ReadJsonField(json, key, field, prefix); \
+      !fedpers_read_status_.ok())                                                           \
+  return fedpers_read_status_
+
 // Parses `text` as one JSON object; the error names `what` and, for text that
 // is not JSON, the parser's position and reason (NaN and Infinity are not
 // JSON; a number beyond double's range is an overflow).

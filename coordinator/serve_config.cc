@@ -22,9 +22,6 @@ std::string Resolve(const std::string& path, const std::string& base) {
 
 }  // namespace
 
-#define FEDPERS_READ(json, key, field, prefix) \
-  if (absl::Status s_ = ReadJsonField(json, key, field, prefix); !s_.ok()) return s_
-
 absl::StatusOr<ServeConfig> ParseServeConfig(const std::string& text, const std::string& config_dir) {
   Json j;
   if (absl::Status s = ParseJsonObject(text, "the serve config", j); !s.ok()) return s;
@@ -37,34 +34,34 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::string& text, const std:
   }
   ServeConfig c;
   c.serve.listen = "127.0.0.1:7443";
-  FEDPERS_READ(j, "listen", c.serve.listen, "");
+  FEDPERS_READ_JSON(j, "listen", c.serve.listen, "");
   if (absl::Status s = CheckHostPort(c.serve.listen, /*allow_port_zero=*/true); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("serve config \"listen\": ", s.message()));
   }
   std::string state_dir = "coordinator-state", base;
-  FEDPERS_READ(j, "state_dir", state_dir, "");
+  FEDPERS_READ_JSON(j, "state_dir", state_dir, "");
   c.state_dir = Resolve(state_dir, config_dir);
-  FEDPERS_READ(j, "insecure", c.serve.insecure, "");
+  FEDPERS_READ_JSON(j, "insecure", c.serve.insecure, "");
   if (j.contains("tls")) {
     const Json& t = j["tls"];
     if (absl::Status s = CheckOnlyKeys(t, {"cert", "key", "ca"}, "\"tls\""); !s.ok()) return s;
     for (const char* key : {"cert", "key", "ca"}) {
       if (!t.contains(key)) return absl::InvalidArgumentError(absl::StrCat("\"tls\" needs \"", key, "\""));
     }
-    FEDPERS_READ(t, "cert", c.serve.cert_file, "tls: ");
-    FEDPERS_READ(t, "key", c.serve.key_file, "tls: ");
-    FEDPERS_READ(t, "ca", c.serve.ca_file, "tls: ");
+    FEDPERS_READ_JSON(t, "cert", c.serve.cert_file, "tls: ");
+    FEDPERS_READ_JSON(t, "key", c.serve.key_file, "tls: ");
+    FEDPERS_READ_JSON(t, "ca", c.serve.ca_file, "tls: ");
     c.serve.cert_file = Resolve(c.serve.cert_file, config_dir);
     c.serve.key_file = Resolve(c.serve.key_file, config_dir);
     c.serve.ca_file = Resolve(c.serve.ca_file, config_dir);
   } else if (!c.serve.insecure) {
     return absl::InvalidArgumentError("serve config needs \"tls\": {cert, key, ca} (or \"insecure\": true)");
   }
-  FEDPERS_READ(j, "stage_timeout_ms", c.runtime.stage_timeout_ms, "");
-  FEDPERS_READ(j, "round_interval_ms", c.runtime.round_interval_ms, "");
-  FEDPERS_READ(j, "max_rounds", c.runtime.max_rounds, "");
-  FEDPERS_READ(j, "liveness_timeout_ms", c.runtime.liveness_timeout_ms, "");
-  FEDPERS_READ(j, "start_paused", c.runtime.start_paused, "");
+  FEDPERS_READ_JSON(j, "stage_timeout_ms", c.runtime.stage_timeout_ms, "");
+  FEDPERS_READ_JSON(j, "round_interval_ms", c.runtime.round_interval_ms, "");
+  FEDPERS_READ_JSON(j, "max_rounds", c.runtime.max_rounds, "");
+  FEDPERS_READ_JSON(j, "liveness_timeout_ms", c.runtime.liveness_timeout_ms, "");
+  FEDPERS_READ_JSON(j, "start_paused", c.runtime.start_paused, "");
   RoundSettings& r = c.runtime.round;
   if (j.contains("round")) {
     const Json& rj = j["round"];
@@ -76,23 +73,23 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::string& text, const std:
         !s.ok()) {
       return s;
     }
-    FEDPERS_READ(rj, "clients_per_round", r.clients_per_round, "round: ");
-    FEDPERS_READ(rj, "min_clients", r.min_clients, "round: ");
-    FEDPERS_READ(rj, "ring_bits", r.ring_bits, "round: ");
-    FEDPERS_READ(rj, "clip_norm", r.clip_norm, "round: ");
-    FEDPERS_READ(rj, "noise_multiplier", r.noise_multiplier, "round: ");
-    FEDPERS_READ(rj, "central_noise", r.central_noise, "round: ");
-    FEDPERS_READ(rj, "rotate", r.rotate, "round: ");
-    FEDPERS_READ(rj, "secure_aggregation", r.secure_aggregation, "round: ");
-    FEDPERS_READ(rj, "threshold", r.threshold, "round: ");
-    FEDPERS_READ(rj, "strategy", r.strategy.name, "round: ");
-    FEDPERS_READ(rj, "server_learning_rate", r.strategy.server_learning_rate, "round: ");
-    FEDPERS_READ(rj, "delta", r.delta, "round: ");
-    FEDPERS_READ(rj, "epsilon_budget", r.epsilon_budget, "round: ");
-    FEDPERS_READ(rj, "seed", r.seed, "round: ");
+    FEDPERS_READ_JSON(rj, "clients_per_round", r.clients_per_round, "round: ");
+    FEDPERS_READ_JSON(rj, "min_clients", r.min_clients, "round: ");
+    FEDPERS_READ_JSON(rj, "ring_bits", r.ring_bits, "round: ");
+    FEDPERS_READ_JSON(rj, "clip_norm", r.clip_norm, "round: ");
+    FEDPERS_READ_JSON(rj, "noise_multiplier", r.noise_multiplier, "round: ");
+    FEDPERS_READ_JSON(rj, "central_noise", r.central_noise, "round: ");
+    FEDPERS_READ_JSON(rj, "rotate", r.rotate, "round: ");
+    FEDPERS_READ_JSON(rj, "secure_aggregation", r.secure_aggregation, "round: ");
+    FEDPERS_READ_JSON(rj, "threshold", r.threshold, "round: ");
+    FEDPERS_READ_JSON(rj, "strategy", r.strategy.name, "round: ");
+    FEDPERS_READ_JSON(rj, "server_learning_rate", r.strategy.server_learning_rate, "round: ");
+    FEDPERS_READ_JSON(rj, "delta", r.delta, "round: ");
+    FEDPERS_READ_JSON(rj, "epsilon_budget", r.epsilon_budget, "round: ");
+    FEDPERS_READ_JSON(rj, "seed", r.seed, "round: ");
   }
   if (!j.contains("base")) return absl::InvalidArgumentError("serve config needs \"base\" (the base model directory)");
-  FEDPERS_READ(j, "base", base, "");
+  FEDPERS_READ_JSON(j, "base", base, "");
   base = Resolve(base, config_dir);
   absl::StatusOr<std::string> model_json = ReadFileToString(base + "/config.json");
   if (!model_json.ok()) return absl::NotFoundError(absl::StrCat("base model: ", model_json.status().message()));

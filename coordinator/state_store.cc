@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "common/atomic_file.h"
@@ -140,6 +141,16 @@ CREATE TABLE IF NOT EXISTS residuals (
   stored_unix INTEGER NOT NULL,
   PRIMARY KEY (user_id, version));
 )sql";
+
+// The client `user` is bound to, if any.
+absl::StatusOr<std::optional<std::string>> BoundClient(sqlite3* db, const std::string& user) {
+  Statement owner(db, "SELECT client_id FROM users WHERE user_id = ?");
+  if (absl::Status s = owner.status(); !s.ok()) return s;
+  absl::StatusOr<bool> row = owner.Bind(1, user).Step();
+  if (!row.ok()) return row.status();
+  if (!*row) return std::optional<std::string>();
+  return std::optional<std::string>(owner.Text(0));
+}
 
 }  // namespace
 
@@ -337,11 +348,9 @@ absl::Status StateStore::RecordJoin(const std::string& client, const std::string
   if (absl::Status s = touch.Bind(1, client).Bind(2, fingerprint).Bind(3, now).Bind(4, now).Run(); !s.ok()) return s;
   for (const std::string& user : users) {
     if (user.empty()) return absl::InvalidArgumentError("empty user id");
-    Statement owner(db_, "SELECT client_id FROM users WHERE user_id = ?");
-    if (absl::Status s = owner.status(); !s.ok()) return s;
-    absl::StatusOr<bool> row = owner.Bind(1, user).Step();
-    if (!row.ok()) return row.status();
-    if (*row && owner.Text(0) != client) {
+    absl::StatusOr<std::optional<std::string>> owner = BoundClient(db_, user);
+    if (!owner.ok()) return owner.status();
+    if (owner->has_value() && **owner != client) {
       return absl::PermissionDeniedError(absl::StrCat("user '", user, "' belongs to another client"));
     }
     Statement up(db_, "INSERT INTO users (user_id, client_id, first_joined_unix, last_joined_unix) VALUES (?, ?, ?, ?) "
@@ -369,12 +378,10 @@ absl::StatusOr<std::string> StateStore::MoveUser(const std::string& user, const 
   if (to_client.empty()) return absl::InvalidArgumentError("empty client id");
   Transaction tx(db_);
   if (absl::Status s = tx.status(); !s.ok()) return s;
-  Statement owner(db_, "SELECT client_id FROM users WHERE user_id = ?");
-  if (absl::Status s = owner.status(); !s.ok()) return s;
-  absl::StatusOr<bool> row = owner.Bind(1, user).Step();
-  if (!row.ok()) return row.status();
-  if (!*row) return absl::NotFoundError(absl::StrCat("user '", user, "' is not bound to any client"));
-  const std::string client = owner.Text(0);
+  absl::StatusOr<std::optional<std::string>> owner = BoundClient(db_, user);
+  if (!owner.ok()) return owner.status();
+  if (!owner->has_value()) return absl::NotFoundError(absl::StrCat("user '", user, "' is not bound to any client"));
+  const std::string client = **owner;
   Statement move(db_, "UPDATE users SET client_id = ? WHERE user_id = ?");
   if (absl::Status s = move.status(); !s.ok()) return s;
   if (absl::Status s = move.Bind(1, to_client).Bind(2, user).Run(); !s.ok()) return s;

@@ -18,9 +18,6 @@ using Json = nlohmann::json;
 constexpr Method kAllMethods[] = {Method::kBase,       Method::kLocal,      Method::kGlobal,
                                   Method::kGlobalResidual, Method::kFedAvgLora, Method::kCentralized};
 
-#define FEDPERS_READ(json, key, field, where)                                         \
-  if (absl::Status s_ = ReadJsonField(json, key, field, where); !s_.ok()) return s_
-
 }  // namespace
 
 std::string RingBitsName(uint32_t ring_bits) { return ring_bits == 0 ? "auto" : absl::StrCat(ring_bits); }
@@ -160,24 +157,24 @@ absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_t
     return s;
   }
   ExperimentConfig c;
-  FEDPERS_READ(j, "data", c.data, "");
-  FEDPERS_READ(j, "skip_bad_records", c.skip_bad_records, "");
-  FEDPERS_READ(j, "users", c.users, "");
-  FEDPERS_READ(j, "min_user_bytes", c.min_user_bytes, "");
-  FEDPERS_READ(j, "select", c.select, "");
-  FEDPERS_READ(j, "train_fraction", c.train_fraction, "");
-  FEDPERS_READ(j, "base", c.base, "");
+  FEDPERS_READ_JSON(j, "data", c.data, "");
+  FEDPERS_READ_JSON(j, "skip_bad_records", c.skip_bad_records, "");
+  FEDPERS_READ_JSON(j, "users", c.users, "");
+  FEDPERS_READ_JSON(j, "min_user_bytes", c.min_user_bytes, "");
+  FEDPERS_READ_JSON(j, "select", c.select, "");
+  FEDPERS_READ_JSON(j, "train_fraction", c.train_fraction, "");
+  FEDPERS_READ_JSON(j, "base", c.base, "");
   if (j.contains("pretrain")) {
     const Json& p = j["pretrain"];
     if (absl::Status s = CheckOnlyKeys(p, {"corpus", "config", "steps", "batch_size", "learning_rate"}, "\"pretrain\"");
         !s.ok()) {
       return s;
     }
-    FEDPERS_READ(p, "corpus", c.pretrain.corpus, "pretrain: ");
-    FEDPERS_READ(p, "config", c.pretrain.config, "pretrain: ");
-    FEDPERS_READ(p, "steps", c.pretrain.steps, "pretrain: ");
-    FEDPERS_READ(p, "batch_size", c.pretrain.batch_size, "pretrain: ");
-    FEDPERS_READ(p, "learning_rate", c.pretrain.learning_rate, "pretrain: ");
+    FEDPERS_READ_JSON(p, "corpus", c.pretrain.corpus, "pretrain: ");
+    FEDPERS_READ_JSON(p, "config", c.pretrain.config, "pretrain: ");
+    FEDPERS_READ_JSON(p, "steps", c.pretrain.steps, "pretrain: ");
+    FEDPERS_READ_JSON(p, "batch_size", c.pretrain.batch_size, "pretrain: ");
+    FEDPERS_READ_JSON(p, "learning_rate", c.pretrain.learning_rate, "pretrain: ");
   }
   if (j.contains("lora")) {
     absl::StatusOr<LoraConfig> lora = ParseLoraConfigJson(j["lora"].dump());
@@ -186,7 +183,7 @@ absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_t
   }
   if (j.contains("methods")) {
     std::vector<std::string> names;
-    FEDPERS_READ(j, "methods", names, "");
+    FEDPERS_READ_JSON(j, "methods", names, "");
     c.methods.clear();
     for (const std::string& n : names) {
       absl::StatusOr<Method> m = ParseMethod(n);
@@ -197,9 +194,9 @@ absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_t
       c.methods.push_back(*m);
     }
   }
-  FEDPERS_READ(j, "rounds", c.rounds, "");
-  FEDPERS_READ(j, "clients_per_round", c.clients_per_round, "");
-  FEDPERS_READ(j, "min_clients", c.min_clients, "");
+  FEDPERS_READ_JSON(j, "rounds", c.rounds, "");
+  FEDPERS_READ_JSON(j, "clients_per_round", c.clients_per_round, "");
+  FEDPERS_READ_JSON(j, "min_clients", c.min_clients, "");
   if (j.contains("local")) {
     const Json& l = j["local"];
     if (absl::Status s = CheckOnlyKeys(l, {"global_steps", "residual_steps", "schedule", "batch_size", "micro_batch_size",
@@ -209,53 +206,53 @@ absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_t
         !s.ok()) {
       return s;
     }
-    FEDPERS_READ(l, "global_steps", c.local.global_steps, "local: ");
-    FEDPERS_READ(l, "residual_steps", c.local.residual_steps, "local: ");
-    FEDPERS_READ(l, "batch_size", c.local.batch_size, "local: ");
-    FEDPERS_READ(l, "micro_batch_size", c.local.micro_batch_size, "local: ");
-    FEDPERS_READ(l, "recompute_activations", c.local.recompute_activations, "local: ");
-    FEDPERS_READ(l, "seq_len", c.local.seq_len, "local: ");
-    FEDPERS_READ(l, "global_learning_rate", c.local.global_learning_rate, "local: ");
-    FEDPERS_READ(l, "residual_learning_rate", c.local.residual_learning_rate, "local: ");
+    FEDPERS_READ_JSON(l, "global_steps", c.local.global_steps, "local: ");
+    FEDPERS_READ_JSON(l, "residual_steps", c.local.residual_steps, "local: ");
+    FEDPERS_READ_JSON(l, "batch_size", c.local.batch_size, "local: ");
+    FEDPERS_READ_JSON(l, "micro_batch_size", c.local.micro_batch_size, "local: ");
+    FEDPERS_READ_JSON(l, "recompute_activations", c.local.recompute_activations, "local: ");
+    FEDPERS_READ_JSON(l, "seq_len", c.local.seq_len, "local: ");
+    FEDPERS_READ_JSON(l, "global_learning_rate", c.local.global_learning_rate, "local: ");
+    FEDPERS_READ_JSON(l, "residual_learning_rate", c.local.residual_learning_rate, "local: ");
     if (l.contains("schedule")) {
       std::string name;
-      FEDPERS_READ(l, "schedule", name, "local: ");
+      FEDPERS_READ_JSON(l, "schedule", name, "local: ");
       absl::StatusOr<TrainingSchedule> schedule = ParseTrainingSchedule(name);
       if (!schedule.ok()) return schedule.status();
       c.local.schedule = *schedule;
     }
   }
-  FEDPERS_READ(j, "secure_agg", c.secure_agg, "");
-  FEDPERS_READ(j, "ring_bits", c.ring_bits, "");
-  FEDPERS_READ(j, "clip_norm", c.clip_norm, "");
-  FEDPERS_READ(j, "noise_multiplier", c.noise_multiplier, "");
-  FEDPERS_READ(j, "delta", c.delta, "");
+  FEDPERS_READ_JSON(j, "secure_agg", c.secure_agg, "");
+  FEDPERS_READ_JSON(j, "ring_bits", c.ring_bits, "");
+  FEDPERS_READ_JSON(j, "clip_norm", c.clip_norm, "");
+  FEDPERS_READ_JSON(j, "noise_multiplier", c.noise_multiplier, "");
+  FEDPERS_READ_JSON(j, "delta", c.delta, "");
   if (j.contains("strategy")) {
     const Json& st = j["strategy"];
     if (absl::Status s = CheckOnlyKeys(st, {"name", "server_learning_rate", "beta1", "beta2", "tau"}, "\"strategy\"");
         !s.ok()) {
       return s;
     }
-    FEDPERS_READ(st, "name", c.strategy.name, "strategy: ");
-    FEDPERS_READ(st, "server_learning_rate", c.strategy.server_learning_rate, "strategy: ");
-    FEDPERS_READ(st, "beta1", c.strategy.beta1, "strategy: ");
-    FEDPERS_READ(st, "beta2", c.strategy.beta2, "strategy: ");
-    FEDPERS_READ(st, "tau", c.strategy.tau, "strategy: ");
+    FEDPERS_READ_JSON(st, "name", c.strategy.name, "strategy: ");
+    FEDPERS_READ_JSON(st, "server_learning_rate", c.strategy.server_learning_rate, "strategy: ");
+    FEDPERS_READ_JSON(st, "beta1", c.strategy.beta1, "strategy: ");
+    FEDPERS_READ_JSON(st, "beta2", c.strategy.beta2, "strategy: ");
+    FEDPERS_READ_JSON(st, "tau", c.strategy.tau, "strategy: ");
   }
-  FEDPERS_READ(j, "dropout", c.dropout, "");
-  FEDPERS_READ(j, "eval_every", c.eval_every, "");
-  FEDPERS_READ(j, "eval_tokens", c.eval_tokens, "");
-  FEDPERS_READ(j, "workers", c.workers, "");
-  FEDPERS_READ(j, "seed", c.seed, "");
-  FEDPERS_READ(j, "out", c.out, "");
+  FEDPERS_READ_JSON(j, "dropout", c.dropout, "");
+  FEDPERS_READ_JSON(j, "eval_every", c.eval_every, "");
+  FEDPERS_READ_JSON(j, "eval_tokens", c.eval_tokens, "");
+  FEDPERS_READ_JSON(j, "workers", c.workers, "");
+  FEDPERS_READ_JSON(j, "seed", c.seed, "");
+  FEDPERS_READ_JSON(j, "out", c.out, "");
   if (j.contains("references")) {
     if (!j["references"].is_array()) return absl::InvalidArgumentError("\"references\" must be an array");
     for (const Json& r : j["references"]) {
       if (absl::Status s = CheckOnlyKeys(r, {"name", "accuracy", "note"}, "a reference"); !s.ok()) return s;
       ReferenceResult ref;
-      FEDPERS_READ(r, "name", ref.name, "reference: ");
-      FEDPERS_READ(r, "accuracy", ref.accuracy, "reference: ");
-      FEDPERS_READ(r, "note", ref.note, "reference: ");
+      FEDPERS_READ_JSON(r, "name", ref.name, "reference: ");
+      FEDPERS_READ_JSON(r, "accuracy", ref.accuracy, "reference: ");
+      FEDPERS_READ_JSON(r, "note", ref.note, "reference: ");
       if (ref.name.empty() || !(ref.accuracy >= 0 && ref.accuracy <= 1)) {
         return absl::InvalidArgumentError("a reference needs a name and an accuracy in [0, 1]");
       }

@@ -111,7 +111,8 @@ TEST_F(GrpcHostileTest, AdminRefusesAClientCertificate) {
   ssl.pem_root_certs = Read(dir_ + "/certs/ca.crt");
   ssl.pem_cert_chain = Read(dir_ + "/certs/p0.crt");
   ssl.pem_private_key = Read(dir_ + "/certs/p0.key");
-  auto admin = Admin::NewStub(grpc::CreateChannel("localhost:" + std::to_string(server_->port()), grpc::SslCredentials(ssl)));
+  const std::string target = "localhost:" + std::to_string(server_->port());
+  auto admin = Admin::NewStub(grpc::CreateChannel(target, grpc::SslCredentials(ssl)));
   StatusRequest req;
   StatusResponse resp;
   auto ctx = Ctx();
