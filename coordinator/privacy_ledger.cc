@@ -2,9 +2,12 @@
 
 #include <cmath>
 #include <limits>
+#include <map>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/string_view.h"
 #include "nlohmann/json.hpp"
 #include "secure_agg/dp_accountant.h"
 
@@ -43,11 +46,22 @@ double PrivacyLedger::EpsilonOf(const std::vector<double>& rdp) const {
 absl::StatusOr<double> PrivacyLedger::ProjectedEpsilon(double q, double z, std::span<const std::string> eligible) const {
   absl::StatusOr<std::vector<double>> round = RoundRdp(q, z);
   if (!round.ok()) return round.status();
-  double worst = epsilon_;
-  std::vector<double> rdp(orders_.size());
+  std::vector<char> touched(accounts_.size(), 0);
+  bool newcomers = false;
   for (const std::string& user : eligible) {
-    auto it = user_rdp_.find(user);
-    for (size_t i = 0; i < rdp.size(); ++i) rdp[i] = (it == user_rdp_.end() ? 0 : it->second[i]) + (*round)[i];
+    auto it = user_account_.find(user);
+    if (it == user_account_.end()) {
+      newcomers = true;
+    } else {
+      touched[it->second] = 1;
+    }
+  }
+  double worst = epsilon_;
+  if (newcomers) worst = std::max(worst, EpsilonOf(*round));
+  std::vector<double> rdp(orders_.size());
+  for (size_t a = 0; a < accounts_.size(); ++a) {
+    if (!touched[a]) continue;
+    for (size_t i = 0; i < rdp.size(); ++i) rdp[i] = accounts_[a].rdp[i] + (*round)[i];
     worst = std::max(worst, EpsilonOf(rdp));
   }
   return worst;
@@ -72,23 +86,98 @@ absl::Status PrivacyLedger::RecordRound(int64_t round, double q, double z, int64
   if (participants < 0 || participants > static_cast<int64_t>(eligible.size())) {
     return absl::InvalidArgumentError("participants must be between 0 and the number of eligible users");
   }
+  {
+    std::set<absl::string_view> seen;
+    for (const std::string& user : eligible) {
+      if (!seen.insert(user).second) {
+        return absl::InvalidArgumentError(absl::StrCat("user '", user, "' is listed twice among the eligible"));
+      }
+    }
+  }
   if (absl::Status s = CheckCanOpen(round, q, z, eligible); !s.ok()) return s;
   absl::StatusOr<std::vector<double>> rdp = RoundRdp(q, z);
   if (!rdp.ok()) return rdp.status();
+
+  // Each account's eligible users move together: the account itself
+  // advances when all of its users were eligible; otherwise they split off
+  // into a copy that advances. Newcomers start one account from zero.
+  const size_t before = accounts_.size();
+  std::vector<int64_t> eligible_in(before, 0);
+  int64_t newcomers = 0;
   for (const std::string& user : eligible) {
-    std::vector<double>& acc = user_rdp_[user];
-    acc.resize(orders_.size(), 0);
+    auto it = user_account_.find(user);
+    if (it == user_account_.end()) {
+      ++newcomers;
+    } else {
+      ++eligible_in[it->second];
+    }
+  }
+  std::vector<size_t> target(before);
+  for (size_t a = 0; a < before; ++a) {
+    target[a] = a;
+    if (eligible_in[a] == 0 || eligible_in[a] == accounts_[a].users) continue;
+    accounts_[a].users -= eligible_in[a];
+    accounts_.push_back({accounts_[a].rdp, eligible_in[a]});
+    target[a] = accounts_.size() - 1;
+  }
+  const size_t newcomer_account = accounts_.size();
+  if (newcomers > 0) accounts_.push_back({std::vector<double>(orders_.size(), 0.0), newcomers});
+  for (size_t a = 0; a < before; ++a) {
+    if (eligible_in[a] == 0) continue;
+    std::vector<double>& acc = accounts_[target[a]].rdp;
     for (size_t i = 0; i < acc.size(); ++i) acc[i] += (*rdp)[i];
-    epsilon_ = std::max(epsilon_, EpsilonOf(acc));
+  }
+  if (newcomers > 0) {
+    std::vector<double>& acc = accounts_[newcomer_account].rdp;
+    for (size_t i = 0; i < acc.size(); ++i) acc[i] += (*rdp)[i];
+  }
+  if (accounts_.size() != before) {
+    for (const std::string& user : eligible) {
+      auto it = user_account_.find(user);
+      if (it == user_account_.end()) {
+        user_account_.emplace(user, newcomer_account);
+      } else {
+        it->second = target[it->second];
+      }
+    }
+    Compact();
+  } else {
+    for (const Account& a : accounts_) epsilon_ = std::max(epsilon_, EpsilonOf(a.rdp));
   }
   rounds_.push_back({round, q, z, participants, static_cast<int64_t>(eligible.size()), epsilon_});
   return absl::OkStatus();
 }
 
+void PrivacyLedger::Compact() {
+  std::map<std::vector<double>, size_t> index;
+  std::vector<Account> merged;
+  std::vector<size_t> remap(accounts_.size());
+  bool renumbered = false;
+  for (size_t a = 0; a < accounts_.size(); ++a) {
+    if (accounts_[a].users == 0) {
+      renumbered = true;
+      continue;
+    }
+    auto [it, inserted] = index.emplace(accounts_[a].rdp, merged.size());
+    if (inserted) {
+      merged.push_back(std::move(accounts_[a]));
+    } else {
+      merged[it->second].users += accounts_[a].users;
+    }
+    remap[a] = it->second;
+    renumbered = renumbered || remap[a] != a;
+  }
+  accounts_ = std::move(merged);
+  if (renumbered) {
+    for (auto& [user, a] : user_account_) a = remap[a];
+  }
+  for (const Account& a : accounts_) epsilon_ = std::max(epsilon_, EpsilonOf(a.rdp));
+}
+
 absl::StatusOr<double> PrivacyLedger::UserEpsilon(const std::string& user) const {
-  auto it = user_rdp_.find(user);
-  if (it == user_rdp_.end()) return 0.0;
-  return EpsilonOf(it->second);
+  auto it = user_account_.find(user);
+  if (it == user_account_.end()) return 0.0;
+  return EpsilonOf(accounts_[it->second].rdp);
 }
 
 std::string PrivacyLedger::ToJson() const {
@@ -97,7 +186,9 @@ std::string PrivacyLedger::ToJson() const {
   j["budget"] = std::isinf(budget_) ? nlohmann::json("inf") : nlohmann::json(budget_);
   j["accounting"] = kAccounting;
   j["orders"] = orders_;
-  j["users"] = user_rdp_;
+  j["accounts"] = nlohmann::json::array();
+  for (const Account& a : accounts_) j["accounts"].push_back(a.rdp);
+  j["users"] = user_account_;
   j["rounds"] = nlohmann::json::array();
   for (const LedgerRound& r : rounds_) {
     j["rounds"].push_back({{"round", r.round}, {"q", r.sampling_rate}, {"z", r.noise_multiplier},
@@ -114,9 +205,31 @@ absl::StatusOr<PrivacyLedger> PrivacyLedger::FromJson(const std::string& text) {
     const double budget = j.at("budget").is_string() ? std::numeric_limits<double>::infinity() : j.at("budget").get<double>();
     absl::StatusOr<PrivacyLedger> l = Create(j.at("delta").get<double>(), budget, j.at("orders").get<std::vector<double>>());
     if (!l.ok()) return l.status();
-    l->user_rdp_ = j.at("users").get<std::map<std::string, std::vector<double>>>();
-    for (auto& [user, rdp] : l->user_rdp_) {
-      if (rdp.size() != l->orders_.size()) return absl::DataLossError(absl::StrCat("ledger entry of user '", user, "' has the wrong length"));
+    const size_t n_orders = l->orders_.size();
+    if (j.contains("accounts")) {
+      for (const auto& a : j.at("accounts")) {
+        l->accounts_.push_back({a.get<std::vector<double>>(), 0});
+        if (l->accounts_.back().rdp.size() != n_orders) {
+          return absl::DataLossError(absl::StrCat("ledger account ", l->accounts_.size() - 1, " has the wrong length"));
+        }
+      }
+      for (const auto& [user, a] : j.at("users").items()) {
+        const int64_t index = a.is_number_integer() ? a.get<int64_t>() : -1;
+        if (index < 0 || index >= static_cast<int64_t>(l->accounts_.size())) {
+          return absl::DataLossError(absl::StrCat("ledger entry of user '", user, "' names account ", index, " of ",
+                                                  l->accounts_.size()));
+        }
+        l->user_account_.emplace(user, static_cast<size_t>(index));
+        ++l->accounts_[static_cast<size_t>(index)].users;
+      }
+    } else {
+      // One RDP vector per user, as written before accounts.
+      for (const auto& [user, a] : j.at("users").items()) {
+        std::vector<double> rdp = a.get<std::vector<double>>();
+        if (rdp.size() != n_orders) return absl::DataLossError(absl::StrCat("ledger entry of user '", user, "' has the wrong length"));
+        l->user_account_.emplace(user, l->accounts_.size());
+        l->accounts_.push_back({std::move(rdp), 1});
+      }
     }
     for (const auto& r : j.at("rounds")) {
       l->rounds_.push_back({r.at("round").get<int64_t>(), r.at("q").get<double>(), r.at("z").get<double>(),
@@ -129,18 +242,18 @@ absl::StatusOr<PrivacyLedger> PrivacyLedger::FromJson(const std::string& text) {
       // undercount. Without the per-round eligibility, charge every stored
       // user every stored round under the current accounting, an upper bound
       // on what their eligible rounds cost.
-      std::vector<double> all(l->orders_.size(), 0.0);
+      std::vector<double> all(n_orders, 0.0);
       for (const LedgerRound& r : l->rounds_) {
         absl::StatusOr<std::vector<double>> rdp = l->RoundRdp(r.sampling_rate, r.noise_multiplier);
         if (!rdp.ok()) return absl::DataLossError(absl::StrCat("ledger round ", r.round, ": ", rdp.status().message()));
         for (size_t i = 0; i < all.size(); ++i) all[i] += (*rdp)[i];
       }
-      for (auto& [user, rdp] : l->user_rdp_) rdp = all;
+      for (Account& a : l->accounts_) a.rdp = all;
     } else if (accounting != kAccounting) {
       return absl::DataLossError(absl::StrCat("privacy ledger snapshot uses accounting '", accounting,
                                               "', this build knows '", kAccounting, "'"));
     }
-    for (const auto& [user, rdp] : l->user_rdp_) l->epsilon_ = std::max(l->epsilon_, l->EpsilonOf(rdp));
+    l->Compact();
     return l;
   } catch (const nlohmann::json::exception& e) {
     return absl::DataLossError(absl::StrCat("privacy ledger snapshot is malformed: ", e.what()));

@@ -12,6 +12,12 @@
 // from their own RDP sum. The ledger's epsilon is the largest user epsilon.
 // The coordinator asks CheckCanOpen before opening a round and refuses it
 // when some eligible user would exceed the budget. Not thread-safe.
+//
+// Users who were eligible in the same rounds share one RDP account (their
+// sums are the same additions in the same order, so sharing is exact). A
+// round then costs one update per account touched, and a snapshot one
+// account index per user, not one RDP vector per user: with every user
+// eligible in every round, memory, time and snapshot grow by a user id.
 #ifndef FEDPERS_COORDINATOR_PRIVACY_LEDGER_H_
 #define FEDPERS_COORDINATOR_PRIVACY_LEDGER_H_
 
@@ -57,23 +63,36 @@ class PrivacyLedger {
   // A user's epsilon so far (0 for a user never eligible).
   absl::StatusOr<double> UserEpsilon(const std::string& user) const;
   const std::vector<LedgerRound>& rounds() const { return rounds_; }
-  size_t num_users() const { return user_rdp_.size(); }
+  size_t num_users() const { return user_account_.size(); }
+  // Distinct eligibility histories (1 while every user was eligible in every
+  // round since they first were).
+  size_t num_accounts() const { return accounts_.size(); }
 
   // JSON snapshot, and restore from it (validated). The snapshot names its
   // accounting; one written before it did (Poisson sampling, which
   // undercounts fixed-size sampling) is restored with every stored user
   // charged every stored round under the current accounting, an upper
-  // bound; one naming another accounting is DataLoss.
+  // bound; one naming another accounting is DataLoss. Snapshots with one RDP
+  // vector per user (before accounts) restore to the same epsilons.
   std::string ToJson() const;
   static absl::StatusOr<PrivacyLedger> FromJson(const std::string& json);
 
  private:
+  struct Account {
+    std::vector<double> rdp;  // one sum per order
+    int64_t users = 0;        // > 0
+  };
+
   absl::StatusOr<std::vector<double>> RoundRdp(double q, double z) const;
   double EpsilonOf(const std::vector<double>& rdp) const;
+  // Merges accounts with equal sums and renumbers the users' indices; the
+  // ledger epsilon is recomputed.
+  void Compact();
 
   double delta_ = 1e-5, budget_ = 1;
   std::vector<double> orders_;
-  std::map<std::string, std::vector<double>> user_rdp_;
+  std::vector<Account> accounts_;
+  std::map<std::string, size_t> user_account_;  // user -> index in accounts_
   std::vector<LedgerRound> rounds_;
   double epsilon_ = 0;
 };

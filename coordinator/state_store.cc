@@ -266,6 +266,12 @@ absl::Status StateStore::CommitRound(int64_t round, std::span<const uint8_t> glo
       !s.ok()) {
     return s;
   }
+  // Privacy spent is never restored from an older version, so only the
+  // newest commit keeps its ledger: the store grows by a round, not by a
+  // ledger (one entry per user) per round.
+  Statement prune(db_, "UPDATE global_versions SET ledger_json = '' WHERE round < ? AND ledger_json <> ''");
+  if (absl::Status s = prune.status(); !s.ok()) return s;
+  if (absl::Status s = prune.Bind(1, round).Run(); !s.ok()) return s;
   return tx.Commit();
 }
 

@@ -70,6 +70,8 @@ class StateStore {
   absl::Status CheckIntegrity();
 
   // Round lifecycle. Round numbers strictly increase across all rounds.
+  // CommitRound keeps `ledger_json` with the newest commit only (older
+  // versions' ledgers are emptied in the same transaction).
   absl::Status OpenRound(int64_t round, const std::string& config_json);
   absl::Status CommitRound(int64_t round, std::span<const uint8_t> global_safetensors, const std::string& metrics_json,
                            const std::string& ledger_json, std::span<const uint8_t> strategy_state);

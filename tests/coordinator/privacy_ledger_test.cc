@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <map>
+#include <random>
+
 #include "nlohmann/json.hpp"
 #include "secure_agg/dp_accountant.h"
 
@@ -94,10 +98,14 @@ TEST(PrivacyLedgerTest, LegacySnapshotsAreRechargedAndForeignOnesRefused) {
   const auto users = Users(0, 4);
   ASSERT_TRUE(ledger->RecordRound(1, 0.5, 4.0, 2, users).ok());
   ASSERT_TRUE(ledger->RecordRound(2, 0.5, 4.0, 2, users).ok());
+  // The snapshot as written then: one RDP vector per user, no accounting.
   nlohmann::json legacy = nlohmann::json::parse(ledger->ToJson());
   ASSERT_TRUE(legacy.contains("accounting"));
   legacy.erase("accounting");
+  const std::vector<double> shared = legacy["accounts"][0].get<std::vector<double>>();
+  legacy.erase("accounts");
   for (auto& [user, rdp] : legacy["users"].items()) {
+    rdp = shared;
     for (auto& v : rdp) v = v.get<double>() / 10;  // what an undercounting accountant stored
   }
   auto restored = PrivacyLedger::FromJson(legacy.dump());
@@ -112,6 +120,145 @@ TEST(PrivacyLedgerTest, LegacySnapshotsAreRechargedAndForeignOnesRefused) {
   auto foreign = PrivacyLedger::FromJson(legacy.dump());
   EXPECT_EQ(foreign.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(foreign.status().message().find("something else"), absl::string_view::npos) << foreign.status();
+}
+
+// Every user's sums, kept one vector per user as the ledger did before
+// accounts: the reference the shared accounts must match exactly.
+struct PerUserReference {
+  std::map<std::string, std::vector<double>> rdp;
+  void Record(double q, double z, const std::vector<std::string>& eligible) {
+    const std::vector<double> orders = dp::DefaultOrders();
+    const std::vector<double> round = *dp::ComputeRdpSampledWithoutReplacement(q, z / 2, 1, orders);
+    for (const std::string& user : eligible) {
+      std::vector<double>& acc = rdp[user];
+      acc.resize(orders.size(), 0.0);
+      for (size_t i = 0; i < acc.size(); ++i) acc[i] += round[i];
+    }
+  }
+  double Epsilon(const std::string& user) const {
+    auto it = rdp.find(user);
+    if (it == rdp.end()) return 0;
+    return dp::EpsilonFromRdp(dp::DefaultOrders(), it->second, 1e-5)->epsilon;
+  }
+};
+
+// Users join in cohorts, drop out and return at random, under two noise
+// levels: every user's epsilon equals the per-user sum's bit for bit, before
+// and after a snapshot round trip, and the ledger epsilon is their maximum.
+TEST(PrivacyLedgerTest, SharedAccountsChargeExactlyThePerUserSums) {
+  auto ledger = PrivacyLedger::Create(1e-5, 1e9);
+  ASSERT_TRUE(ledger.ok());
+  PerUserReference reference;
+  std::mt19937_64 gen(7);
+  const auto everyone = Users(0, 60);
+  for (int r = 1; r <= 40; ++r) {
+    std::vector<std::string> eligible;
+    const int joined = std::min(60, 15 * ((r + 9) / 10));  // cohorts of 15 every 10 rounds
+    for (int u = 0; u < joined; ++u) {
+      if (u % 3 != 0 || gen() % 4 != 0) eligible.push_back(everyone[static_cast<size_t>(u)]);  // some skip rounds
+    }
+    std::shuffle(eligible.begin(), eligible.end(), gen);
+    const double z = r % 7 == 0 ? 2.0 : 1.0;
+    const double q = 5.0 / static_cast<double>(eligible.size());
+    ASSERT_TRUE(ledger->RecordRound(r, q, z, 5, eligible).ok());
+    reference.Record(q, z, eligible);
+  }
+  EXPECT_EQ(ledger->num_users(), 60u);
+  EXPECT_LT(ledger->num_accounts(), 60u) << "users with the same history share an account";
+  EXPECT_GT(ledger->num_accounts(), 4u) << "the random skips give different histories";
+  auto restored = PrivacyLedger::FromJson(ledger->ToJson());
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ(restored->num_accounts(), ledger->num_accounts());
+  double worst = 0;
+  for (const std::string& user : everyone) {
+    const double expected = reference.Epsilon(user);
+    worst = std::max(worst, expected);
+    EXPECT_EQ(*ledger->UserEpsilon(user), expected) << user;
+    EXPECT_EQ(*restored->UserEpsilon(user), expected) << user;
+  }
+  EXPECT_EQ(ledger->epsilon(), worst);
+  EXPECT_EQ(restored->epsilon(), worst);
+}
+
+// With every user eligible in every round, the ledger holds one account and
+// a snapshot grows by a user id and an index per user, not by the RDP vector
+// of 151 orders (about 3 KB of JSON) each.
+TEST(PrivacyLedgerTest, SnapshotGrowsByAUserIdPerUser) {
+  auto ledger = PrivacyLedger::Create(1e-5, 1e9);
+  ASSERT_TRUE(ledger.ok());
+  const auto users = Users(0, 5000);
+  for (int r = 1; r <= 5; ++r) ASSERT_TRUE(ledger->RecordRound(r, 0.002, 1.0, 10, users).ok());
+  EXPECT_EQ(ledger->num_accounts(), 1u);
+  const std::string json = ledger->ToJson();
+  EXPECT_LT(json.size(), 5000u * 16 + 8192) << "\"user1234\":0, per user plus one account";
+  auto restored = PrivacyLedger::FromJson(json);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ(restored->num_users(), 5000u);
+  EXPECT_EQ(restored->epsilon(), ledger->epsilon());
+}
+
+// A snapshot with one RDP vector per user under the current accounting
+// (written between the accounting change and accounts) restores to the same
+// epsilons, its equal vectors merged.
+TEST(PrivacyLedgerTest, PerUserSnapshotsRestore) {
+  PerUserReference reference;
+  const auto first = Users(0, 4), all = Users(0, 8);
+  reference.Record(0.5, 2.0, first);
+  reference.Record(0.25, 2.0, all);
+  nlohmann::json old = {{"delta", 1e-5}, {"budget", "inf"}, {"orders", dp::DefaultOrders()},
+                        {"accounting", "fixed-size sampling without replacement, replace-one neighbours"},
+                        {"users", reference.rdp},
+                        {"rounds", {{{"round", 1}, {"q", 0.5}, {"z", 2.0}, {"participants", 2}, {"eligible", 4},
+                                     {"epsilon_after", 0.0}},
+                                    {{"round", 2}, {"q", 0.25}, {"z", 2.0}, {"participants", 2}, {"eligible", 8},
+                                     {"epsilon_after", 0.0}}}}};
+  auto restored = PrivacyLedger::FromJson(old.dump());
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ(restored->num_accounts(), 2u);
+  EXPECT_EQ(*restored->UserEpsilon("user1"), reference.Epsilon("user1"));
+  EXPECT_EQ(*restored->UserEpsilon("user6"), reference.Epsilon("user6"));
+  EXPECT_EQ(restored->epsilon(), reference.Epsilon("user1"));
+  // It goes on from there like a ledger that recorded the rounds itself.
+  ASSERT_TRUE(restored->RecordRound(3, 0.25, 2.0, 2, all).ok());
+  reference.Record(0.25, 2.0, all);
+  EXPECT_EQ(*restored->UserEpsilon("user2"), reference.Epsilon("user2"));
+  EXPECT_EQ(*restored->UserEpsilon("user7"), reference.Epsilon("user7"));
+}
+
+TEST(PrivacyLedgerTest, DamagedAccountsAndDuplicateUsersAreRefused) {
+  auto ledger = PrivacyLedger::Create(1e-5, 100.0);
+  ASSERT_TRUE(ledger.ok());
+  const std::vector<std::string> twice = {"a", "b", "a"};
+  absl::Status dup = ledger->RecordRound(1, 0.5, 1.0, 1, twice);
+  EXPECT_EQ(dup.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(dup.message().find("'a' is listed twice"), absl::string_view::npos) << dup;
+  EXPECT_TRUE(ledger->rounds().empty()) << "a refused round changes nothing";
+  ASSERT_TRUE(ledger->RecordRound(1, 0.5, 1.0, 1, Users(0, 3)).ok());
+  const nlohmann::json good = nlohmann::json::parse(ledger->ToJson());
+  {
+    nlohmann::json bad = good;
+    bad["users"]["user1"] = 5;
+    auto r = PrivacyLedger::FromJson(bad.dump());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
+    EXPECT_NE(r.status().message().find("user 'user1' names account 5 of 1"), absl::string_view::npos) << r.status();
+  }
+  {
+    nlohmann::json bad = good;
+    bad["users"]["user1"] = 0.5;
+    EXPECT_EQ(PrivacyLedger::FromJson(bad.dump()).status().code(), absl::StatusCode::kDataLoss);
+  }
+  {
+    nlohmann::json bad = good;
+    bad["accounts"][0].erase(0);
+    auto r = PrivacyLedger::FromJson(bad.dump());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
+    EXPECT_NE(r.status().message().find("account 0 has the wrong length"), absl::string_view::npos) << r.status();
+  }
+  {
+    nlohmann::json bad = good;
+    bad["accounts"][0][3] = "x";
+    EXPECT_EQ(PrivacyLedger::FromJson(bad.dump()).status().code(), absl::StatusCode::kDataLoss);
+  }
 }
 
 }  // namespace

@@ -10,6 +10,8 @@
 #include <fstream>
 #include <random>
 
+#include "absl/strings/str_cat.h"
+
 namespace fedpers {
 namespace {
 
@@ -99,6 +101,36 @@ TEST(StateStoreTest, ResidualsAreVersionedAndDeletable) {
   EXPECT_EQ((*users)[0].client_id, "partner-a");
   EXPECT_EQ((*users)[1].user_id, "amy");
   EXPECT_FALSE((*store)->RecordJoin("partner-a", "cd34", {""}).ok());
+}
+
+// Only the newest commit keeps its ledger snapshot; the global versions
+// and their hashes all stay.
+TEST(StateStoreTest, OnlyTheNewestCommitKeepsItsLedger) {
+  const std::string dir = FreshDir("ledger-history");
+  {
+    auto store = StateStore::Open(dir);
+    ASSERT_TRUE(store.ok()) << store.status();
+    for (int r = 1; r <= 3; ++r) {
+      ASSERT_TRUE((*store)->OpenRound(r, "{}").ok());
+      ASSERT_TRUE((*store)->CommitRound(r, Blob(static_cast<uint8_t>(r)), "{}", absl::StrCat("{\"round\":", r, "}"), {}).ok());
+    }
+    auto latest = (*store)->LatestCommitted();
+    ASSERT_TRUE(latest.ok() && latest->has_value());
+    EXPECT_EQ((*latest)->ledger_json, "{\"round\":3}");
+  }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir + "/state.sqlite3").c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT round, ledger_json, length(sha256) FROM global_versions ORDER BY round", -1, &st, nullptr),
+            SQLITE_OK);
+  std::vector<std::string> ledgers;
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    ledgers.push_back(reinterpret_cast<const char*>(sqlite3_column_text(st, 1)));
+    EXPECT_EQ(sqlite3_column_int(st, 2), 64) << "round " << sqlite3_column_int(st, 0) << " keeps its hash";
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  EXPECT_EQ(ledgers, (std::vector<std::string>{"", "", "{\"round\":3}"}));
 }
 
 // A version 1 store (no users table) is upgraded in place; a store of a
