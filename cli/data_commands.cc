@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <iostream>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cli/commands.h"
 #include "common/corpus.h"
@@ -22,7 +23,7 @@ void RegisterData(CLI::App& app, const GlobalOptions& global) {
     double train_fraction = 0.8;
   };
   auto o = std::make_shared<Options>();
-  users->add_option("--data", o->spec, "Corpus spec (txt:DIR, jsonl:FILE, debian-changelogs, synthetic:...)")
+  users->add_option("--data", o->spec, absl::StrCat("Corpus spec: ", kCorpusSpecForms))
       ->required();
   users->add_option("--min-bytes", o->min_bytes, "Drop users with less text")
       ->capture_default_str()

@@ -8,6 +8,7 @@
 #include <iostream>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cli/commands.h"
 #include "client/client_session.h"
@@ -39,7 +40,7 @@ struct TlsFlags {
 void AddTlsFlags(CLI::App* cmd, TlsFlags& t, const char* role) {
   cmd->add_option("--tls-dir", t.dir, "Directory with NAME.crt, NAME.key and ca.crt (from `fedpers pki issue`)");
   cmd->add_option("--name", t.name, absl::StrFormat("The %s certificate's name", role));
-  cmd->add_flag("--insecure", t.insecure, "No TLS: local experiments only (identity from --identity)");
+  cmd->add_flag("--insecure", t.insecure, "No TLS: local experiments only (give the claimed name with --identity)");
   cmd->add_option("--identity", t.identity, "Name claimed with --insecure");
 }
 
@@ -57,6 +58,9 @@ std::string FormatUtc(int64_t unix_seconds) {
 // Connection options from --coordinator and the TLS flags of a client command.
 ConnectionOptions ClientConnection(const std::string& coordinator, const TlsFlags& tls) {
   if (!tls.insecure && (tls.dir.empty() || tls.name.empty())) Fail("give --tls-dir and --name (or --insecure)");
+  if (tls.insecure && tls.identity.empty()) {
+    Fail("--insecure needs --identity NAME: without TLS the coordinator takes the name this side claims");
+  }
   ConnectionOptions o;
   o.coordinator = coordinator;
   o.insecure = tls.insecure;
@@ -117,7 +121,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
   };
   auto f = std::make_shared<RunFlags>();
   run->add_option("--coordinator", f->coordinator, "HOST:PORT")->required();
-  run->add_option("--data", f->data, "Corpus spec with the users' text")->required();
+  run->add_option("--data", f->data, absl::StrCat("Corpus spec with the users' text: ", kCorpusSpecForms))->required();
   run->add_option("--user", f->users, "A user this client hosts (repeatable)")->required();
   run->add_option("--base", f->base, "Base model directory (same as the coordinator's)")->required();
   run->add_option("--state-dir", f->state_dir, "Where the residual key lives")->capture_default_str();

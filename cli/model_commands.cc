@@ -2,8 +2,10 @@
 #include <cstdio>
 #include <iostream>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cli/commands.h"
+#include "common/corpus.h"
 #include "common/model/jobs.h"
 #include "common/table.h"
 #include "nlohmann/json.hpp"
@@ -23,7 +25,7 @@ void RegisterPretrain(CLI::App& app, const GlobalOptions& global) {
   auto json = std::make_shared<bool>(false);
   auto no_resume = std::make_shared<bool>(false);
   cmd->add_option("--corpus", o->corpus,
-                  "Corpus spec: txt:DIR, jsonl:FILE, debian-changelogs[:DOCDIR], synthetic[:users=N,bytes=B,seed=S]")
+                  absl::StrCat("Corpus spec: ", kCorpusSpecForms))
       ->capture_default_str();
   cmd->add_option("--config", o->config, "Model config: tiny, small, or a config.json path")->capture_default_str();
   cmd->add_option("--out", o->out, "Output model directory (checkpoints go here too)")->required();
@@ -74,7 +76,7 @@ void RegisterFinetune(CLI::App& app, const GlobalOptions& global) {
   auto no_global = std::make_shared<bool>(false);
   auto no_residual = std::make_shared<bool>(false);
   cmd->add_option("--base", o->base, "Base model directory (from `fedpers pretrain`)")->required();
-  cmd->add_option("--data", o->data, "Corpus spec holding the user's text (see pretrain --help)")->required();
+  cmd->add_option("--data", o->data, absl::StrCat("Corpus spec holding the user's text: ", kCorpusSpecForms))->required();
   cmd->add_option("--user", o->user, "User id in the corpus")->required();
   cmd->add_option("--out", o->out, "Output directory for adapters and PEFT exports")->required();
   cmd->add_flag("--no-global", *no_global, "Do not train the global adapter B_g");

@@ -2,9 +2,11 @@
 #include <filesystem>
 #include <iostream>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "cli/commands.h"
+#include "common/corpus.h"
 #include "common/atomic_file.h"
 #include "simulations/report.h"
 #include "simulations/sweep.h"
@@ -37,7 +39,7 @@ struct Overrides {
 void AddOverrides(CLI::App* cmd, Overrides& o) {
   cmd->add_option("--config", o.config, "Experiment config (JSON; docs/simulation.md). Without it: the defaults");
   cmd->add_option("--out", o.out, "Run directory (overrides the config's \"out\")");
-  cmd->add_option("--data", o.data, "Corpus spec (overrides \"data\")");
+  cmd->add_option("--data", o.data, absl::StrCat("Corpus spec (overrides \"data\"): ", kCorpusSpecForms));
   o.users_given = cmd->add_option("--users", o.users, "Federated users (overrides \"users\"; 0: all with enough text)");
   o.rounds_given = cmd->add_option("--rounds", o.rounds, "Rounds (overrides \"rounds\")");
   o.clients_given =

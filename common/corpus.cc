@@ -260,8 +260,7 @@ absl::StatusOr<Corpus> LoadCorpus(absl::string_view spec, const CorpusOptions& o
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
           "unknown corpus spec '", spec,
-          "' (expected txt:DIR, jsonl:FILE, debian-changelogs[:DOCDIR], shakespeare:DIR[,min_lines=N] "
-          "or synthetic[:users=N,...])"));
+          "' (expected one of ", kCorpusSpecForms, ")"));
     }
   }
   if (!result.ok()) return result.status();

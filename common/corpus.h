@@ -29,6 +29,11 @@
 
 namespace fedpers {
 
+// The spec forms above, as help texts and errors list them.
+inline constexpr char kCorpusSpecForms[] =
+    "txt:DIR, jsonl:FILE, debian-changelogs[:DOCDIR], shakespeare:DIR[,min_lines=N], "
+    "synthetic[:users=N,bytes=B,seed=S]";
+
 struct UserText {
   std::string user_id;
   std::string text;

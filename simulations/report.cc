@@ -382,7 +382,7 @@ absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::st
   auto data = [&](const std::string& f) { return GpString((fs::path(dir) / "plots" / f).string()); };
   std::string acc_plot = absl::StrCat(
       "set title 'Mean next-token accuracy per round (", r.users.size(), " users, ", r.config.data, ")' noenhanced\n",
-      "set xlabel 'round'\nset ylabel 'mean held-out accuracy'\nset key below maxrows 4\nset grid\n"
+      "set xlabel 'round'\nset ylabel 'mean held-out accuracy'\nset key outside right center vertical\nset grid\n"
       "set xrange [0:", r.config.rounds, "]\n", r.config.rounds <= 20 ? "set xtics 1\n" : "", "plot ");
   for (size_t i = 0; i < plot_lines.size(); ++i) {
     absl::StrAppend(&acc_plot, i ? ", \\\n  " : "",

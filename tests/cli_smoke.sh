@@ -71,6 +71,8 @@ expect_error "model directory" "$fedpers" -q finetune --base "$work/none" --data
 expect_error "unknown corpus spec" "$fedpers" -q pretrain --corpus "ftp://x" --out "$work/x"
 expect_error "unknown model config" "$fedpers" -q pretrain --corpus "$corpus" --config huge --out "$work/x"
 expect_error "required" "$fedpers" pretrain --corpus "$corpus"
+expect_error "shakespeare:DIR" "$fedpers" -q data users --data "ftp://x"
+expect_error "needs --identity" "$fedpers" -q admin status --coordinator 127.0.0.1:1 --insecure
 head -c 100 "$work/base/model.safetensors" > "$work/trunc.safetensors"
 mkdir -p "$work/trunc" && cp "$work/base/config.json" "$work/trunc/" && mv "$work/trunc.safetensors" "$work/trunc/model.safetensors"
 expect_error "truncated" "$fedpers" -q finetune --base "$work/trunc" --data "$corpus" --user user0001 --out "$work/x"
