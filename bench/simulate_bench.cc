@@ -106,13 +106,13 @@ absl::StatusOr<nlohmann::json> Probe(const std::string& probe, const SimulateBen
   const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
   if (n <= 0) return absl::InternalError("cannot find this executable");
   exe[n] = '\0';
-  const std::string cmd = absl::StrCat(
-      "'", exe, "' -q --threads ", o.threads, " bench simulate --probe ", probe, " --config ", o.config, " --users ",
-      users, " --clients ", o.clients_per_round, " --rounds ", o.rounds, " --global-steps ", o.global_steps,
-      " --residual-steps ", o.residual_steps, " --batch-size ", o.batch_size,
-      " --micro-batch-size ", o.micro_batch_size, o.recompute_activations ? " --recompute-activations" : "",
-      " --seq-len ", o.seq_len,
-      " --user-bytes ", o.user_bytes, " --workers ", o.workers);
+  const std::string cmd =
+      absl::StrCat("'", exe, "' -q --threads ", o.threads, " bench simulate --probe ", probe, " --config ",
+                   o.config, " --users ", users, " --clients-per-round ", o.clients_per_round, " --rounds ",
+                   o.rounds, " --global-steps ", o.global_steps, " --residual-steps ", o.residual_steps,
+                   " --batch-size ", o.batch_size, " --micro-batch-size ", o.micro_batch_size,
+                   o.recompute_activations ? " --recompute-activations" : "", " --seq-len ", o.seq_len,
+                   " --user-bytes ", o.user_bytes, " --workers ", o.workers);
   FILE* p = popen(cmd.c_str(), "r");
   if (p == nullptr) return absl::InternalError("cannot start the probe");
   std::string text;

@@ -163,8 +163,10 @@ void RegisterBench(CLI::App& app, const GlobalOptions& global) {
   auto probe = std::make_shared<std::string>();
   sim->add_option("--config", so->config, "Base model config (randomly initialized)")->capture_default_str();
   sim->add_option("--users", so->users, "Registered virtual users")->capture_default_str();
-  sim->add_option("--small-users", so->small_users, "Second user count, for the memory per user (0: --clients)")->capture_default_str();
-  sim->add_option("--clients", so->clients_per_round, "Clients per round")->capture_default_str();
+  sim->add_option("--small-users", so->small_users,
+                  "Second user count, for the memory per user (0: --clients-per-round)")
+      ->capture_default_str();
+  sim->add_option("--clients-per-round", so->clients_per_round, "Clients per round")->capture_default_str();
   sim->add_option("--rounds", so->rounds, "Timed rounds (after one untimed)")->capture_default_str();
   sim->add_option("--global-steps", so->global_steps, "Local steps on the global adapter")->capture_default_str();
   sim->add_option("--residual-steps", so->residual_steps, "Local steps on the residual")->capture_default_str();
@@ -173,7 +175,12 @@ void RegisterBench(CLI::App& app, const GlobalOptions& global) {
   sim->add_option("--seq-len", so->seq_len, "Window length (0: n_positions)")->capture_default_str();
   sim->add_option("--user-bytes", so->user_bytes, "Synthetic text per user")->capture_default_str();
   sim->add_option("--workers", so->workers, "Parallel clients (0: one per core)")->capture_default_str();
-  sim->add_option("--probe", *probe, "Internal: run one measurement (idle | run) and print JSON")->group("");
+  sim->add_option(
+         "--probe", *probe,
+         "Take one measurement in this process and print its JSON: idle (the base model held) or run (the "
+         "simulation); the bench runs each in a child process")
+      ->check(CLI::IsMember({"idle", "run"}))
+      ->group("One measurement");
   sim->add_flag("--json", *simjson, "Print one JSON object");
   sim->callback([so, simjson, probe, &global] {
     so->threads = global.threads;

@@ -25,10 +25,16 @@ void RegisterData(CLI::App& app, const GlobalOptions& global) {
   auto o = std::make_shared<Options>();
   users->add_option("--data", o->spec, absl::StrCat("Corpus spec: ", kCorpusSpecForms))
       ->required();
-  users->add_option("--min-bytes", o->min_bytes, "Drop users with less text")
+  users
+      ->add_option(
+          "--min-bytes", o->min_bytes,
+          "Drop users with less text (default: none; simulate selects by its config's min_user_bytes, "
+          "8000 unless set)")
       ->capture_default_str()
       ->check(NonNegative());
-  users->add_option("--limit", o->limit, "Rows in the table (0: all; --json lists all)")->capture_default_str();
+  users->add_option("--limit", o->limit, "Rows in the table (0: all; --json lists all)")
+      ->capture_default_str()
+      ->check(NonNegative());
   users->add_flag("--skip-bad", o->skip_bad, "Skip bad records and list them instead of failing");
   users->add_flag("--json", o->json, "Print one JSON object");
   users->callback([o] {

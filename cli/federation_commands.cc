@@ -114,10 +114,11 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     std::string coordinator, data, base, state_dir = "client-state";
     std::vector<std::string> users;
     TlsFlags tls;
-    int64_t rounds = 0, global_steps = 20, residual_steps = 20, batch = 8, micro_batch = 0;
-    double lr = 3e-3;
+    LocalTrainingOptions local;
+    std::string schedule = TrainingScheduleName(LocalTrainingOptions().schedule);
+    int64_t rounds = 0;
     std::string save_updates, kill_at;
-    bool allow_plain = false, recompute = false, replace_unusable = false;
+    bool allow_plain = false, replace_unusable = false;
   };
   auto f = std::make_shared<RunFlags>();
   run->add_option("--coordinator", f->coordinator, "HOST:PORT")->required();
@@ -126,11 +127,29 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
   run->add_option("--base", f->base, "Base model directory (same as the coordinator's)")->required();
   run->add_option("--state-dir", f->state_dir, "Where the residual key lives")->capture_default_str();
   run->add_option("--rounds", f->rounds, "Stop after this many rounds per user (0: until stopped)")->capture_default_str();
-  run->add_option("--global-steps", f->global_steps, "Local steps on B_g per round")->capture_default_str();
-  run->add_option("--residual-steps", f->residual_steps, "Local steps on the residual per round")->capture_default_str();
-  run->add_option("--batch-size", f->batch, "Windows per step")->capture_default_str();
-  AddTrainingMemoryFlags(run, &f->micro_batch, &f->recompute);
-  run->add_option("--lr", f->lr, "Local learning rate")->capture_default_str();
+  // The local training flags mirror an experiment config's "local" section,
+  // so a deployment can train as a simulation found best.
+  run->add_option("--global-steps", f->local.global_steps, "Local steps on B_g per round")
+      ->capture_default_str()
+      ->check(NonNegative());
+  run->add_option("--residual-steps", f->local.residual_steps, "Local steps on the residual per round")
+      ->capture_default_str()
+      ->check(NonNegative());
+  run->add_option("--schedule", f->schedule, "joint | alternating | residual-after-global")
+      ->capture_default_str();
+  run->add_option("--batch-size", f->local.batch_size, "Windows per step")
+      ->capture_default_str()
+      ->check(Positive());
+  run->add_option("--seq-len", f->local.seq_len, "Window length in tokens (0: the model's n_positions)")
+      ->capture_default_str()
+      ->check(NonNegative());
+  run->add_option("--global-lr", f->local.global_learning_rate, "Adam learning rate of B_g")
+      ->capture_default_str()
+      ->check(Positive());
+  run->add_option("--residual-lr", f->local.residual_learning_rate, "Adam learning rate of the residual")
+      ->capture_default_str()
+      ->check(Positive());
+  AddTrainingMemoryFlags(run, &f->local.micro_batch_size, &f->local.recompute_activations);
   run->add_flag("--allow-plain-aggregation", f->allow_plain,
                 "Take part in rounds without secure aggregation, where the coordinator sees this client's update");
   run->add_flag("--replace-unusable-residual", f->replace_unusable,
@@ -143,18 +162,16 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
       ->group("Fault injection");
   AddTlsFlags(run, f->tls, "client");
   run->callback([f] {
+    LocalTrainingOptions opts = f->local;
+    absl::StatusOr<TrainingSchedule> schedule = ParseTrainingSchedule(f->schedule);
+    if (!schedule.ok()) Fail(absl::StrCat("--schedule: ", schedule.status().message()));
+    opts.schedule = *schedule;
+    opts.allow_plain_aggregation = f->allow_plain;
+    if (absl::Status s = opts.Validate(); !s.ok()) Fail(std::string(s.message()));
     absl::StatusOr<Corpus> corpus = LoadCorpus(f->data);
     if (!corpus.ok()) Fail(std::string(corpus.status().message()));
     absl::StatusOr<Gpt2LmHead> model = LoadBaseModel(f->base, LoraConfig());
     if (!model.ok()) Fail(std::string(model.status().message()));
-    LocalTrainingOptions opts;
-    opts.global_steps = f->global_steps;
-    opts.residual_steps = f->residual_steps;
-    opts.batch_size = f->batch;
-    opts.micro_batch_size = f->micro_batch;
-    opts.recompute_activations = f->recompute;
-    opts.global_learning_rate = opts.residual_learning_rate = f->lr;
-    opts.allow_plain_aggregation = f->allow_plain;
     std::map<std::string, ClientSession> owned;
     std::map<std::string, ClientSession*> sessions;
     for (const std::string& user : f->users) {
@@ -277,7 +294,10 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
       ssl.pem_cert_chain = tls->cert_pem;
       creds = grpc::SslCredentials(ssl);
     }
-    return fedpers::v1::Admin::NewStub(grpc::CreateChannel(a->coordinator, creds));
+    // Listings grow with rounds and users (gRPC's default cap is 4 MiB).
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(256 << 20);
+    return fedpers::v1::Admin::NewStub(grpc::CreateCustomChannel(a->coordinator, creds, args));
   };
   auto ctx = [a]() {
     auto c = std::make_unique<grpc::ClientContext>();
@@ -322,7 +342,11 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     auto* cmd = admin->add_subcommand(what, description);
     cmd->add_option("--coordinator", a->coordinator, "HOST:PORT")->required();
     cmd->add_flag("--json", a->json, "Print JSON");
-    if (what == "rounds") cmd->add_option("--limit", a->limit, "Newest rounds to show")->capture_default_str();
+    if (what == "rounds") {
+      cmd->add_option("--limit", a->limit, "Newest rounds to show (0: all)")
+          ->capture_default_str()
+          ->check(NonNegative());
+    }
     if (what == "move-user") {
       cmd->add_option("--user", a->user, "The user to move")->required();
       cmd->add_option("--to", a->to_client, "The client (certificate name) that hosts it from now on")->required();
@@ -387,7 +411,13 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
                         ? m["aggregation"].get<std::string>()
                         : "-"});
         }
-        std::cout << (a->json ? j.dump(2) + "\n" : t.Render());
+        if (a->json) {
+          std::cout << j.dump(2) << "\n";
+        } else {
+          std::cout << t.Render();
+          const int64_t older = r.total_rounds() - r.rounds_size();
+          if (older > 0) std::cout << absl::StrFormat("... %d older rounds (--limit 0 lists all)\n", older);
+        }
       } else if (name == "clients") {
         fedpers::v1::ClientsResponse r;
         check(s->Clients(c.get(), {}, &r));

@@ -39,7 +39,10 @@ void RegisterPki(CLI::App& app, const GlobalOptions& global) {
       ->check(CLI::IsMember({"coordinator", "client", "admin"}));
   issue->add_option("--name", *cname, "Identity (certificate CN): the partner, host or operator name")->required();
   issue->add_option("--out", *out, "Output directory (default: the CA directory)");
-  issue->add_option("--host", *hosts, "Coordinator host name or IP (repeatable; default localhost, 127.0.0.1, ::1)");
+  issue->add_option(
+      "--host", *hosts,
+      "Coordinator certificates: a host name or IP address clients dial (repeatable; the hosts given replace "
+      "the default localhost, 127.0.0.1, ::1)");
   issue->add_option("--days", *cdays, "Validity in days")->capture_default_str()->check(Positive());
   issue->add_flag("--json", *json, "Print the written paths and identity as JSON");
   issue->add_flag("--replace", *replace,

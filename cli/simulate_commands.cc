@@ -36,15 +36,20 @@ struct Overrides {
   bool fresh = false;
 };
 
-void AddOverrides(CLI::App* cmd, Overrides& o) {
+// `sweep` takes lists for clients per round and the noise multiplier (grid
+// axes under the same names), so it passes sweep_axes and these stay out.
+void AddOverrides(CLI::App* cmd, Overrides& o, bool sweep_axes = false) {
   cmd->add_option("--config", o.config, "Experiment config (JSON; docs/simulation.md). Without it: the defaults");
   cmd->add_option("--out", o.out, "Run directory (overrides the config's \"out\")");
   cmd->add_option("--data", o.data, absl::StrCat("Corpus spec (overrides \"data\"): ", kCorpusSpecForms));
   o.users_given = cmd->add_option("--users", o.users, "Federated users (overrides \"users\"; 0: all with enough text)");
   o.rounds_given = cmd->add_option("--rounds", o.rounds, "Rounds (overrides \"rounds\")");
-  o.clients_given =
-      cmd->add_option("--clients-per-round", o.clients_per_round, "Clients per round (overrides \"clients_per_round\")");
-  o.noise_given = cmd->add_option("--noise-multiplier", o.noise_multiplier, "DP noise multiplier z (overrides; 0: no noise)");
+  if (!sweep_axes) {
+    o.clients_given = cmd->add_option("--clients-per-round", o.clients_per_round,
+                                      "Clients per round (overrides \"clients_per_round\")");
+    o.noise_given = cmd->add_option("--noise-multiplier", o.noise_multiplier,
+                                    "DP noise multiplier z (overrides; 0: no noise)");
+  }
   cmd->add_flag("--no-secure-agg", o.plain_aggregation,
                 "Plain aggregation instead of SecAgg+ (sets \"secure_agg\": false; the coordinator sees each update)");
   cmd->add_option("--schedule", o.schedule, "joint | alternating | residual-after-global (overrides)");
@@ -61,8 +66,8 @@ ExperimentConfig Resolve(const Overrides& o) {
   if (!o.data.empty()) c->data = o.data;
   if (*o.users_given) c->users = o.users;
   if (*o.rounds_given) c->rounds = o.rounds;
-  if (*o.clients_given) c->clients_per_round = o.clients_per_round;
-  if (*o.noise_given) c->noise_multiplier = o.noise_multiplier;
+  if (o.clients_given != nullptr && *o.clients_given) c->clients_per_round = o.clients_per_round;
+  if (o.noise_given != nullptr && *o.noise_given) c->noise_multiplier = o.noise_multiplier;
   if (o.plain_aggregation) c->secure_agg = false;
   if (!o.methods.empty()) {
     c->methods.clear();
@@ -122,15 +127,26 @@ void RegisterSimulate(CLI::App& app, const GlobalOptions& global) {
       "sweep", "Run global+residual over a grid of ranks, ring bits, noise and clients per round; table and Pareto front");
   auto so = std::make_shared<Overrides>();
   auto grid = std::make_shared<SweepGrid>();
-  AddOverrides(sweep, *so);
-  sweep->add_option("--global-rank", grid->global_rank, "Global LoRA ranks to try")->delimiter(',');
+  AddOverrides(sweep, *so, /*sweep_axes=*/true);
+  // Each axis not given keeps the config's value.
+  sweep->add_option("--global-rank", grid->global_rank, "Global LoRA ranks to try (comma-separated)")
+      ->delimiter(',');
   sweep->add_option("--residual-rank", grid->residual_rank, "Residual LoRA ranks to try")->delimiter(',');
   sweep->add_option("--ring-bits", grid->ring_bits, "SecAgg ring bits to try (0: sized per round)")->delimiter(',');
-  sweep->add_option("--noise", grid->noise_multiplier, "Noise multipliers to try")->delimiter(',');
-  sweep->add_option("--clients", grid->clients_per_round, "Clients per round to try")->delimiter(',');
+  sweep->add_option("--noise-multiplier", grid->noise_multiplier, "DP noise multipliers z to try")
+      ->delimiter(',');
+  sweep->add_option("--clients-per-round", grid->clients_per_round, "Clients per round to try")
+      ->delimiter(',');
+  sweep->footer(
+      "Without --out, the sweep writes to the config's \"out\" with \"-sweep\" appended (runs/demo-sweep for "
+      "configs/demo.json, runs/simulate-sweep without a config), never into the experiment's own run "
+      "directory.");
   sweep->callback([so, grid, &global] {
     ExperimentConfig config = Resolve(*so);
-    if (so->out.empty() && so->config.empty()) config.out = "runs/sweep";
+    // The points share the experiment's base model (pretrained there when
+    // missing), wherever the sweep writes.
+    config.base = config.EffectiveBase();
+    if (so->out.empty()) config.out = SweepRunDirectory(config.out);
     absl::StatusOr<SweepResult> result = RunSweep(config, *grid, !global.quiet, /*reuse_finished=*/!so->fresh);
     if (!result.ok()) Fail(std::string(result.status().message()));
     absl::StatusOr<ReportFiles> files = WriteSweepReport(*result, config.out);

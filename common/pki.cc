@@ -1,5 +1,6 @@
 #include "common/pki.h"
 
+#include <arpa/inet.h>
 #include <openssl/bio.h>
 #include <openssl/ec.h>
 #include <openssl/err.h>
@@ -130,6 +131,41 @@ absl::StatusOr<Cert> NewCert(EVP_PKEY* subject_key, const std::string& cn, const
   return cert;
 }
 
+// A subject alternative name: "IP:..." for an IPv4 or IPv6 address,
+// "DNS:..." for a host name (RFC 1123 labels, optionally a leading "*."
+// wildcard); InvalidArgument naming the host otherwise. Checked here because
+// OpenSSL reads the names as one comma-separated config string, where a
+// stray comma or colon would add or change an entry.
+absl::StatusOr<std::string> SubjectAltName(const std::string& host) {
+  unsigned char addr[sizeof(struct in6_addr)];
+  if (inet_pton(AF_INET, host.c_str(), addr) == 1 || inet_pton(AF_INET6, host.c_str(), addr) == 1) {
+    return absl::StrCat("IP:", host);
+  }
+  auto bad = [&host](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat("host '", host, "' ", why));
+  };
+  if (!host.empty() && host.find_first_not_of("0123456789.") == std::string::npos)
+    return bad("is not an IPv4 address");
+  if (host.size() > 253) return bad("is longer than 253 characters");
+  std::string name = host;
+  if (name.rfind("*.", 0) == 0) name = name.substr(2);
+  size_t start = 0;
+  while (true) {
+    const size_t end = std::min(name.find('.', start), name.size());
+    const std::string label = name.substr(start, end - start);
+    if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-' ||
+        !std::all_of(label.begin(), label.end(),
+                     [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-'; })) {
+      return bad(
+          "is neither an IP address nor a host name (labels of 1-63 letters, digits and inner '-', "
+          "separated by '.')");
+    }
+    if (end == name.size()) break;
+    start = end + 1;
+  }
+  return absl::StrCat("DNS:", host);
+}
+
 bool ValidName(const std::string& name) {
   if (name.empty() || name.size() > 64) return false;
   for (char c : name) {
@@ -190,6 +226,14 @@ absl::StatusOr<IssuedPaths> IssueCertificate(const std::string& ca_dir, CertRole
     return absl::InvalidArgumentError(absl::StrCat("certificate name '", name,
                                                    "' must be 1-64 letters, digits, '-', '_', '.' or '@'"));
   }
+  if (role != CertRole::kCoordinator && !hosts.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("host names go in coordinator certificates only; a ",
+                                                   CertRoleName(role), " certificate names its holder by '",
+                                                   name, "' alone"));
+  }
+  for (const std::string& h : hosts) {
+    if (absl::StatusOr<std::string> entry = SubjectAltName(h); !entry.ok()) return entry.status();
+  }
   absl::StatusOr<std::string> ca_cert_pem = ReadFileToString(ca_dir + "/ca.crt");
   absl::StatusOr<std::string> ca_key_pem = ReadFileToString(ca_dir + "/ca.key");
   if (!ca_cert_pem.ok() || !ca_key_pem.ok()) {
@@ -227,8 +271,8 @@ absl::StatusOr<IssuedPaths> IssueCertificate(const std::string& ca_dir, CertRole
     if (hosts.empty()) hosts = {"localhost", "127.0.0.1", "::1"};
     std::string san;
     for (const std::string& h : hosts) {
-      const bool ip = h.find_first_not_of("0123456789.") == std::string::npos || h.find(':') != std::string::npos;
-      absl::StrAppend(&san, san.empty() ? "" : ",", ip ? "IP:" : "DNS:", h);
+      FEDPERS_ASSIGN_OR_RETURN(std::string entry, SubjectAltName(h));
+      absl::StrAppend(&san, san.empty() ? "" : ",", entry);
     }
     FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), ca->get(), NID_subject_alt_name, san.c_str()));
   }

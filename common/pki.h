@@ -33,8 +33,10 @@ struct IssuedPaths {
 
 // Signs a certificate for `name` in `role` with the CA in `ca_dir`, writing
 // `out_dir`/<name>.crt, <name>.key and ca.crt. Coordinator certificates get
-// serverAuth and subject alternative names `hosts` (default localhost,
-// 127.0.0.1 and ::1); client and admin certificates get clientAuth.
+// serverAuth and subject alternative names `hosts` (IP addresses or host
+// names; given ones replace the default localhost, 127.0.0.1 and ::1);
+// client and admin certificates get clientAuth, and `hosts` must be empty
+// (InvalidArgument), as must every host be an address or a host name.
 // Checks before writing anything: ca.key must be ca.crt's key and ca.crt a
 // CA (InvalidArgument), the expiry must be encodable (days up to
 // 9999-12-31), and an existing <name>.crt or <name>.key is AlreadyExists

@@ -292,9 +292,12 @@ StatusResponse CoordinatorRuntime::AdminStatus() {
 
 absl::StatusOr<RoundsResponse> CoordinatorRuntime::AdminRounds(int limit) {
   std::lock_guard<std::mutex> lock(mu_);
-  absl::StatusOr<std::vector<RoundRow>> rows = store_->Rounds(limit > 0 ? limit : 100);
+  absl::StatusOr<std::vector<RoundRow>> rows = store_->Rounds(limit);
   if (!rows.ok()) return rows.status();
+  absl::StatusOr<int64_t> total = store_->RoundCount();
+  if (!total.ok()) return total.status();
   RoundsResponse r;
+  r.set_total_rounds(*total);
   for (const RoundRow& row : *rows) {
     RoundInfo* info = r.add_rounds();
     info->set_round(row.round);

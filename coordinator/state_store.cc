@@ -314,10 +314,12 @@ absl::StatusOr<std::optional<CommittedState>> StateStore::LatestCommitted() {
 }
 
 absl::StatusOr<std::vector<RoundRow>> StateStore::Rounds(int limit) {
+  if (limit < 0)
+    return absl::InvalidArgumentError(absl::StrCat("a round limit must be >= 0 (0: all), got ", limit));
   Statement st(db_, "SELECT round, state, opened_unix, closed_unix, config_json, metrics_json, abort_reason FROM rounds "
                     "ORDER BY round DESC LIMIT ?");
   if (absl::Status s = st.status(); !s.ok()) return s;
-  st.Bind(1, limit);
+  st.Bind(1, limit == 0 ? -1 : limit);  // SQLite: a negative LIMIT is none
   std::vector<RoundRow> out;
   while (true) {
     absl::StatusOr<bool> row = st.Step();
@@ -326,6 +328,15 @@ absl::StatusOr<std::vector<RoundRow>> StateStore::Rounds(int limit) {
     out.push_back({st.Int(0), st.Text(1), st.Int(2), st.Int(3), st.Text(4), st.Text(5), st.Text(6)});
   }
   return out;
+}
+
+absl::StatusOr<int64_t> StateStore::RoundCount() {
+  Statement st(db_, "SELECT COUNT(*) FROM rounds");
+  if (absl::Status s = st.status(); !s.ok()) return s;
+  absl::StatusOr<bool> row = st.Step();
+  if (!row.ok()) return row.status();
+  if (!*row) return absl::InternalError("COUNT(*) returned no row");
+  return st.Int(0);
 }
 
 absl::StatusOr<std::vector<ClientRow>> StateStore::Clients() {

@@ -81,8 +81,11 @@ class StateStore {
   // The latest committed round, or nullopt before the first commit. DataLoss
   // when its global file is missing or does not match its hash.
   absl::StatusOr<std::optional<CommittedState>> LatestCommitted();
-  // Newest first, at most `limit`.
+  // Newest first, at most `limit` (0: every round). InvalidArgument for a
+  // negative limit.
   absl::StatusOr<std::vector<RoundRow>> Rounds(int limit = 100);
+  // Rounds recorded (open, committed and aborted).
+  absl::StatusOr<int64_t> RoundCount();
 
   // A client's join: records the client (first and last seen, by
   // certificate identity) and binds its users to it. A user is bound at its

@@ -84,6 +84,15 @@ void MarkParetoFront(std::vector<SweepPoint>& points) {
   }
 }
 
+std::string SweepRunDirectory(const std::string& experiment_out) {
+  fs::path p = fs::path(experiment_out).lexically_normal();
+  if (!p.has_filename()) p = p.parent_path();  // "runs/demo/" -> "runs/demo"
+  const std::string name = p.filename().string();
+  if (name == ".") return "sweep";  // lexically_normal leaves "." only for the current directory
+  if (name.empty() || name == "..") return (p / "sweep").string();
+  return p.replace_filename(name + "-sweep").string();
+}
+
 absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const SweepGrid& grid, bool progress,
                                      bool reuse_finished) {
   SweepResult result;

@@ -53,6 +53,11 @@ struct SweepResult {
 absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base, const SweepGrid& grid, bool progress,
                                      bool reuse_finished = true);
 
+// Where a sweep of an experiment writes when not told: the experiment's run
+// directory with "-sweep" appended ("runs/demo" -> "runs/demo-sweep"), so a
+// sweep never mixes its points and report into the experiment's own.
+std::string SweepRunDirectory(const std::string& experiment_out);
+
 // Marks the points no other point beats on all three objectives.
 void MarkParetoFront(std::vector<SweepPoint>& points);
 

@@ -87,6 +87,14 @@ fi
 test "$(stat -c %a "$work/certs/partner-a.key")" = "600"
 expect_error "already holds a CA" "$fedpers" pki init --dir "$work/ca"
 expect_error "role" "$fedpers" pki issue --dir "$work/ca" --role root --name x
+expect_error "coordinator certificates only" "$fedpers" pki issue --dir "$work/ca" --role client --name b --host b.example
+expect_error "host 'a.example,DNS:b.example' is neither an IP address nor a host name" \
+  "$fedpers" pki issue --dir "$work/ca" --role coordinator --name c2 --host a.example,DNS:b.example
+test ! -e "$work/ca/b.crt" && test ! -e "$work/ca/c2.crt"
+expect_error "schedule: .*sideways" "$fedpers" client run --coordinator 127.0.0.1:1 --data "$corpus" --user u --base "$work/base" \
+  --insecure --identity p --schedule sideways
+expect_error "must be positive, got 0" "$fedpers" client run --coordinator 127.0.0.1:1 --data "$corpus" --user u \
+  --base "$work/base" --insecure --identity p --residual-lr 0
 
 "$fedpers" --help | grep -q pretrain
 "$fedpers" bench train --help | grep -q peer

@@ -87,6 +87,9 @@ admin=(--coordinator "$addr" --tls-dir "$work/certs" --name ops)
 grep -q '"last_committed_round": 3' "$work/status.json"
 "$fedpers" admin rounds "${admin[@]}" > "$work/rounds.txt"
 test "$(grep -c "committed .* secagg+" "$work/rounds.txt")" -eq 3
+"$fedpers" admin rounds "${admin[@]}" --limit 1 > "$work/rounds1.txt"
+test "$(grep -c "committed .* secagg+" "$work/rounds1.txt")" -eq 1
+grep -q "older rounds (--limit 0 lists all)" "$work/rounds1.txt"
 "$fedpers" admin users "${admin[@]}" --json > "$work/users.json"
 grep -q '"sealed": true' "$work/users.json"
 grep -q '"client_id": "partner3"' "$work/users.json"

@@ -129,7 +129,7 @@ print("memory settings: ok", lean["loss"], "against", whole["loss"])
 PY
 
 # A sweep over two noise levels on the same base model.
-"$fedpers" -q sweep --config "$work/sim.json" --out "$work/sweep" --noise 0,0.5 --json > "$work/sweep.json"
+"$fedpers" -q sweep --config "$work/sim.json" --out "$work/sweep" --noise-multiplier 0,0.5 --json > "$work/sweep.json"
 /usr/bin/python3 - "$work/sweep.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
@@ -145,7 +145,7 @@ test -s "$work/sweep/points/1/report.md" && test -s "$work/sweep/points/1/users.
 # The same sweep with a third noise level runs only the new point: the two
 # finished ones come from their records (untouched) with the same figures.
 touch -d '2000-01-01' "$work/sweep/points/0/sweep_point.json" "$work/sweep/points/1/sweep_point.json"
-"$fedpers" -q sweep --config "$work/sim.json" --out "$work/sweep" --noise 0,0.5,1 --json > "$work/sweep2.json"
+"$fedpers" -q sweep --config "$work/sim.json" --out "$work/sweep" --noise-multiplier 0,0.5,1 --json > "$work/sweep2.json"
 test -z "$(find "$work/sweep/points/0" "$work/sweep/points/1" -name sweep_point.json -newermt '2001-01-01')"
 test -s "$work/sweep/points/2/sweep_point.json"
 /usr/bin/python3 - "$work/sweep.json" "$work/sweep2.json" <<'PY'
@@ -159,7 +159,7 @@ print("sweep resume: ok")
 PY
 # A damaged record is not trusted: that point runs again and its record is rewritten.
 echo '{"config": {' > "$work/sweep/points/2/sweep_point.json"
-"$fedpers" sweep --config "$work/sim.json" --out "$work/sweep" --noise 0,0.5,1 > /dev/null 2> "$work/sweep3.err"
+"$fedpers" sweep --config "$work/sim.json" --out "$work/sweep" --noise-multiplier 0,0.5,1 > /dev/null 2> "$work/sweep3.err"
 grep -q "sweep point 2: .* is not a record of finished work; running it again" "$work/sweep3.err"
 /usr/bin/python3 -c 'import json, sys; json.load(open(sys.argv[1]))["result"]' "$work/sweep/points/2/sweep_point.json"
 echo "simulate e2e: ok"

@@ -1,6 +1,8 @@
 #include "common/pki.h"
 
 #include <gtest/gtest.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
 #include <sys/stat.h>
 
 #include <filesystem>
@@ -74,6 +76,45 @@ TEST(PkiTest, BadInputIsAClearError) {
   std::string greek;
   for (int i = 0; i < 40; ++i) greek += "\xce\xb1";  // alpha
   EXPECT_TRUE(InitCa(FreshDir("greek"), greek).ok());
+}
+
+TEST(PkiTest, HostNamesAreCheckedAndGoInCoordinatorCertificatesOnly) {
+  const std::string ca = FreshDir("hosts");
+  ASSERT_TRUE(InitCa(ca).ok());
+  auto issued = IssueCertificate(ca, CertRole::kCoordinator, "coord", ca,
+                                 {"fed.example.com", "10.0.0.7", "fd00::7", "*.example.org"});
+  ASSERT_TRUE(issued.ok()) << issued.status();
+  const std::string pem = *ReadFileToString(issued->cert);
+  BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+  X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+  BIO_free(bio);
+  ASSERT_NE(cert, nullptr);
+  EXPECT_EQ(X509_check_host(cert, "fed.example.com", 0, 0, nullptr), 1);
+  EXPECT_EQ(X509_check_host(cert, "node1.example.org", 0, 0, nullptr), 1);
+  EXPECT_EQ(X509_check_ip_asc(cert, "10.0.0.7", 0), 1);
+  EXPECT_EQ(X509_check_ip_asc(cert, "fd00::7", 0), 1);
+  // The hosts given replace the loopback defaults.
+  EXPECT_NE(X509_check_host(cert, "localhost", 0, 0, nullptr), 1);
+  EXPECT_NE(X509_check_ip_asc(cert, "127.0.0.1", 0), 1);
+  X509_free(cert);
+
+  // A comma would smuggle another entry into OpenSSL's name list.
+  for (const std::string& bad :
+       {std::string("evil.example,DNS:bank.example"), std::string("10.0.0.256"), std::string("-lead.example"),
+        std::string("a..b"), std::string(""), std::string("under_score.example"), std::string("host:443"),
+        std::string(64, 'x')}) {
+    absl::Status st =
+        IssueCertificate(ca, CertRole::kCoordinator, "coord2", ca, {"ok.example", bad}).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(st.message().find("host '" + bad + "'"), absl::string_view::npos) << st;
+  }
+  EXPECT_FALSE(std::filesystem::exists(ca + "/coord2.crt")) << "nothing is written for a bad host";
+  for (CertRole role : {CertRole::kClient, CertRole::kAdmin}) {
+    absl::Status st = IssueCertificate(ca, role, "holder", ca, {"partner.example"}).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(st.message().find("coordinator certificates only"), absl::string_view::npos) << st;
+  }
+  EXPECT_FALSE(std::filesystem::exists(ca + "/holder.crt"));
 }
 
 // LoadTlsIdentity checks a party's files before gRPC sees them: the key

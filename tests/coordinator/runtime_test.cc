@@ -126,6 +126,13 @@ TEST(RuntimeTest, PollingClientsCompleteRoundsAndStragglersTimeOut) {
   auto rounds = f.rt->AdminRounds(10);
   ASSERT_EQ(rounds->rounds_size(), 2);
   EXPECT_EQ(rounds->rounds(0).state(), "committed");
+  EXPECT_EQ(rounds->total_rounds(), 2);
+  auto newest = f.rt->AdminRounds(1);
+  ASSERT_EQ(newest->rounds_size(), 1);
+  EXPECT_EQ(newest->rounds(0).round(), 2);
+  EXPECT_EQ(newest->total_rounds(), 2) << "the total tells the admin CLI how many it did not show";
+  EXPECT_EQ(f.rt->AdminRounds(0)->rounds_size(), 2) << "0: every round";
+  EXPECT_EQ(f.rt->AdminRounds(-1).status().code(), absl::StatusCode::kInvalidArgument);
   auto clients = f.rt->AdminClients();
   EXPECT_EQ(clients->clients_size(), 2);
 }

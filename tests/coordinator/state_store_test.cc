@@ -56,6 +56,11 @@ TEST(StateStoreTest, RoundsCommitAndSurviveReopening) {
   EXPECT_EQ((*rounds)[0].abort_reason, "coordinator restarted");
   EXPECT_EQ((*rounds)[1].abort_reason, "too few clients");
   EXPECT_EQ((*rounds)[2].state, "committed");
+  EXPECT_EQ(*(*store)->RoundCount(), 3);
+  EXPECT_EQ((*store)->Rounds(0)->size(), 3u) << "0: every round";
+  ASSERT_EQ((*store)->Rounds(2)->size(), 2u);
+  EXPECT_EQ((*store)->Rounds(2)->back().round, 2) << "the newest first";
+  EXPECT_EQ((*store)->Rounds(-1).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE((*store)->CheckIntegrity().ok());
 }
 

@@ -131,5 +131,16 @@ TEST(SweepTest, ParetoFrontKeepsTheUndominatedPoints) {
   EXPECT_FALSE(p[4].pareto);
 }
 
+TEST(SweepTest, RunsBesideTheExperimentNotInsideIt) {
+  EXPECT_EQ(SweepRunDirectory("runs/demo"), "runs/demo-sweep");
+  EXPECT_EQ(SweepRunDirectory("runs/demo/"), "runs/demo-sweep");
+  EXPECT_EQ(SweepRunDirectory("./runs//demo"), "runs/demo-sweep");
+  EXPECT_EQ(SweepRunDirectory("/abs/x"), "/abs/x-sweep");
+  EXPECT_EQ(SweepRunDirectory("demo"), "demo-sweep");
+  EXPECT_EQ(SweepRunDirectory("."), "sweep");
+  EXPECT_EQ(SweepRunDirectory("runs/.."), "sweep");
+  EXPECT_EQ(SweepRunDirectory("../x"), "../x-sweep");
+}
+
 }  // namespace
 }  // namespace fedpers
