@@ -93,13 +93,8 @@ std::string SweepRunDirectory(const std::string& experiment_out) {
   return p.replace_filename(name + "-sweep").string();
 }
 
-absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const SweepGrid& grid, bool progress,
-                                     bool reuse_finished) {
-  SweepResult result;
-  result.base = base_in;
-  ExperimentConfig& base = result.base;
-  base.methods = {Method::kGlobalResidual};
-  base.base = base.EffectiveBase();
+absl::StatusOr<std::vector<ExperimentConfig>> SweepPointConfigs(const ExperimentConfig& base,
+                                                                const SweepGrid& grid) {
   std::vector<ExperimentConfig> configs;
   for (int64_t gr : AxisOr(grid.global_rank, base.lora.global_rank)) {
     for (int64_t rr : AxisOr(grid.residual_rank, base.lora.residual_rank)) {
@@ -107,8 +102,16 @@ absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const Swee
         for (double z : AxisOr(grid.noise_multiplier, base.noise_multiplier)) {
           for (int64_t n : AxisOr(grid.clients_per_round, base.clients_per_round)) {
             ExperimentConfig c = base;
-            c.lora.global_rank = gr;
-            c.lora.residual_rank = rr;
+            // A rank keeps the config's scale alpha / r, so that points
+            // differ in capacity, not in step size.
+            if (gr != base.lora.global_rank) {
+              c.lora.global_alpha = base.lora.global_scale() * static_cast<double>(gr);
+              c.lora.global_rank = gr;
+            }
+            if (rr != base.lora.residual_rank) {
+              c.lora.residual_alpha = base.lora.residual_scale() * static_cast<double>(rr);
+              c.lora.residual_rank = rr;
+            }
             c.ring_bits = bits;
             c.noise_multiplier = z;
             c.clients_per_round = n;
@@ -125,6 +128,19 @@ absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const Swee
       }
     }
   }
+  return configs;
+}
+
+absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const SweepGrid& grid, bool progress,
+                                     bool reuse_finished) {
+  SweepResult result;
+  result.base = base_in;
+  ExperimentConfig& base = result.base;
+  base.methods = {Method::kGlobalResidual};
+  base.base = base.EffectiveBase();
+  absl::StatusOr<std::vector<ExperimentConfig>> planned = SweepPointConfigs(base, grid);
+  if (!planned.ok()) return planned.status();
+  const std::vector<ExperimentConfig>& configs = *planned;
   for (size_t i = 0; i < configs.size(); ++i) {
     const ExperimentConfig& c = configs[i];
     const std::string record_path = (fs::path(c.out) / kPointRecord).string();

@@ -58,6 +58,15 @@ absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base, const SweepGr
 // sweep never mixes its points and report into the experiment's own.
 std::string SweepRunDirectory(const std::string& experiment_out);
 
+// The grid's points over `base` (which RunSweep gives its methods and base
+// model first), in RunSweep's order, each with its out = base.out/points/<#>.
+// A rank that differs from the base's keeps the base's scale alpha / r
+// (alpha moves with it), so points differ in capacity, not in step size.
+// InvalidArgument naming the first point that fails validation (the model
+// is read as ExperimentConfig::ValidateForModel does).
+absl::StatusOr<std::vector<ExperimentConfig>> SweepPointConfigs(const ExperimentConfig& base,
+                                                                const SweepGrid& grid);
+
 // Marks the points no other point beats on all three objectives.
 void MarkParetoFront(std::vector<SweepPoint>& points);
 

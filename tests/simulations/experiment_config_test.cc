@@ -131,6 +131,39 @@ TEST(SweepTest, ParetoFrontKeepsTheUndominatedPoints) {
   EXPECT_FALSE(p[4].pareto);
 }
 
+TEST(SweepTest, PointsCrossTheAxesAndKeepTheScaleOfEachRank) {
+  ExperimentConfig base;
+  base.out = (std::filesystem::path(testing::TempDir()) / "sweep_plan").string();  // "tiny", as pretrained
+  base.lora.global_rank = 8;
+  base.lora.global_alpha = 16;  // scale 2
+  base.lora.residual_rank = 4;
+  base.lora.residual_alpha = 4;  // scale 1
+  base.noise_multiplier = 0.3;
+  SweepGrid grid;
+  grid.global_rank = {8, 32};
+  grid.residual_rank = {2};
+  grid.clients_per_round = {5, 10};
+  absl::StatusOr<std::vector<ExperimentConfig>> points = SweepPointConfigs(base, grid);
+  ASSERT_TRUE(points.ok()) << points.status();
+  ASSERT_EQ(points->size(), 4u);
+  const std::vector<std::pair<int64_t, int64_t>> rank_and_clients = {{8, 5}, {8, 10}, {32, 5}, {32, 10}};
+  for (size_t i = 0; i < points->size(); ++i) {
+    const ExperimentConfig& c = (*points)[i];
+    EXPECT_EQ(c.lora.global_rank, rank_and_clients[i].first);
+    EXPECT_EQ(c.clients_per_round, rank_and_clients[i].second);
+    EXPECT_EQ(c.lora.global_scale(), 2.0) << "point " << i;
+    EXPECT_EQ(c.lora.residual_rank, 2);
+    EXPECT_EQ(c.lora.residual_alpha, 2.0) << "scale 1 at rank 2";
+    EXPECT_EQ(c.noise_multiplier, 0.3) << "an axis not given keeps the config's value";
+    EXPECT_EQ(c.out, (std::filesystem::path(base.out) / "points" / std::to_string(i)).string());
+  }
+  EXPECT_EQ((*points)[0].lora.global_alpha, 16.0) << "the config's own rank keeps its alpha as written";
+  grid.global_rank = {8, 1000};
+  absl::Status s = SweepPointConfigs(base, grid).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("sweep point 2: "), absl::string_view::npos) << s;
+}
+
 TEST(SweepTest, RunsBesideTheExperimentNotInsideIt) {
   EXPECT_EQ(SweepRunDirectory("runs/demo"), "runs/demo-sweep");
   EXPECT_EQ(SweepRunDirectory("runs/demo/"), "runs/demo-sweep");
