@@ -28,8 +28,7 @@ void RegisterData(CLI::App& app, const GlobalOptions& global) {
   users
       ->add_option(
           "--min-bytes", o->min_bytes,
-          "Drop users with less text (default: none; simulate selects by its config's min_user_bytes, "
-          "8000 unless set)")
+          "Drop users with less text (simulate selects by its config's min_user_bytes, 8000 unless set)")
       ->capture_default_str()
       ->check(NonNegative());
   users->add_option("--limit", o->limit, "Rows in the table (0: all; --json lists all)")

@@ -16,6 +16,7 @@
 #include "client/residual_vault.h"
 #include "common/atomic_file.h"
 #include "common/corpus.h"
+#include "common/host_memory.h"
 #include "common/host_port.h"
 #include "common/model/checkpoint.h"
 #include "common/table.h"
@@ -172,6 +173,17 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     if (!corpus.ok()) Fail(std::string(corpus.status().message()));
     absl::StatusOr<Gpt2LmHead> model = LoadBaseModel(f->base, LoraConfig());
     if (!model.ok()) Fail(std::string(model.status().message()));
+    // What only the model can tell, before connecting (a round would fail).
+    const ModelConfig& mc = (*model)->config();
+    if (opts.seq_len > mc.n_positions) {
+      Fail(absl::StrCat("--seq-len ", opts.seq_len, " exceeds the base model's n_positions (", mc.n_positions,
+                        ")"));
+    }
+    if (absl::Status s = CheckTrainingFitsInMemory(mc, opts.batch_size, opts.micro_batch_size, opts.seq_len,
+                                                   opts.recompute_activations, AvailableMemoryBytes());
+        !s.ok()) {
+      Fail(std::string(s.message()));
+    }
     std::map<std::string, ClientSession> owned;
     std::map<std::string, ClientSession*> sessions;
     for (const std::string& user : f->users) {
@@ -274,6 +286,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     TlsFlags tls;
     bool json = false;
     int limit = 20;
+    CLI::Option* limit_given = nullptr;  // rounds only
     std::string user, to_client;
   };
   auto a = std::make_shared<AdminFlags>();
@@ -294,9 +307,10 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
       ssl.pem_cert_chain = tls->cert_pem;
       creds = grpc::SslCredentials(ssl);
     }
-    // Listings grow with rounds and users (gRPC's default cap is 4 MiB).
+    // Listings grow with rounds and users: accept what the coordinator sends
+    // (ServeOptions::max_message_bytes, 64 MiB) instead of gRPC's 4 MiB.
     grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(256 << 20);
+    args.SetMaxReceiveMessageSize(o.max_message_bytes);
     return fedpers::v1::Admin::NewStub(grpc::CreateCustomChannel(a->coordinator, creds, args));
   };
   auto ctx = [a]() {
@@ -343,9 +357,11 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     cmd->add_option("--coordinator", a->coordinator, "HOST:PORT")->required();
     cmd->add_flag("--json", a->json, "Print JSON");
     if (what == "rounds") {
-      cmd->add_option("--limit", a->limit, "Newest rounds to show (0: all)")
-          ->capture_default_str()
-          ->check(NonNegative());
+      a->limit_given =
+          cmd->add_option("--limit", a->limit,
+                          "Newest rounds to show (0: all; --json lists all unless --limit is given)")
+              ->capture_default_str()
+              ->check(NonNegative());
     }
     if (what == "move-user") {
       cmd->add_option("--user", a->user, "The user to move")->required();
@@ -382,7 +398,8 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
         }
       } else if (name == "rounds") {
         fedpers::v1::RoundsRequest req;
-        req.set_limit(a->limit);
+        // As `data users`: the table is for reading, --json for scripts.
+        req.set_limit(a->json && !*a->limit_given ? 0 : a->limit);
         fedpers::v1::RoundsResponse r;
         check(s->Rounds(c.get(), req, &r));
         nlohmann::json j = nlohmann::json::array();
@@ -416,7 +433,10 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
         } else {
           std::cout << t.Render();
           const int64_t older = r.total_rounds() - r.rounds_size();
-          if (older > 0) std::cout << absl::StrFormat("... %d older rounds (--limit 0 lists all)\n", older);
+          if (older > 0) {
+            std::cout << absl::StrFormat("... %d older round%s (--limit 0 lists all)\n", older,
+                                         older == 1 ? "" : "s");
+          }
         }
       } else if (name == "clients") {
         fedpers::v1::ClientsResponse r;

@@ -6,8 +6,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "cli/commands.h"
-#include "common/corpus.h"
 #include "common/atomic_file.h"
+#include "common/corpus.h"
 #include "simulations/report.h"
 #include "simulations/sweep.h"
 
@@ -30,7 +30,9 @@ struct Overrides {
   double noise_multiplier = 0;
   // Whether each numeric override was given (any value, so a bad one
   // reaches the config's validation instead of being taken for "unset").
-  CLI::Option *users_given = nullptr, *rounds_given = nullptr, *clients_given = nullptr, *noise_given = nullptr;
+  // clients_given and noise_given stay null for `sweep` (grid axes there).
+  CLI::Option *users_given = nullptr, *rounds_given = nullptr, *clients_given = nullptr,
+              *noise_given = nullptr;
   bool plain_aggregation = false;
   bool json = false;
   bool fresh = false;
@@ -39,10 +41,12 @@ struct Overrides {
 // `sweep` takes lists for clients per round and the noise multiplier (grid
 // axes under the same names), so it passes sweep_axes and these stay out.
 void AddOverrides(CLI::App* cmd, Overrides& o, bool sweep_axes = false) {
-  cmd->add_option("--config", o.config, "Experiment config (JSON; docs/simulation.md). Without it: the defaults");
+  cmd->add_option("--config", o.config,
+                  "Experiment config (JSON; docs/simulation.md). Without it: the defaults");
   cmd->add_option("--out", o.out, "Run directory (overrides the config's \"out\")");
   cmd->add_option("--data", o.data, absl::StrCat("Corpus spec (overrides \"data\"): ", kCorpusSpecForms));
-  o.users_given = cmd->add_option("--users", o.users, "Federated users (overrides \"users\"; 0: all with enough text)");
+  o.users_given =
+      cmd->add_option("--users", o.users, "Federated users (overrides \"users\"; 0: all with enough text)");
   o.rounds_given = cmd->add_option("--rounds", o.rounds, "Rounds (overrides \"rounds\")");
   if (!sweep_axes) {
     o.clients_given = cmd->add_option("--clients-per-round", o.clients_per_round,
@@ -50,13 +54,15 @@ void AddOverrides(CLI::App* cmd, Overrides& o, bool sweep_axes = false) {
     o.noise_given = cmd->add_option("--noise-multiplier", o.noise_multiplier,
                                     "DP noise multiplier z (overrides; 0: no noise)");
   }
-  cmd->add_flag("--no-secure-agg", o.plain_aggregation,
-                "Plain aggregation instead of SecAgg+ (sets \"secure_agg\": false; the coordinator sees each update)");
+  cmd->add_flag(
+      "--no-secure-agg", o.plain_aggregation,
+      "Plain aggregation instead of SecAgg+ (sets \"secure_agg\": false; the coordinator sees each update)");
   cmd->add_option("--schedule", o.schedule, "joint | alternating | residual-after-global (overrides)");
   cmd->add_flag("--json", o.json, "Print the summary as JSON");
-  cmd->add_flag("--fresh", o.fresh,
-                "Run everything again instead of reusing what an earlier run of this build finished with the same "
-                "config (records in <out>/methods/, <out>/points/<#>/)");
+  cmd->add_flag(
+      "--fresh", o.fresh,
+      "Run everything again instead of reusing what an earlier run of this build finished with the same "
+      "config (records in <out>/methods/, <out>/points/<#>/)");
 }
 
 ExperimentConfig Resolve(const Overrides& o) {
@@ -116,15 +122,17 @@ void RegisterSimulate(CLI::App& app, const GlobalOptions& global) {
       std::cout << j.dump(2) << "\n";
       return;
     }
-    std::cout << absl::StrFormat("%d users of %s, %d rounds, %d clients per round (%.0f s)\n\n", result->users.size(),
-                                 config.data, config.rounds, config.clients_per_round, result->wall_seconds)
+    std::cout << absl::StrFormat("%d users of %s, %d rounds, %d clients per round (%.0f s)\n\n",
+                                 result->users.size(), config.data, config.rounds, config.clients_per_round,
+                                 result->wall_seconds)
               << ResultsTable(*result) << "\n";
     std::cout << "report: " << (std::filesystem::path(config.out) / "report.md").string() << "\n";
     for (const std::string& p : files->plots) std::cout << "plot:   " << p << "\n";
   });
 
-  auto* sweep = app.add_subcommand(
-      "sweep", "Run global+residual over a grid of ranks, ring bits, noise and clients per round; table and Pareto front");
+  auto* sweep = app.add_subcommand("sweep",
+                                   "Run global+residual over a grid of ranks, ring bits, noise and clients "
+                                   "per round; table and Pareto front");
   auto so = std::make_shared<Overrides>();
   auto grid = std::make_shared<SweepGrid>();
   AddOverrides(sweep, *so, /*sweep_axes=*/true);
@@ -132,22 +140,27 @@ void RegisterSimulate(CLI::App& app, const GlobalOptions& global) {
   sweep->add_option("--global-rank", grid->global_rank, "Global LoRA ranks to try (comma-separated)")
       ->delimiter(',');
   sweep->add_option("--residual-rank", grid->residual_rank, "Residual LoRA ranks to try")->delimiter(',');
-  sweep->add_option("--ring-bits", grid->ring_bits, "SecAgg ring bits to try (0: sized per round)")->delimiter(',');
+  sweep->add_option("--ring-bits", grid->ring_bits, "SecAgg ring bits to try (0: sized per round)")
+      ->delimiter(',');
   sweep->add_option("--noise-multiplier", grid->noise_multiplier, "DP noise multipliers z to try")
       ->delimiter(',');
   sweep->add_option("--clients-per-round", grid->clients_per_round, "Clients per round to try")
       ->delimiter(',');
   sweep->footer(
       "Without --out, the sweep writes to the config's \"out\" with \"-sweep\" appended (runs/demo-sweep for "
-      "configs/demo.json, runs/simulate-sweep without a config), never into the experiment's own run "
-      "directory.");
+      "configs/demo.json, runs/simulate-sweep without a config). Every point uses the experiment's base "
+      "model: its \"base\", or <its out>/base, pretrained there if missing.");
   sweep->callback([so, grid, &global] {
-    ExperimentConfig config = Resolve(*so);
-    // The points share the experiment's base model (pretrained there when
-    // missing), wherever the sweep writes.
+    // The experiment as configured, with its own run directory: the points
+    // share its base model (pretrained there when missing), wherever the
+    // sweep writes.
+    Overrides experiment = *so;
+    experiment.out.clear();
+    ExperimentConfig config = Resolve(experiment);
     config.base = config.EffectiveBase();
-    if (so->out.empty()) config.out = SweepRunDirectory(config.out);
-    absl::StatusOr<SweepResult> result = RunSweep(config, *grid, !global.quiet, /*reuse_finished=*/!so->fresh);
+    config.out = so->out.empty() ? SweepRunDirectory(config.out) : so->out;
+    absl::StatusOr<SweepResult> result =
+        RunSweep(config, *grid, !global.quiet, /*reuse_finished=*/!so->fresh);
     if (!result.ok()) Fail(std::string(result.status().message()));
     absl::StatusOr<ReportFiles> files = WriteSweepReport(*result, config.out);
     if (!files.ok()) Fail(std::string(files.status().message()));

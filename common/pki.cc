@@ -133,9 +133,10 @@ absl::StatusOr<Cert> NewCert(EVP_PKEY* subject_key, const std::string& cn, const
 
 // A subject alternative name: "IP:..." for an IPv4 or IPv6 address,
 // "DNS:..." for a host name (RFC 1123 labels, optionally a leading "*."
-// wildcard); InvalidArgument naming the host otherwise. Checked here because
-// OpenSSL reads the names as one comma-separated config string, where a
-// stray comma or colon would add or change an entry.
+// wildcard over at least two labels, the least that TLS clients match);
+// InvalidArgument naming the host otherwise. Checked here because OpenSSL
+// reads the names as one comma-separated config string, where a stray comma
+// or colon would add or change an entry.
 absl::StatusOr<std::string> SubjectAltName(const std::string& host) {
   unsigned char addr[sizeof(struct in6_addr)];
   if (inet_pton(AF_INET, host.c_str(), addr) == 1 || inet_pton(AF_INET6, host.c_str(), addr) == 1) {
@@ -147,8 +148,15 @@ absl::StatusOr<std::string> SubjectAltName(const std::string& host) {
   if (!host.empty() && host.find_first_not_of("0123456789.") == std::string::npos)
     return bad("is not an IPv4 address");
   if (host.size() > 253) return bad("is longer than 253 characters");
+  if (host.size() > 1 && host.back() == '.') return bad("ends with '.': give the name without it");
   std::string name = host;
-  if (name.rfind("*.", 0) == 0) name = name.substr(2);
+  if (name.rfind("*.", 0) == 0) {
+    name = name.substr(2);
+    if (name.find('.') == std::string::npos) {
+      return bad(
+          "is a wildcard over a single label, which TLS clients do not match (use *.NAME.TLD or longer)");
+    }
+  }
   size_t start = 0;
   while (true) {
     const size_t end = std::min(name.find('.', start), name.size());
@@ -231,8 +239,13 @@ absl::StatusOr<IssuedPaths> IssueCertificate(const std::string& ca_dir, CertRole
                                                    CertRoleName(role), " certificate names its holder by '",
                                                    name, "' alone"));
   }
-  for (const std::string& h : hosts) {
-    if (absl::StatusOr<std::string> entry = SubjectAltName(h); !entry.ok()) return entry.status();
+  std::string san;  // coordinators only
+  if (role == CertRole::kCoordinator) {
+    if (hosts.empty()) hosts = {"localhost", "127.0.0.1", "::1"};
+    for (const std::string& h : hosts) {
+      FEDPERS_ASSIGN_OR_RETURN(std::string entry, SubjectAltName(h));
+      absl::StrAppend(&san, san.empty() ? "" : ",", entry);
+    }
   }
   absl::StatusOr<std::string> ca_cert_pem = ReadFileToString(ca_dir + "/ca.crt");
   absl::StatusOr<std::string> ca_key_pem = ReadFileToString(ca_dir + "/ca.key");
@@ -267,13 +280,7 @@ absl::StatusOr<IssuedPaths> IssueCertificate(const std::string& ca_dir, CertRole
   FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), ca->get(), NID_ext_key_usage,
                                        role == CertRole::kCoordinator ? "serverAuth" : "clientAuth"));
   FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), ca->get(), NID_authority_key_identifier, "keyid:always"));
-  if (role == CertRole::kCoordinator) {
-    if (hosts.empty()) hosts = {"localhost", "127.0.0.1", "::1"};
-    std::string san;
-    for (const std::string& h : hosts) {
-      FEDPERS_ASSIGN_OR_RETURN(std::string entry, SubjectAltName(h));
-      absl::StrAppend(&san, san.empty() ? "" : ",", entry);
-    }
+  if (!san.empty()) {
     FEDPERS_RETURN_IF_ERROR(AddExtension(cert.get(), ca->get(), NID_subject_alt_name, san.c_str()));
   }
   if (X509_sign(cert.get(), ca_key->get(), EVP_sha256()) == 0) return absl::InternalError(SslError("signing failed"));

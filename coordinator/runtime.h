@@ -85,6 +85,8 @@ class CoordinatorRuntime {
   fedpers::v1::StatusResponse AdminStatus();
   // Stops or restarts the opening of new rounds; a running round goes on.
   fedpers::v1::StatusResponse AdminSetPaused(bool paused);
+  // The newest `limit` rounds (0: all), newest first, with the store's total
+  // count; InvalidArgument for a negative limit.
   absl::StatusOr<fedpers::v1::RoundsResponse> AdminRounds(int limit);
   absl::StatusOr<fedpers::v1::ClientsResponse> AdminClients();
   absl::StatusOr<fedpers::v1::UsersResponse> AdminUsers();

@@ -91,10 +91,14 @@ expect_error "coordinator certificates only" "$fedpers" pki issue --dir "$work/c
 expect_error "host 'a.example,DNS:b.example' is neither an IP address nor a host name" \
   "$fedpers" pki issue --dir "$work/ca" --role coordinator --name c2 --host a.example,DNS:b.example
 test ! -e "$work/ca/b.crt" && test ! -e "$work/ca/c2.crt"
-expect_error "schedule: .*sideways" "$fedpers" client run --coordinator 127.0.0.1:1 --data "$corpus" --user u --base "$work/base" \
-  --insecure --identity p --schedule sideways
-expect_error "must be positive, got 0" "$fedpers" client run --coordinator 127.0.0.1:1 --data "$corpus" --user u \
-  --base "$work/base" --insecure --identity p --residual-lr 0
+# Local training settings are refused before anything loads (no base model
+# at $work/none) and, what only the model tells, before connecting.
+client=(client run --coordinator 127.0.0.1:1 --data "$corpus" --user user0001 --insecure --identity p)
+expect_error "schedule: .*sideways" "$fedpers" "${client[@]}" --base "$work/none" --schedule sideways
+expect_error "must be positive, got 0" "$fedpers" "${client[@]}" --base "$work/none" --residual-lr 0
+expect_error "not both 0" "$fedpers" "${client[@]}" --base "$work/none" --global-steps 0 --residual-steps 0
+expect_error "seq-len 33 exceeds the base model's n_positions (32)" "$fedpers" "${client[@]}" --base "$work/base" \
+  --seq-len 33
 
 "$fedpers" --help | grep -q pretrain
 "$fedpers" bench train --help | grep -q peer

@@ -89,7 +89,11 @@ grep -q '"last_committed_round": 3' "$work/status.json"
 test "$(grep -c "committed .* secagg+" "$work/rounds.txt")" -eq 3
 "$fedpers" admin rounds "${admin[@]}" --limit 1 > "$work/rounds1.txt"
 test "$(grep -c "committed .* secagg+" "$work/rounds1.txt")" -eq 1
-grep -q "older rounds (--limit 0 lists all)" "$work/rounds1.txt"
+grep -q "^\.\.\. 2 older rounds (--limit 0 lists all)" "$work/rounds1.txt"
+"$fedpers" admin rounds "${admin[@]}" --limit 0 > "$work/rounds0.txt"
+test "$(grep -c "committed .* secagg+" "$work/rounds0.txt")" -eq 3 && ! grep -q "older round" "$work/rounds0.txt"
+"$fedpers" admin rounds "${admin[@]}" --json > "$work/rounds.json"  # --json lists every round
+test "$(/usr/bin/python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1]))))' "$work/rounds.json")" -eq 3
 "$fedpers" admin users "${admin[@]}" --json > "$work/users.json"
 grep -q '"sealed": true' "$work/users.json"
 grep -q '"client_id": "partner3"' "$work/users.json"

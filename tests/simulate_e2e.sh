@@ -141,6 +141,10 @@ print("sweep: ok")
 PY
 test -s "$work/sweep/sweep.md"
 test -s "$work/sweep/points/1/report.md" && test -s "$work/sweep/points/1/users.csv"
+test ! -e "$work/sweep/base"  # the points used the experiment's base model, $work/run/base
+# Without --out, a sweep writes beside the experiment, not into it.
+"$fedpers" -q sweep --config "$work/sim.json" --noise-multiplier 0 > /dev/null
+test -s "$work/run-sweep/sweep.md" && test ! -e "$work/run-sweep/base" && test ! -e "$work/run/points"
 
 # The same sweep with a third noise level runs only the new point: the two
 # finished ones come from their records (untouched) with the same figures.
