@@ -174,15 +174,8 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     absl::StatusOr<Gpt2LmHead> model = LoadBaseModel(f->base, LoraConfig());
     if (!model.ok()) Fail(std::string(model.status().message()));
     // What only the model can tell, before connecting (a round would fail).
-    const ModelConfig& mc = (*model)->config();
-    if (opts.seq_len > mc.n_positions) {
-      Fail(absl::StrCat("--seq-len ", opts.seq_len, " exceeds the base model's n_positions (", mc.n_positions,
-                        ")"));
-    }
-    if (absl::Status s = CheckTrainingFitsInMemory(mc, opts.batch_size, opts.micro_batch_size, opts.seq_len,
-                                                   opts.recompute_activations, AvailableMemoryBytes());
-        !s.ok()) {
-      Fail(std::string(s.message()));
+    if (absl::Status s = opts.ValidateForModel((*model)->config(), AvailableMemoryBytes()); !s.ok()) {
+      Fail(absl::StrCat("base model ", f->base, ": ", s.message()));
     }
     std::map<std::string, ClientSession> owned;
     std::map<std::string, ClientSession*> sessions;

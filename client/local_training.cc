@@ -33,6 +33,15 @@ absl::Status LocalTrainingOptions::Validate() const {
   return absl::OkStatus();
 }
 
+absl::Status LocalTrainingOptions::ValidateForModel(const ModelConfig& model, int64_t available_bytes) const {
+  if (seq_len > model.n_positions) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("seq_len ", seq_len, " exceeds the model's n_positions (", model.n_positions, ")"));
+  }
+  return CheckTrainingFitsInMemory(model, batch_size, micro_batch_size, seq_len, recompute_activations,
+                                   available_bytes);
+}
+
 const char* TrainingScheduleName(TrainingSchedule schedule) {
   switch (schedule) {
     case TrainingSchedule::kJoint: return "joint";

@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/model_config.h"
 
 namespace fedpers {
 
@@ -52,6 +53,10 @@ struct LocalTrainingOptions {
   // InvalidArgument naming the first bad field (negative or all-zero step
   // counts, batch sizes, non-finite or non-positive learning rates).
   absl::Status Validate() const;
+  // What only the model tells: a window beyond its n_positions
+  // (InvalidArgument), a step that cannot fit in `available_bytes`
+  // (CheckTrainingFitsInMemory; <= 0: unknown, not checked).
+  absl::Status ValidateForModel(const ModelConfig& model, int64_t available_bytes) const;
 };
 
 }  // namespace fedpers

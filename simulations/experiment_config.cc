@@ -71,13 +71,7 @@ absl::Status ExperimentConfig::ValidateForModel() const {
   if (absl::Status s = ValidateLoraForModel(*model, lora); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("experiment config: ", s.message()));
   }
-  if (local.seq_len > model->n_positions) {
-    return absl::InvalidArgumentError(absl::StrCat("experiment config: \"local\" seq_len ", local.seq_len,
-                                                   " exceeds the model's n_positions (", model->n_positions, ")"));
-  }
-  if (absl::Status s = CheckTrainingFitsInMemory(*model, local.batch_size, local.micro_batch_size, local.seq_len,
-                                                 local.recompute_activations, AvailableMemoryBytes());
-      !s.ok()) {
+  if (absl::Status s = local.ValidateForModel(*model, AvailableMemoryBytes()); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("experiment config: \"local\": ", s.message()));
   }
   // The global adapter is B_g, or A_g and B_g for fedavg-lora.
