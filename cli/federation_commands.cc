@@ -280,6 +280,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     bool json = false;
     int limit = 20;
     CLI::Option* limit_given = nullptr;  // rounds only
+    int users_limit = 0;
     std::string user, to_client;
   };
   auto a = std::make_shared<AdminFlags>();
@@ -300,8 +301,9 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
       ssl.pem_cert_chain = tls->cert_pem;
       creds = grpc::SslCredentials(ssl);
     }
-    // Listings grow with rounds and users: accept what the coordinator sends
-    // (ServeOptions::max_message_bytes, 64 MiB) instead of gRPC's 4 MiB.
+    // Listings come in pages of about 1 MiB, but a page holds at least one
+    // row, and a round's row grows with its sample: accept what the
+    // coordinator may send (ServeOptions::max_message_bytes, 64 MiB).
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(o.max_message_bytes);
     return fedpers::v1::Admin::NewStub(grpc::CreateCustomChannel(a->coordinator, creds, args));
@@ -356,6 +358,11 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
               ->capture_default_str()
               ->check(NonNegative());
     }
+    if (what == "users") {
+      cmd->add_option("--limit", a->users_limit, "Users to show, in id order (0: all)")
+          ->capture_default_str()
+          ->check(NonNegative());
+    }
     if (what == "move-user") {
       cmd->add_option("--user", a->user, "The user to move")->required();
       cmd->add_option("--to", a->to_client, "The client (certificate name) that hosts it from now on")->required();
@@ -390,11 +397,19 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
                                        a->user, r.previous_client_id(), a->to_client, a->to_client);
         }
       } else if (name == "rounds") {
-        fedpers::v1::RoundsRequest req;
         // As `data users`: the table is for reading, --json for scripts.
-        req.set_limit(a->json && !*a->limit_given ? 0 : a->limit);
-        fedpers::v1::RoundsResponse r;
-        check(s->Rounds(c.get(), req, &r));
+        const int want = a->json && !*a->limit_given ? 0 : a->limit;
+        fedpers::v1::RoundsResponse r;  // the pages, joined
+        fedpers::v1::RoundsRequest req;
+        while (true) {
+          req.set_limit(want == 0 ? 0 : want - r.rounds_size());
+          fedpers::v1::RoundsResponse page;
+          check(s->Rounds(ctx().get(), req, &page));
+          if (req.before_round() == 0) r.set_total_rounds(page.total_rounds());  // as of the first page
+          for (auto& x : *page.mutable_rounds()) *r.add_rounds() = std::move(x);
+          if (page.next_before_round() == 0 || (want > 0 && r.rounds_size() >= want)) break;
+          req.set_before_round(page.next_before_round());
+        }
         nlohmann::json j = nlohmann::json::array();
         Table t({"round", "state", "opened (UTC)", "seconds", "sampled", "contributors", "|update|", "epsilon",
                  "aggregation / abort reason"});
@@ -445,8 +460,18 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
         }
         std::cout << (a->json ? j.dump(2) + "\n" : t.Render());
       } else {
-        fedpers::v1::UsersResponse r;
-        check(s->Users(c.get(), {}, &r));
+        fedpers::v1::UsersResponse r;  // the pages, joined
+        fedpers::v1::UsersRequest req;
+        bool more = false;  // users beyond --limit
+        while (true) {
+          req.set_limit(a->users_limit == 0 ? 0 : a->users_limit - r.users_size());
+          fedpers::v1::UsersResponse page;
+          check(s->Users(ctx().get(), req, &page));
+          for (auto& x : *page.mutable_users()) *r.add_users() = std::move(x);
+          more = !page.next_after_user_id().empty();
+          if (!more || (a->users_limit > 0 && r.users_size() >= a->users_limit)) break;
+          req.set_after_user_id(page.next_after_user_id());
+        }
         nlohmann::json j = nlohmann::json::array();
         Table t({"user", "client", "residual versions", "sealed", "bytes", "epsilon"});
         for (const auto& x : r.users()) {
@@ -458,6 +483,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
                     absl::StrFormat("%.4f", x.epsilon())});
         }
         std::cout << (a->json ? j.dump(2) + "\n" : t.Render());
+        if (!a->json && more) std::cout << "... more users follow (--limit 0 lists all)\n";
       }
     });
   }

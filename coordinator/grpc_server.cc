@@ -175,7 +175,7 @@ class AdminImpl final : public Admin::Service {
   }
   grpc::Status Rounds(grpc::ServerContext* ctx, const RoundsRequest* req, RoundsResponse* resp) override {
     if (grpc::Status s = Check(ctx); !s.ok()) return s;
-    auto r = rt_->AdminRounds(req->limit());
+    auto r = rt_->AdminRounds(req->limit(), req->before_round());
     if (!r.ok()) return ToGrpc(r.status());
     *resp = *r;
     return grpc::Status::OK;
@@ -187,9 +187,9 @@ class AdminImpl final : public Admin::Service {
     *resp = *r;
     return grpc::Status::OK;
   }
-  grpc::Status Users(grpc::ServerContext* ctx, const UsersRequest*, UsersResponse* resp) override {
+  grpc::Status Users(grpc::ServerContext* ctx, const UsersRequest* req, UsersResponse* resp) override {
     if (grpc::Status s = Check(ctx); !s.ok()) return s;
-    auto r = rt_->AdminUsers();
+    auto r = rt_->AdminUsers(req->limit(), req->after_user_id());
     if (!r.ok()) return ToGrpc(r.status());
     *resp = *r;
     return grpc::Status::OK;

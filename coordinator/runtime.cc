@@ -1,5 +1,6 @@
 #include "coordinator/runtime.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -290,23 +291,49 @@ StatusResponse CoordinatorRuntime::AdminStatus() {
   return s;
 }
 
-absl::StatusOr<RoundsResponse> CoordinatorRuntime::AdminRounds(int limit) {
+absl::StatusOr<RoundsResponse> CoordinatorRuntime::AdminRounds(int limit, int64_t before_round, size_t page_bytes) {
+  if (limit < 0) return absl::InvalidArgumentError(absl::StrCat("a round limit must be >= 0, got ", limit));
   std::lock_guard<std::mutex> lock(mu_);
-  absl::StatusOr<std::vector<RoundRow>> rows = store_->Rounds(limit);
-  if (!rows.ok()) return rows.status();
   absl::StatusOr<int64_t> total = store_->RoundCount();
   if (!total.ok()) return total.status();
   RoundsResponse r;
   r.set_total_rounds(*total);
-  for (const RoundRow& row : *rows) {
-    RoundInfo* info = r.add_rounds();
-    info->set_round(row.round);
-    info->set_state(row.state);
-    info->set_opened_unix(row.opened_unix);
-    info->set_closed_unix(row.closed_unix);
-    info->set_metrics_json(row.metrics_json);
-    info->set_abort_reason(row.abort_reason);
+  // A round's row carries its contributors, so its size varies with the
+  // sample: read a few rows at a time until the page is full.
+  constexpr int kBatch = 64;
+  int64_t next = before_round;
+  size_t bytes = 0;  // the page so far; 8 bounds a row's tag and length prefix
+  bool full = false;
+  while (!full) {
+    const int want = limit == 0 ? kBatch : std::min(kBatch, limit - r.rounds_size());
+    absl::StatusOr<std::vector<RoundRow>> rows = store_->Rounds(want + 1, next);  // one more tells if any follow
+    if (!rows.ok()) return rows.status();
+    const bool more_in_store = static_cast<int>(rows->size()) > want;
+    for (int i = 0; i < std::min<int>(want, rows->size()); ++i) {
+      const RoundRow& row = (*rows)[i];
+      RoundInfo info;
+      info.set_round(row.round);
+      info.set_state(row.state);
+      info.set_opened_unix(row.opened_unix);
+      info.set_closed_unix(row.closed_unix);
+      info.set_metrics_json(row.metrics_json);
+      info.set_abort_reason(row.abort_reason);
+      const size_t row_bytes = info.ByteSizeLong() + 8;
+      if (r.rounds_size() > 0 && bytes + row_bytes > page_bytes) {
+        full = true;
+        break;
+      }
+      bytes += row_bytes;
+      *r.add_rounds() = std::move(info);
+      next = row.round;
+    }
+    if (!more_in_store && !full) {
+      next = 0;  // the store has no older round
+      break;
+    }
+    if (limit > 0 && r.rounds_size() == limit) break;
   }
+  r.set_next_before_round(next);
   return r;
 }
 
@@ -325,27 +352,51 @@ absl::StatusOr<ClientsResponse> CoordinatorRuntime::AdminClients() {
   return r;
 }
 
-absl::StatusOr<UsersResponse> CoordinatorRuntime::AdminUsers() {
+absl::StatusOr<UsersResponse> CoordinatorRuntime::AdminUsers(int limit, const std::string& after_user_id,
+                                                             size_t page_bytes) {
+  if (limit < 0) return absl::InvalidArgumentError(absl::StrCat("a user limit must be >= 0, got ", limit));
+  // User rows are small (ids of at most 256 bytes): a page is at most this
+  // many, then cut at page_bytes.
+  constexpr int kPageRows = 4096;
+  const int want = limit == 0 ? kPageRows : std::min(limit, kPageRows);
   std::lock_guard<std::mutex> lock(mu_);
-  absl::StatusOr<std::vector<ResidualRow>> rows = store_->Residuals();
-  if (!rows.ok()) return rows.status();
-  std::map<std::string, UserInfo> users;
-  for (const auto& [user, client] : owner_) {
-    users[user].set_user_id(user);
-    users[user].set_client_id(client);
-  }
-  for (const ResidualRow& row : *rows) {
-    UserInfo& u = users[row.user_id];
+  // The page's users are the first `want` of the union of bound users and
+  // users with residuals after the cursor; each source's first `want` (plus
+  // one, to tell whether any follow) covers them.
+  absl::StatusOr<std::vector<ResidualSummary>> stored = store_->ResidualSummaries(after_user_id, want + 1);
+  if (!stored.ok()) return stored.status();
+  std::map<std::string, UserInfo> candidates;
+  for (const ResidualSummary& row : *stored) {
+    UserInfo& u = candidates[row.user_id];
     u.set_user_id(row.user_id);
-    u.set_residual_versions(u.residual_versions() + 1);
+    u.set_residual_versions(row.versions);
     u.set_sealed(row.sealed);
     u.set_bytes(row.bytes);
   }
+  int taken = 0;
+  for (auto it = owner_.upper_bound(after_user_id); it != owner_.end() && taken <= want; ++it, ++taken) {
+    UserInfo& u = candidates[it->first];
+    u.set_user_id(it->first);
+    u.set_client_id(it->second);
+  }
   UsersResponse r;
-  for (auto& [user, info] : users) {
+  int listed = 0;
+  size_t bytes = 0;  // the page so far; 8 bounds a row's tag and length prefix
+  for (auto& [user, info] : candidates) {
+    if (listed == want) {
+      r.set_next_after_user_id(r.users(r.users_size() - 1).user_id());
+      break;
+    }
     absl::StatusOr<double> eps = machine_->ledger().UserEpsilon(user);
     info.set_epsilon(eps.ok() ? *eps : 0);
-    *r.add_users() = info;
+    const size_t row_bytes = info.ByteSizeLong() + 8;
+    if (r.users_size() > 0 && bytes + row_bytes > page_bytes) {
+      r.set_next_after_user_id(r.users(r.users_size() - 1).user_id());
+      break;
+    }
+    bytes += row_bytes;
+    *r.add_users() = std::move(info);
+    ++listed;
   }
   return r;
 }

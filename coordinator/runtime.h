@@ -85,11 +85,23 @@ class CoordinatorRuntime {
   fedpers::v1::StatusResponse AdminStatus();
   // Stops or restarts the opening of new rounds; a running round goes on.
   fedpers::v1::StatusResponse AdminSetPaused(bool paused);
-  // The newest `limit` rounds (0: all), newest first, with the store's total
-  // count; InvalidArgument for a negative limit.
-  absl::StatusOr<fedpers::v1::RoundsResponse> AdminRounds(int limit);
+  // Listings come in pages of about `page_bytes` (always at least one row
+  // when any is left), so a reply fits any receive limit above it and the
+  // lock is held for one page, whatever the rounds and users stored.
+  static constexpr size_t kAdminPageBytes = 1 << 20;
+  // One page of rounds, newest first: those numbered below `before_round`
+  // (0: from the newest), at most `limit` (0: what the page holds), with the
+  // store's total count and where the next page starts (0: no older rounds).
+  // InvalidArgument for a negative limit or bound.
+  absl::StatusOr<fedpers::v1::RoundsResponse> AdminRounds(int limit, int64_t before_round = 0,
+                                                           size_t page_bytes = kAdminPageBytes);
   absl::StatusOr<fedpers::v1::ClientsResponse> AdminClients();
-  absl::StatusOr<fedpers::v1::UsersResponse> AdminUsers();
+  // One page of users (bound to a client or with stored residuals), sorted
+  // by id: those after `after_user_id` ("": from the first), at most `limit`
+  // (0: what the page holds), and the id the next page starts after ("":
+  // none follow). InvalidArgument for a negative limit.
+  absl::StatusOr<fedpers::v1::UsersResponse> AdminUsers(int limit = 0, const std::string& after_user_id = "",
+                                                        size_t page_bytes = kAdminPageBytes);
   // Binds `user_id` to `to_client` (see MoveUserRequest), which must join
   // with it before it takes part. NotFound for a user that never joined,
   // FailedPrecondition while it takes part in the running round or has

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <limits>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
@@ -313,13 +314,18 @@ absl::StatusOr<std::optional<CommittedState>> StateStore::LatestCommitted() {
   return std::optional<CommittedState>(std::move(c));
 }
 
-absl::StatusOr<std::vector<RoundRow>> StateStore::Rounds(int limit) {
+absl::StatusOr<std::vector<RoundRow>> StateStore::Rounds(int limit, int64_t before_round) {
   if (limit < 0)
     return absl::InvalidArgumentError(absl::StrCat("a round limit must be >= 0 (0: all), got ", limit));
+  if (before_round < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a round bound must be >= 0 (0: from the newest), got ", before_round));
+  }
   Statement st(db_, "SELECT round, state, opened_unix, closed_unix, config_json, metrics_json, abort_reason FROM rounds "
-                    "ORDER BY round DESC LIMIT ?");
+                    "WHERE round < ? ORDER BY round DESC LIMIT ?");
   if (absl::Status s = st.status(); !s.ok()) return s;
-  st.Bind(1, limit == 0 ? -1 : limit);  // SQLite: a negative LIMIT is none
+  st.Bind(1, before_round == 0 ? std::numeric_limits<int64_t>::max() : before_round);
+  st.Bind(2, limit == 0 ? -1 : limit);  // SQLite: a negative LIMIT is none
   std::vector<RoundRow> out;
   while (true) {
     absl::StatusOr<bool> row = st.Step();
@@ -452,15 +458,22 @@ absl::StatusOr<int> StateStore::DeleteResidual(const std::string& user) {
   return sqlite3_changes(db_);
 }
 
-absl::StatusOr<std::vector<ResidualRow>> StateStore::Residuals() {
-  Statement st(db_, "SELECT user_id, version, sealed, LENGTH(blob), sha256, stored_unix FROM residuals ORDER BY user_id, version");
+absl::StatusOr<std::vector<ResidualSummary>> StateStore::ResidualSummaries(const std::string& after_user_id, int limit) {
+  if (limit < 0) return absl::InvalidArgumentError(absl::StrCat("a user limit must be >= 0 (0: all), got ", limit));
+  // The primary key (user_id, version) serves both the range and the latest version.
+  Statement st(db_, "SELECT r.user_id, c.n, r.sealed, LENGTH(r.blob) FROM residuals r JOIN "
+                    "(SELECT user_id, COUNT(*) AS n, MAX(version) AS v FROM residuals WHERE user_id > ? "
+                    "GROUP BY user_id ORDER BY user_id LIMIT ?) c ON r.user_id = c.user_id AND r.version = c.v "
+                    "ORDER BY r.user_id");
   if (absl::Status s = st.status(); !s.ok()) return s;
-  std::vector<ResidualRow> out;
+  st.Bind(1, after_user_id);
+  st.Bind(2, limit == 0 ? -1 : limit);
+  std::vector<ResidualSummary> out;
   while (true) {
     absl::StatusOr<bool> row = st.Step();
     if (!row.ok()) return row.status();
     if (!*row) break;
-    out.push_back({st.Text(0), st.Int(1), st.Int(2) != 0, st.Int(3), st.Text(4), st.Int(5)});
+    out.push_back({st.Text(0), st.Int(1), st.Int(2) != 0, st.Int(3)});
   }
   return out;
 }

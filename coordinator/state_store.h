@@ -48,13 +48,13 @@ struct UserRow {
   int64_t first_joined_unix = 0, last_joined_unix = 0;
 };
 
-struct ResidualRow {
+// A user's stored residuals: how many versions, and the latest one's
+// sealing and size.
+struct ResidualSummary {
   std::string user_id;
-  int64_t version = 0;
+  int64_t versions = 0;
   bool sealed = true;
   int64_t bytes = 0;
-  std::string sha256_hex;
-  int64_t stored_unix = 0;
 };
 
 class StateStore {
@@ -81,9 +81,9 @@ class StateStore {
   // The latest committed round, or nullopt before the first commit. DataLoss
   // when its global file is missing or does not match its hash.
   absl::StatusOr<std::optional<CommittedState>> LatestCommitted();
-  // Newest first, at most `limit` (0: every round). InvalidArgument for a
-  // negative limit.
-  absl::StatusOr<std::vector<RoundRow>> Rounds(int limit = 100);
+  // Newest first, those numbered below `before_round` (0: no bound), at most
+  // `limit` (0: every one). InvalidArgument for a negative limit or bound.
+  absl::StatusOr<std::vector<RoundRow>> Rounds(int limit = 100, int64_t before_round = 0);
   // Rounds recorded (open, committed and aborted).
   absl::StatusOr<int64_t> RoundCount();
 
@@ -110,7 +110,10 @@ class StateStore {
   absl::StatusOr<std::vector<uint8_t>> GetResidual(const std::string& user_id, std::optional<int64_t> version = {});
   // Deletes every version of the user's residual; returns how many.
   absl::StatusOr<int> DeleteResidual(const std::string& user_id);
-  absl::StatusOr<std::vector<ResidualRow>> Residuals();
+  // Users with stored residuals whose id sorts after `after_user_id` ("":
+  // from the first), sorted by id, at most `limit` of them (0: every one).
+  // InvalidArgument for a negative limit.
+  absl::StatusOr<std::vector<ResidualSummary>> ResidualSummaries(const std::string& after_user_id = "", int limit = 0);
 
   const std::string& dir() const { return dir_; }
 

@@ -97,6 +97,13 @@ test "$(/usr/bin/python3 -c 'import json, sys; print(len(json.load(open(sys.argv
 "$fedpers" admin users "${admin[@]}" --json > "$work/users.json"
 grep -q '"sealed": true' "$work/users.json"
 grep -q '"client_id": "partner3"' "$work/users.json"
+users_total=$(/usr/bin/python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1]))))' "$work/users.json")
+test "$users_total" -gt 1
+"$fedpers" admin users "${admin[@]}" --limit 1 > "$work/users1.txt"
+test "$(grep -c "^user0" "$work/users1.txt")" -eq 1
+grep -q "^\.\.\. more users follow (--limit 0 lists all)" "$work/users1.txt"
+"$fedpers" admin users "${admin[@]}" > "$work/users0.txt"
+test "$(grep -c "^user0" "$work/users0.txt")" -eq "$users_total" && ! grep -q "more users" "$work/users0.txt"
 # Moving a user while its client runs: the client stops, saying why.
 pids=()
 e2e_start_client 1 1

@@ -2,9 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <random>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/safetensors.h"
 #include "nlohmann/json.hpp"
 #include "secure_agg/dp_mechanisms.h"
@@ -131,10 +134,106 @@ TEST(RuntimeTest, PollingClientsCompleteRoundsAndStragglersTimeOut) {
   ASSERT_EQ(newest->rounds_size(), 1);
   EXPECT_EQ(newest->rounds(0).round(), 2);
   EXPECT_EQ(newest->total_rounds(), 2) << "the total tells the admin CLI how many it did not show";
-  EXPECT_EQ(f.rt->AdminRounds(0)->rounds_size(), 2) << "0: every round";
+  EXPECT_EQ(f.rt->AdminRounds(0)->rounds_size(), 2) << "0: what a page holds";
   EXPECT_EQ(f.rt->AdminRounds(-1).status().code(), absl::StatusCode::kInvalidArgument);
   auto clients = f.rt->AdminClients();
   EXPECT_EQ(clients->clients_size(), 2);
+}
+
+// Listings come in pages bounded in bytes: walking them from cursor to
+// cursor gives every row once, in order, whatever the page size, and a
+// limit counts across pages.
+TEST(RuntimeTest, AdminListingsComeInPages) {
+  RuntimeSettings settings;
+  settings.round.clients_per_round = 2;
+  settings.round.min_clients = 2;
+  Fixture f("pages", settings);
+  // 25 rounds of varied sizes (a long reason, like a round row with many
+  // contributors), recorded before the runtime opens the store.
+  for (int64_t round = 1; round <= 25; ++round) {
+    ASSERT_TRUE(f.store->OpenRound(round, "{}").ok());
+    ASSERT_TRUE(f.store->AbortRound(round, std::string(round % 7 == 0 ? 900 : 10, 'x')).ok());
+  }
+  // Users bound to a client, some with residuals, and two with residuals
+  // only (unbound: an older store), one sorting between bound users.
+  std::vector<std::string> bound;
+  for (int i = 0; i < 30; ++i) bound.push_back(absl::StrFormat("user%02d", i));
+  ASSERT_TRUE(f.store->RecordJoin("partner-a", "ab12", bound).ok());
+  for (int i = 0; i < 30; i += 3) ASSERT_TRUE(f.store->PutResidual(bound[i], std::vector<uint8_t>(10 + i), true).ok());
+  ASSERT_TRUE(f.store->PutResidual("user05a", std::vector<uint8_t>(7), false).ok());
+  ASSERT_TRUE(f.store->PutResidual("zed", std::vector<uint8_t>(8), true).ok());
+  Restart(f, settings);
+
+  for (size_t page_bytes : {size_t{1} << 20, size_t{400}, size_t{1}}) {
+    SCOPED_TRACE(page_bytes);
+    std::vector<int64_t> seen;
+    int64_t before = 0;
+    int pages = 0;
+    do {
+      absl::StatusOr<RoundsResponse> page = f.rt->AdminRounds(0, before, page_bytes);
+      ASSERT_TRUE(page.ok()) << page.status();
+      ASSERT_GT(page->rounds_size(), 0);
+      EXPECT_EQ(page->total_rounds(), 25);
+      if (page->rounds_size() > 1) { EXPECT_LE(page->ByteSizeLong(), page_bytes + 16) << "only a lone row may exceed it"; }
+      for (const RoundInfo& r : page->rounds()) seen.push_back(r.round());
+      before = page->next_before_round();
+      ++pages;
+    } while (before > 0 && pages < 100);
+    std::vector<int64_t> all(25);
+    for (int i = 0; i < 25; ++i) all[i] = 25 - i;
+    EXPECT_EQ(seen, all);
+    if (page_bytes == 1) { EXPECT_EQ(pages, 25) << "one row per page when none fits"; }
+    if (page_bytes == (size_t{1} << 20)) { EXPECT_EQ(pages, 1); }
+  }
+  absl::StatusOr<RoundsResponse> first = f.rt->AdminRounds(5, 0, 400);
+  ASSERT_TRUE(first.ok());
+  ASSERT_LE(first->rounds_size(), 5);
+  absl::StatusOr<RoundsResponse> some = f.rt->AdminRounds(3, 20);
+  ASSERT_EQ(some->rounds_size(), 3);
+  EXPECT_EQ(some->rounds(0).round(), 19);
+  EXPECT_EQ(some->next_before_round(), 17) << "rounds 16 and older follow";
+  absl::StatusOr<RoundsResponse> last = f.rt->AdminRounds(3, 3);
+  ASSERT_EQ(last->rounds_size(), 2);
+  EXPECT_EQ(last->next_before_round(), 0) << "nothing older than round 1";
+  EXPECT_EQ(f.rt->AdminRounds(1, 2)->next_before_round(), 0) << "round 1 was the last";
+  EXPECT_EQ(f.rt->AdminRounds(0, -1).status().code(), absl::StatusCode::kInvalidArgument);
+
+  std::vector<std::string> expected = bound;
+  expected.push_back("user05a");
+  expected.push_back("zed");
+  std::sort(expected.begin(), expected.end());
+  for (size_t page_bytes : {size_t{1} << 20, size_t{150}, size_t{1}}) {
+    for (int limit : {0, 4}) {
+      SCOPED_TRACE(absl::StrCat(page_bytes, " bytes, limit ", limit));
+      std::vector<std::string> seen;
+      std::string after;
+      int pages = 0;
+      do {
+        absl::StatusOr<UsersResponse> page = f.rt->AdminUsers(limit, after, page_bytes);
+        ASSERT_TRUE(page.ok()) << page.status();
+        ASSERT_GT(page->users_size(), 0);
+        if (limit > 0) { EXPECT_LE(page->users_size(), limit); }
+        for (const UserInfo& u : page->users()) {
+          seen.push_back(u.user_id());
+          const bool orphan = u.user_id() == "user05a" || u.user_id() == "zed";
+          EXPECT_EQ(u.client_id(), orphan ? "" : "partner-a") << u.user_id();
+          if (u.user_id() == "user03") {
+            EXPECT_EQ(u.residual_versions(), 1);
+            EXPECT_EQ(u.bytes(), 13);
+            EXPECT_TRUE(u.sealed());
+          }
+          if (u.user_id() == "user05a") { EXPECT_FALSE(u.sealed()); }
+          if (u.user_id() == "user04") { EXPECT_EQ(u.residual_versions(), 0); }
+        }
+        after = page->next_after_user_id();
+        ++pages;
+      } while (!after.empty() && pages < 100);
+      EXPECT_EQ(seen, expected);
+      if (page_bytes == 1) { EXPECT_EQ(pages, 32); }
+    }
+  }
+  EXPECT_EQ(f.rt->AdminUsers(-1).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(f.rt->AdminUsers(0, "zed")->users().empty());
 }
 
 TEST(RuntimeTest, CrashedClientsAreNoLongerSampled) {

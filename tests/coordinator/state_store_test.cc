@@ -61,6 +61,14 @@ TEST(StateStoreTest, RoundsCommitAndSurviveReopening) {
   ASSERT_EQ((*store)->Rounds(2)->size(), 2u);
   EXPECT_EQ((*store)->Rounds(2)->back().round, 2) << "the newest first";
   EXPECT_EQ((*store)->Rounds(-1).status().code(), absl::StatusCode::kInvalidArgument);
+  // Pages: rounds below a bound, newest first.
+  auto older = (*store)->Rounds(0, 3);
+  ASSERT_EQ(older->size(), 2u);
+  EXPECT_EQ((*older)[0].round, 2);
+  EXPECT_EQ((*older)[1].round, 1);
+  EXPECT_EQ((*store)->Rounds(1, 3)->at(0).round, 2);
+  EXPECT_TRUE((*store)->Rounds(0, 1)->empty()) << "no round below the first";
+  EXPECT_EQ((*store)->Rounds(0, -1).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE((*store)->CheckIntegrity().ok());
 }
 
@@ -85,10 +93,23 @@ TEST(StateStoreTest, ResidualsAreVersionedAndDeletable) {
   EXPECT_EQ(*(*store)->GetResidual("alice"), Blob(2, 64));
   EXPECT_EQ(*(*store)->GetResidual("alice", 1), Blob(1, 64));
   EXPECT_EQ((*store)->GetResidual("alice", 7).status().code(), absl::StatusCode::kNotFound);
-  auto rows = (*store)->Residuals();
-  ASSERT_EQ(rows->size(), 3u);
-  EXPECT_FALSE((*rows)[2].sealed);
-  EXPECT_EQ(*(*store)->DeleteResidual("alice"), 2);
+  EXPECT_EQ(*(*store)->PutResidual("alice", Blob(4, 16), false), 3);
+  auto rows = (*store)->ResidualSummaries();
+  ASSERT_EQ(rows->size(), 2u);
+  EXPECT_EQ((*rows)[0].user_id, "alice");
+  EXPECT_EQ((*rows)[0].versions, 3) << "every version counted";
+  EXPECT_FALSE((*rows)[0].sealed) << "the latest version's sealing";
+  EXPECT_EQ((*rows)[0].bytes, 16) << "the latest version's size";
+  EXPECT_EQ((*rows)[1].user_id, "bob");
+  EXPECT_EQ((*rows)[1].versions, 1);
+  EXPECT_EQ((*rows)[1].bytes, 32);
+  ASSERT_EQ((*store)->ResidualSummaries("", 1)->size(), 1u);
+  EXPECT_EQ((*store)->ResidualSummaries("", 1)->at(0).user_id, "alice");
+  ASSERT_EQ((*store)->ResidualSummaries("alice")->size(), 1u);
+  EXPECT_EQ((*store)->ResidualSummaries("alice")->at(0).user_id, "bob") << "after the cursor only";
+  EXPECT_TRUE((*store)->ResidualSummaries("bob")->empty());
+  EXPECT_EQ((*store)->ResidualSummaries("", -1).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(*(*store)->DeleteResidual("alice"), 3);
   EXPECT_EQ((*store)->GetResidual("alice").status().code(), absl::StatusCode::kNotFound);
   EXPECT_FALSE((*store)->PutResidual("", Blob(1), true).ok());
   ASSERT_TRUE((*store)->RecordJoin("partner-a", "ab12", {"alice"}).ok());
