@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -441,13 +442,13 @@ class Runner {
   int64_t seq_len_ = 0;
 };
 
-// Share of users whose accuracy beats `reference`'s for the same user.
-std::optional<double> ShareImproved(const MethodResult& m, const std::vector<MethodResult>& all, Method reference) {
+// `m` against the method `reference` of the same experiment, if it ran.
+std::optional<PairedComparison> CompareWith(const MethodResult& m, const std::vector<MethodResult>& all,
+                                            Method reference) {
   for (const MethodResult& ref : all) {
-    if (ref.method != reference || ref.users.size() != m.users.size() || m.users.empty()) continue;
-    int64_t better = 0;
-    for (size_t i = 0; i < m.users.size(); ++i) better += m.users[i].accuracy > ref.users[i].accuracy;
-    return static_cast<double>(better) / static_cast<double>(m.users.size());
+    if (ref.method != reference) continue;
+    absl::StatusOr<PairedComparison> c = CompareUsers(m.users, ref.users);
+    if (c.ok()) return *c;
   }
   return std::nullopt;
 }
@@ -497,6 +498,34 @@ absl::Status CheckResidualMemory(int64_t users, int64_t residual_values, const L
 }
 
 }  // namespace
+
+absl::StatusOr<PairedComparison> CompareUsers(const std::vector<UserResult>& method,
+                                              const std::vector<UserResult>& reference) {
+  if (method.empty() || method.size() != reference.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot pair ", method.size(), " users with ", reference.size()));
+  }
+  const size_t n = method.size();
+  std::vector<double> gains(n);
+  PairedComparison c;
+  int64_t better = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (method[i].user_id != reference[i].user_id) {
+      return absl::InvalidArgumentError(absl::StrCat("user ", i, " is '", method[i].user_id, "' in one method and '",
+                                                     reference[i].user_id, "' in the other"));
+    }
+    better += method[i].accuracy > reference[i].accuracy;
+    gains[i] = method[i].accuracy - reference[i].accuracy;
+    c.mean_gain += gains[i];
+  }
+  c.share_better = static_cast<double>(better) / static_cast<double>(n);
+  c.mean_gain /= static_cast<double>(n);
+  if (n > 1) {
+    double squares = 0;
+    for (double g : gains) squares += (g - c.mean_gain) * (g - c.mean_gain);
+    c.standard_error = std::sqrt(squares / static_cast<double>(n - 1) / static_cast<double>(n));
+  }
+  return c;
+}
 
 absl::StatusOr<ExperimentResult> RunExperiment(const ExperimentConfig& config, const ExperimentHooks& hooks) {
   if (absl::Status s = config.Validate(); !s.ok()) return s;
@@ -565,8 +594,8 @@ absl::StatusOr<ExperimentResult> RunExperiment(const ExperimentConfig& config, c
     result.methods.push_back(std::move(*r));
   }
   for (MethodResult& m : result.methods) {
-    m.improved_over_global = ShareImproved(m, result.methods, Method::kGlobal);
-    m.improved_over_base = ShareImproved(m, result.methods, Method::kBase);
+    m.over_global = CompareWith(m, result.methods, Method::kGlobal);
+    m.over_base = CompareWith(m, result.methods, Method::kBase);
   }
   result.wall_seconds = Since(start);
   return result;

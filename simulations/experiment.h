@@ -146,13 +146,27 @@ struct RoundRecord {
   std::optional<EvalSummary> eval;  // when evaluated after this round
 };
 
+// A method against a reference method, user by user: the same users and
+// held-out text, so the per-user differences carry the comparison (their
+// spread is far smaller than the spread of accuracies across users).
+struct PairedComparison {
+  double share_better = 0;    // users whose accuracy is strictly higher
+  double mean_gain = 0;       // mean over users of accuracy - reference accuracy
+  double standard_error = 0;  // of mean_gain: the gains' sample sd / sqrt(users); 0 for one user
+};
+
+// `method` against `reference`; InvalidArgument unless both hold the same
+// users in the same order (at least one).
+absl::StatusOr<PairedComparison> CompareUsers(const std::vector<UserResult>& method,
+                                              const std::vector<UserResult>& reference);
+
 struct MethodResult {
   Method method = Method::kBase;
   std::vector<UserResult> users;  // final, in user order
   EvalSummary final_eval;
-  // Shares of users whose final accuracy is strictly higher than with the
-  // `global` / `base` method (present only when that method ran).
-  std::optional<double> improved_over_global, improved_over_base;
+  // Against the `global` / `base` method (present only when that method
+  // ran); recomputed from the users, not stored in method records.
+  std::optional<PairedComparison> over_global, over_base;
   double bytes_up_per_client_round = 0, bytes_down_per_client_round = 0;
   double client_seconds_per_round = 0, coordinator_seconds_per_round = 0;
   double epsilon = 0;

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "common/atomic_file.h"
 #include "common/build_identity.h"
@@ -58,8 +59,13 @@ std::string EpsilonText(const ExperimentResult& r, const MethodResult& m) {
   return absl::StrFormat(r.config.secure_agg ? "%.3g" : "%.3g (adapter only)", m.epsilon);
 }
 
-std::string OptionalPercent(const std::optional<double>& v) {
-  return v ? absl::StrFormat("%.0f%%", 100 * *v) : std::string("-");
+std::string ShareBetter(const std::optional<PairedComparison>& c) {
+  return c ? absl::StrFormat("%.0f%%", 100 * c->share_better) : std::string("-");
+}
+
+// "+0.0123 (0.0021)": the mean per-user gain and its standard error.
+std::string GainWithError(const PairedComparison& c) {
+  return absl::StrFormat("%+.4f (%.4f)", c.mean_gain, c.standard_error);
 }
 
 // Writes the script and its data, runs gnuplot, returns the PNG path.
@@ -129,8 +135,12 @@ OJson MethodResultToJson(const MethodResult& m) {
   j["accuracy"] = m.final_eval.accuracy;
   j["loss"] = m.final_eval.loss;
   j["perplexity"] = m.final_eval.perplexity;
-  j["improved_over_global"] = m.improved_over_global ? OJson(*m.improved_over_global) : OJson(nullptr);
-  j["improved_over_base"] = m.improved_over_base ? OJson(*m.improved_over_base) : OJson(nullptr);
+  for (const auto& [name, comparison] : {std::pair{"global", &m.over_global}, std::pair{"base", &m.over_base}}) {
+    j[absl::StrCat("improved_over_", name)] = *comparison ? OJson((*comparison)->share_better) : OJson(nullptr);
+    j[absl::StrCat("accuracy_gain_over_", name)] =
+        *comparison ? OJson({{"mean", (*comparison)->mean_gain}, {"standard_error", (*comparison)->standard_error}})
+                    : OJson(nullptr);
+  }
   j["bytes_up_per_client_round"] = m.bytes_up_per_client_round;
   j["bytes_down_per_client_round"] = m.bytes_down_per_client_round;
   j["client_seconds_per_round"] = m.client_seconds_per_round;
@@ -144,8 +154,10 @@ OJson MethodResultToJson(const MethodResult& m) {
 
 OJson MethodRecordJson(const MethodResult& m, const std::vector<RoundRecord>& rounds) {
   OJson j = MethodResultToJson(m);
-  j.erase("improved_over_global");
-  j.erase("improved_over_base");
+  for (const char* key : {"improved_over_global", "improved_over_base", "accuracy_gain_over_global",
+                          "accuracy_gain_over_base"}) {
+    j.erase(key);
+  }
   OJson users = OJson::array();
   for (const UserResult& u : m.users) {
     users.push_back({{"user_id", u.user_id}, {"train_bytes", u.train_bytes}, {"test_bytes", u.test_bytes},
@@ -304,13 +316,26 @@ std::string ResultsTable(const ExperimentResult& r) {
     const bool federated = m.bytes_up_per_client_round > 0;
     t.AddRow({MethodName(m.method), absl::StrFormat("%.4f", m.final_eval.accuracy),
               absl::StrFormat("%.4f", m.final_eval.loss), absl::StrFormat("%.3f", m.final_eval.perplexity),
-              OptionalPercent(m.improved_over_global), OptionalPercent(m.improved_over_base),
+              ShareBetter(m.over_global), ShareBetter(m.over_base),
               federated ? HumanBytes(m.bytes_up_per_client_round) : "-",
               federated ? HumanBytes(m.bytes_down_per_client_round) : "-",
               m.client_seconds_per_round > 0 ? absl::StrFormat("%.2f", m.client_seconds_per_round) : "-",
               federated ? absl::StrFormat("%.3f", m.coordinator_seconds_per_round) : "-", EpsilonText(r, m)});
   }
-  return t.Render();
+  std::string out = t.Render();
+  // Whether a difference in mean accuracy is more than noise: the paired
+  // per-user gains say (the table's means alone do not).
+  std::vector<std::string> gains;
+  for (const MethodResult& m : r.methods) {
+    if (m.over_global && m.method != Method::kGlobal) {
+      gains.push_back(absl::StrCat(MethodName(m.method), " ", GainWithError(*m.over_global)));
+    }
+  }
+  if (!gains.empty()) {
+    absl::StrAppend(&out, "accuracy gain over global per user, mean (standard error): ", absl::StrJoin(gains, ", "),
+                    "\n");
+  }
+  return out;
 }
 
 absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::string& run_dir) {
@@ -445,14 +470,16 @@ absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::st
                   : c.pretrain.corpus.empty() ? " (pretrained for this run on the users that do not federate)"
                                               : absl::StrCat(" (pretrained for this run on `", c.pretrain.corpus, "`)"),
                   ". Global adapter ", r.global_values, " values, residual ", r.residual_values, " values per user.\n\n");
-  absl::StrAppend(&md, "## Results\n\n| method | accuracy | loss | perplexity | users better than global | better than base | "
-                       "up / client / round | down / client / round | client s / round | coordinator s / round | epsilon |\n"
-                       "|---|---|---|---|---|---|---|---|---|---|---|\n");
+  absl::StrAppend(&md, "## Results\n\n| method | accuracy | loss | perplexity | gain over global (SE) | users better than global | "
+                       "better than base | up / client / round | down / client / round | client s / round | "
+                       "coordinator s / round | epsilon |\n"
+                       "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const MethodResult& m : r.methods) {
     const bool federated = m.bytes_up_per_client_round > 0;
     absl::StrAppend(&md, "| ", MethodName(m.method), " | ", absl::StrFormat("%.4f", m.final_eval.accuracy), " | ",
                     absl::StrFormat("%.4f", m.final_eval.loss), " | ", absl::StrFormat("%.3f", m.final_eval.perplexity),
-                    " | ", OptionalPercent(m.improved_over_global), " | ", OptionalPercent(m.improved_over_base), " | ",
+                    " | ", m.over_global && m.method != Method::kGlobal ? GainWithError(*m.over_global) : "-", " | ",
+                    ShareBetter(m.over_global), " | ", ShareBetter(m.over_base), " | ",
                     federated ? HumanBytes(m.bytes_up_per_client_round) : "-", " | ",
                     federated ? HumanBytes(m.bytes_down_per_client_round) : "-", " | ",
                     m.client_seconds_per_round > 0 ? absl::StrFormat("%.2f", m.client_seconds_per_round) : "-", " | ",
@@ -469,7 +496,9 @@ absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::st
   absl::StrAppend(&md,
                   "\nAccuracy is next-token (byte) top-1 accuracy on each user's held-out latest ",
                   absl::StrFormat("%.0f", 100 * (1 - c.train_fraction)), "% (first ", c.eval_tokens,
-                  " tokens), averaged over users; loss is cross-entropy in nats per token. Bytes are protobuf payloads "
+                  " tokens), averaged over users; loss is cross-entropy in nats per token. The gain over global is the mean over "
+                  "users of each user's accuracy minus its accuracy with `global`, with the standard error of that mean "
+                  "(a gain within about two standard errors of 0 is not shown to be one). Bytes are protobuf payloads "
                   "(invitation with the global adapter down; SecAgg+ messages, or the plain input, up), without gRPC/TLS framing. "
                   "`local` and `base` share nothing; `centralized` pools the raw training text (no privacy) and "
                   "trains the global adapter for as many steps as all clients together.\n\n## Plots\n\n");

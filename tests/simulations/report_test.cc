@@ -11,6 +11,61 @@
 namespace fedpers {
 namespace {
 
+// The paired comparison of two methods, by hand: gains {0.1, 0, 0.2} have
+// mean 0.1, sample sd 0.1, standard error 0.1 / sqrt(3); two of three users
+// are strictly better (a tie is not).
+TEST(CompareUsersTest, PairsUsersAndGivesTheMeanGainWithItsStandardError) {
+  auto user = [](const std::string& id, double accuracy) {
+    UserResult u;
+    u.user_id = id;
+    u.accuracy = accuracy;
+    return u;
+  };
+  const std::vector<UserResult> method = {user("a", 0.5), user("b", 0.6), user("c", 0.7)};
+  const std::vector<UserResult> reference = {user("a", 0.4), user("b", 0.6), user("c", 0.5)};
+  absl::StatusOr<PairedComparison> c = CompareUsers(method, reference);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_NEAR(c->mean_gain, 0.1, 1e-15);
+  EXPECT_NEAR(c->standard_error, 0.1 / std::sqrt(3.0), 1e-15);
+  EXPECT_DOUBLE_EQ(c->share_better, 2.0 / 3.0);
+  absl::StatusOr<PairedComparison> self = CompareUsers(method, method);
+  EXPECT_EQ(self->mean_gain, 0);
+  EXPECT_EQ(self->standard_error, 0);
+  EXPECT_EQ(self->share_better, 0) << "ties are not improvements";
+  absl::StatusOr<PairedComparison> one = CompareUsers({user("a", 0.3)}, {user("a", 0.2)});
+  EXPECT_NEAR(one->mean_gain, 0.1, 1e-15);
+  EXPECT_EQ(one->standard_error, 0) << "one user: no spread to estimate";
+  EXPECT_EQ(CompareUsers(method, {reference[0]}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CompareUsers({}, {}).status().code(), absl::StatusCode::kInvalidArgument);
+  const std::vector<UserResult> reordered = {reference[1], reference[0], reference[2]};
+  absl::StatusOr<PairedComparison> mismatched = CompareUsers(method, reordered);
+  ASSERT_EQ(mismatched.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(mismatched.status().message().find("'a' in one method and 'b'"), std::string::npos)
+      << mismatched.status();
+}
+
+// The results table and summary carry the comparison: the share and the
+// gain with its standard error.
+TEST(CompareUsersTest, TableAndSummaryShowTheGain) {
+  ExperimentResult r;
+  MethodResult global, personal;
+  global.method = Method::kGlobal;
+  personal.method = Method::kGlobalResidual;
+  personal.over_global = PairedComparison{0.75, 0.0123, 0.0021};
+  global.over_global = PairedComparison{0, 0, 0};
+  r.methods = {global, personal};
+  const std::string table = ResultsTable(r);
+  EXPECT_NE(table.find("accuracy gain over global per user, mean (standard error): global+residual +0.0123 (0.0021)"),
+            std::string::npos)
+      << table;
+  EXPECT_EQ(table.find("global +0.0000"), std::string::npos) << "global is not compared with itself";
+  const nlohmann::ordered_json j = MethodResultToJson(personal);
+  EXPECT_EQ(j["improved_over_global"], 0.75);
+  EXPECT_EQ(j["accuracy_gain_over_global"]["mean"], 0.0123);
+  EXPECT_EQ(j["accuracy_gain_over_global"]["standard_error"], 0.0021);
+  EXPECT_TRUE(j["accuracy_gain_over_base"].is_null()) << "base did not run";
+}
+
 // A finished method survives its record exactly: every double round-trips
 // through JSON, optional fields stay absent or present.
 TEST(MethodRecordTest, RoundTripsEveryField) {
@@ -25,7 +80,7 @@ TEST(MethodRecordTest, RoundTripsEveryField) {
   m.rounds_committed = 23;
   m.rounds_aborted = 1;
   m.wall_seconds = 645.78692466;
-  m.improved_over_global = 0.55;
+  m.over_global = PairedComparison{0.55, 0.0125, 0.002};
   m.users = {{"alice", 1000, 250, 4, 2.0, 7.389, 0.41, 250}, {"bob \"the\" bard", 3, 1, 0, 3.5, 33.1, 0.1, 1}};
   RoundRecord evaluated;
   evaluated.method = Method::kGlobalResidual;
@@ -55,7 +110,7 @@ TEST(MethodRecordTest, RoundTripsEveryField) {
   EXPECT_EQ(back.rounds_committed, 23);
   EXPECT_EQ(back.rounds_aborted, 1);
   EXPECT_EQ(back.wall_seconds, m.wall_seconds);
-  EXPECT_FALSE(back.improved_over_global.has_value()) << "depends on the other methods: recomputed, not stored";
+  EXPECT_FALSE(back.over_global.has_value()) << "depends on the other methods: recomputed, not stored";
   ASSERT_EQ(back.users.size(), 2u);
   EXPECT_EQ(back.users[1].user_id, "bob \"the\" bard");
   EXPECT_EQ(back.users[0].participations, 4);
