@@ -7,6 +7,7 @@
 #include "common/portable_prg.h"
 #include "common/safetensors.h"
 #include "nlohmann/json.hpp"
+#include "secure_agg/dp_accountant.h"
 #include "secure_agg/ring_encoding.h"
 #include "secure_agg/secagg_common.h"
 
@@ -274,9 +275,16 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
   ring_ = plan->ring;
   // The ledger accounts the noise against the rounded update's norm bound,
   // in both noise modes (central noise is added to a sum of the same
-  // rounded vectors). Nothing above has touched the store or the ledger.
-  const double accounted_z =
-      dp::AccountedNoiseMultiplier(settings_.noise_multiplier, ring_, static_cast<size_t>(params.vector_length()));
+  // rounded vectors), and distributed noise for the discrete Gaussians' own
+  // loss, with tau of the most shares a sum can have (tau grows with them).
+  // Nothing above has touched the store or the ledger.
+  const size_t m = static_cast<size_t>(params.vector_length());
+  double accounted_z = dp::AccountedNoiseMultiplier(settings_.noise_multiplier, ring_, m);
+  double discrete_tau = 0;
+  if (!settings_.central_noise && settings_.noise_multiplier > 0) {
+    discrete_tau = dp::DistributedDiscreteGaussianTau(ring_.max_summands, dp_.ClientSigma(ring_));
+    accounted_z = dp::DiscreteGaussianAccountedMultiplier(accounted_z, discrete_tau, static_cast<int64_t>(m));
+  }
   if (settings_.noise_multiplier > 0) {
     if (absl::Status s = ledger_->CheckCanOpen(round, q, accounted_z, eligible); !s.ok()) return s;
   }
@@ -295,7 +303,8 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
                            {"noise_multiplier", settings_.noise_multiplier}, {"central_noise", settings_.central_noise},
                            // The clients split the noise so that this many shares reach z S.
                            {"noise_shares", dp_.min_clients}, {"rotate", dp_.rotate},
-                           {"vector_length", params.vector_length()}, {"accounted_noise_multiplier", accounted_z}};
+                           {"vector_length", params.vector_length()}, {"discrete_gaussian_tau", discrete_tau},
+                           {"accounted_noise_multiplier", accounted_z}};
   if (absl::Status s = store_->OpenRound(round, config.dump()); !s.ok()) return s;
   round_ = round;
   server_ = std::move(server);

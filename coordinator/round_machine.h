@@ -85,9 +85,9 @@ absl::Status CheckRoundsCanOpen(const RoundSettings& settings, size_t layout_siz
 //   within S / 256, whose rounding costs at most 1/256 of the noise
 //   multiplier in the ledger (dp::AccountedNoiseMultiplier), and which, with
 //   noise, gives each client at least 4 ring steps of it: with fewer than
-//   about 2, the discrete Gaussian's own privacy loss (tau d / 2 in Kairouz
-//   et al.'s bound) is no longer negligible, and the accountant counts the
-//   continuous Gaussian's. When none below 32 does, the fewest bits whose
+//   about 2, the discrete Gaussians' own privacy loss (tau in Kairouz et
+//   al.'s bound, which the ledger charges: dp::DiscreteGaussianAccountedMultiplier)
+//   is no longer negligible. When none below 32 does, the fewest bits whose
 //   finest ring reaches the 32-bit ring's scale (the noise cap may limit the
 //   scale before the width does); the 1/256 and 4-step conditions may then
 //   fail, and the ledger still charges what the ring costs.

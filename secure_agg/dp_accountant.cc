@@ -231,22 +231,36 @@ absl::StatusOr<double> CalibrateNoiseMultiplier(double target_epsilon, double de
   return hi;
 }
 
+double DistributedDiscreteGaussianTau(int64_t n, double sigma) {
+  double tau = 0;
+  for (int64_t k = 1; k < n; ++k) {
+    const double term = 10 * std::exp(-2 * M_PI * M_PI * sigma * sigma * static_cast<double>(k) / (k + 1));
+    tau += term;
+    if (term < 1e-300) break;  // the terms only shrink as k grows
+  }
+  return tau;
+}
+
 absl::StatusOr<double> DistributedDiscreteGaussianRdp(double order, double l2, int64_t d, int64_t n, double sigma) {
   if (!(order > 1)) return absl::InvalidArgumentError("RDP order must exceed 1");
   if (!(l2 > 0) || d < 1 || n < 1 || !(sigma > 0)) {
     return absl::InvalidArgumentError("distributed discrete Gaussian: l2 > 0, d >= 1, n >= 1 and sigma > 0 are required");
   }
-  double tau = 0;
-  for (int64_t k = 1; k < n; ++k) {
-    const double term = 10 * std::exp(-2 * M_PI * M_PI * sigma * sigma * static_cast<double>(k) / (k + 1));
-    tau += term;
-    if (term < 1e-300) break;
-  }
-  const double nd = static_cast<double>(n), dd = static_cast<double>(d);
-  const double eps1 = std::sqrt(l2 * l2 / (nd * sigma * sigma) + tau * dd / 2);
-  const double eps2 = l2 / (std::sqrt(nd) * sigma) + tau * std::sqrt(dd);
-  const double eps = std::min(eps1, eps2);
-  return order * eps * eps / 2;
+  const double tau = DistributedDiscreteGaussianTau(n, sigma);
+  const double s = l2 / (std::sqrt(static_cast<double>(n)) * sigma);
+  const double dd = static_cast<double>(d);
+  const double first = order * s * s / 2 + tau * dd;
+  const double second = order / 2 * (s + tau * std::sqrt(dd)) * (s + tau * std::sqrt(dd));
+  return std::min(first, second);
+}
+
+double DiscreteGaussianAccountedMultiplier(double z, double tau, int64_t d) {
+  if (!(z > 0)) return 0;
+  if (tau == 0) return z;  // exactly, not 1 / sqrt(z^-2)
+  const double dd = static_cast<double>(d);
+  const double from_first = 1 / std::sqrt(1 / (z * z) + tau * dd / 2);
+  const double from_second = 1 / (1 / z + tau * std::sqrt(dd) / 2);
+  return std::max(from_first, from_second);
 }
 
 }  // namespace fedpers::dp

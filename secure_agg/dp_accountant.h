@@ -83,15 +83,27 @@ absl::StatusOr<EpsilonAt> ComputeEpsilon(double q, double z, int64_t steps, doub
 absl::StatusOr<double> CalibrateNoiseMultiplier(double target_epsilon, double delta, double q, int64_t steps,
                                                 std::span<const double> orders);
 
-// RDP at `order` of the distributed discrete Gaussian (Kairouz, Liu, Steinke
-// 2021, Theorem 1): n clients each add N_Z(0, sigma^2) per coordinate to
-// integer vectors of dimension d with L2 sensitivity l2. The sum is
-// (eps^2 / 2)-concentrated DP with
-//   eps = min(sqrt(l2^2 / (n sigma^2) + tau d / 2), l2 / (sqrt(n) sigma) + tau sqrt(d)),
+// The distributed discrete Gaussian (Kairouz, Liu, Steinke 2021): n clients
+// each add N_Z(0, sigma^2) per coordinate to integer vectors of dimension d
+// with L2 sensitivity l2. The sum is not a discrete Gaussian; its extra
+// privacy loss grows with
 //   tau = 10 sum_{k=1}^{n-1} exp(-2 pi^2 sigma^2 k / (k + 1)),
-// so RDP(a) = a eps^2 / 2. As tau -> 0 this is the continuous Gaussian's
-// a l2^2 / (2 n sigma^2).
+// which vanishes once sigma is a few ring steps (sigma 2: tau < 1e-15 n).
+double DistributedDiscreteGaussianTau(int64_t n, double sigma);
+// RDP at `order` (their Proposition 14, as in the authors' accounting code):
+//   min(a s^2 / 2 + tau d, a / 2 (s + tau sqrt(d))^2),  s = l2 / (sqrt(n) sigma).
+// As tau -> 0 this is the continuous Gaussian's a l2^2 / (2 n sigma^2).
 absl::StatusOr<double> DistributedDiscreteGaussianRdp(double order, double l2, int64_t d, int64_t n, double sigma);
+
+// The noise multiplier at which the ledger (which charges the Gaussian's RDP
+// at z / 2 for replace-one neighbours, sensitivity 2 S) covers the
+// distributed discrete Gaussian of continuous-equivalent multiplier `z`
+// (sqrt(n) sigma over the rounded norm bound, in ring steps) over d values:
+// the larger of 1 / sqrt(z^-2 + tau d / 2) and 1 / (z^-1 + tau sqrt(d) / 2),
+// whose Gaussian RDP bounds DistributedDiscreteGaussianRdp with l2 = 2 S at
+// every order >= 1 (the first term's tau d is at most a tau d for a >= 1;
+// the second bound has the Gaussian's shape). Equals z when tau is 0; 0 for z = 0.
+double DiscreteGaussianAccountedMultiplier(double z, double tau, int64_t d);
 
 }  // namespace fedpers::dp
 

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "secure_agg/dp_accountant.h"
 #include "secure_agg/ring_encoding.h"
 #include "secure_agg/secagg_client.h"
 
@@ -345,6 +346,37 @@ TEST(RoundMachineTest, LedgerAccountsTheRoundingOfTheRing) {
     epsilon[bits] = s->epsilon;
   }
   EXPECT_GT(epsilon[16], epsilon[32]);
+  {
+    // A 10-bit ring leaves each client about a third of a ring step of
+    // noise at z = 0.01: the ledger charges the discrete Gaussians' own loss.
+    auto store = StateStore::Open(FreshDir("accounted_discrete"));
+    RoundSettings settings = noised(10);
+    settings.noise_multiplier = 0.01;
+    auto m = RoundMachine::Create(store->get(), Layout(), settings);
+    ASSERT_TRUE(m.ok()) << m.status();
+    Fleet fleet(10, 68, 4);
+    auto s = RunRound(**m, fleet, 1);
+    ASSERT_TRUE(s.ok()) << s.status();
+    const nlohmann::json config = nlohmann::json::parse((*store)->Rounds()->front().config_json);
+    secagg::RingConfig ring;
+    ring.bits = config["ring_bits"].get<int>();
+    ring.clip_norm = settings.clip_norm;
+    ring.scale = config["scale"].get<double>();
+    ring.max_summands = settings.clients_per_round;
+    dp::DistributedDpConfig dp;
+    dp.noise_multiplier = settings.noise_multiplier;
+    dp.min_clients = config["noise_shares"].get<int64_t>();
+    const double sigma = dp.ClientSigma(ring);
+    ASSERT_LT(sigma, 1.0);
+    const double tau = dp::DistributedDiscreteGaussianTau(settings.clients_per_round, sigma);
+    ASSERT_GT(tau, 0);
+    EXPECT_EQ(config["discrete_gaussian_tau"].get<double>(), tau);
+    const double rounding_only = dp::AccountedNoiseMultiplier(0.01, ring, 128);
+    const double accounted = dp::DiscreteGaussianAccountedMultiplier(rounding_only, tau, 128);
+    EXPECT_LT(accounted, rounding_only * 0.99);
+    EXPECT_EQ(config["accounted_noise_multiplier"].get<double>(), accounted);
+    EXPECT_EQ((*m)->ledger().rounds()[0].noise_multiplier, accounted);
+  }
   // A budget between what z and the accounted multiplier would cost refuses
   // the round before anything is recorded.
   Fleet fleet(10, 68, 4);

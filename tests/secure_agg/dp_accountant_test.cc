@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -138,6 +140,44 @@ TEST(DpAccountantTest, DistributedDiscreteGaussianApproachesTheContinuousBound) 
   // Small sigma: the discreteness term is positive.
   EXPECT_GT(*DistributedDiscreteGaussianRdp(8, 1, 1000, 50, 0.3), 8 * 1.0 / (2 * 50 * 0.09));
   EXPECT_FALSE(DistributedDiscreteGaussianRdp(8, 1, 10, 5, 0).ok());
+}
+
+// The multiplier the ledger charges for a distributed discrete Gaussian:
+// its Gaussian RDP at z / 2 (replace-one) bounds the discrete bound with
+// sensitivity 2 B at every order the ledger uses, is z itself when the
+// noise spans many ring steps, and falls well below z when it does not.
+TEST(DpAccountantTest, DiscreteGaussianMultiplierCoversTheDiscreteBound) {
+  const std::vector<double> orders = DefaultOrders();
+  struct Case {
+    int64_t n, d;
+    double sigma, bound;  // per-client sigma and the rounded norm bound, in ring steps
+  };
+  for (const Case& c : {Case{10, 73728, 0.3, 50}, Case{10, 73728, 0.8, 200}, Case{3, 128, 0.37, 64},
+                        Case{100, 4096, 0.5, 10}, Case{20, 1000, 1.2, 30}, Case{50, 100000, 4, 4000}}) {
+    SCOPED_TRACE(absl::StrCat("n ", c.n, " d ", c.d, " sigma ", c.sigma));
+    const double z = std::sqrt(static_cast<double>(c.n)) * c.sigma / c.bound;
+    const double tau = DistributedDiscreteGaussianTau(c.n, c.sigma);
+    const double charged = DiscreteGaussianAccountedMultiplier(z, tau, c.d);
+    EXPECT_LE(charged, z);
+    for (double a : orders) {
+      absl::StatusOr<double> discrete = DistributedDiscreteGaussianRdp(a, 2 * c.bound, c.d, c.n, c.sigma);
+      ASSERT_TRUE(discrete.ok());
+      const double gaussian = a / (2 * (charged / 2) * (charged / 2));
+      EXPECT_GE(gaussian, *discrete * (1 - 1e-12)) << "order " << a;
+    }
+  }
+  // Many ring steps of noise: tau underflows to 0 and nothing changes.
+  EXPECT_EQ(DistributedDiscreteGaussianTau(10, 40), 0);
+  EXPECT_EQ(DiscreteGaussianAccountedMultiplier(0.7, 0, 73728), 0.7);
+  EXPECT_LT(DistributedDiscreteGaussianTau(10, 2), 1e-15 * 10);
+  EXPECT_EQ(DiscreteGaussianAccountedMultiplier(0, 3, 10), 0);
+  // A third of a ring step over tiny's 73,728 values: the discreteness
+  // dominates (tau d / 2 against z^-2).
+  const double tau = DistributedDiscreteGaussianTau(10, 1.0 / 3);
+  EXPECT_GT(tau, 10);
+  EXPECT_LT(DiscreteGaussianAccountedMultiplier(0.02, tau, 73728), 0.02 / 10);
+  // By hand: tau for n = 2 is 10 exp(-pi^2 sigma^2).
+  EXPECT_NEAR(DistributedDiscreteGaussianTau(2, 0.5), 10 * std::exp(-M_PI * M_PI / 4), 1e-15);
 }
 
 }  // namespace
