@@ -71,11 +71,20 @@ constexpr const char* kPointRecord = "sweep_point.json";
 }  // namespace
 
 void MarkParetoFront(std::vector<SweepPoint>& points) {
+  // Costs within kParetoCostTolerance of each other are equal: a ring that
+  // rounds a longer vector differently moves epsilon by 0.01%, which must
+  // not keep a far less accurate point on the front. The relation stays
+  // acyclic (being better needs a margin that no-worse cannot give back).
+  constexpr double tol = kParetoCostTolerance;
+  auto no_worse_cost = [](double q, double p) { return q <= p * (1 + tol); };
+  auto better_cost = [](double q, double p) { return q < p * (1 - tol); };
   for (SweepPoint& p : points) {
     p.pareto = true;
     for (const SweepPoint& q : points) {
-      const bool no_worse = q.accuracy >= p.accuracy && q.epsilon <= p.epsilon && q.bytes_up <= p.bytes_up;
-      const bool better = q.accuracy > p.accuracy || q.epsilon < p.epsilon || q.bytes_up < p.bytes_up;
+      const bool no_worse = q.accuracy >= p.accuracy && no_worse_cost(q.epsilon, p.epsilon) &&
+                            no_worse_cost(q.bytes_up, p.bytes_up);
+      const bool better =
+          q.accuracy > p.accuracy || better_cost(q.epsilon, p.epsilon) || better_cost(q.bytes_up, p.bytes_up);
       if (no_worse && better) {
         p.pareto = false;
         break;
@@ -286,7 +295,7 @@ absl::StatusOr<ReportFiles> WriteSweepReport(const SweepResult& r, const std::st
   }
   std::string md = absl::StrCat("# fedpers sweep: ", r.base.data, "\n\nglobal+residual, ", r.base.rounds,
                                 " rounds per point; `*` marks the Pareto front (accuracy up, epsilon down, bytes "
-                                "up down). Per-point runs are in `points/<#>/`.\n\n| # | r_g | r_u | ring bits | z | "
+                                "up down; epsilons or bytes within 1% count as equal). Per-point runs are in `points/<#>/`.\n\n| # | r_g | r_u | ring bits | z | "
                                 "clients | accuracy | epsilon | up / client / round | Pareto | note |\n"
                                 "|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < r.points.size(); ++i) {

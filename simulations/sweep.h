@@ -67,7 +67,11 @@ std::string SweepRunDirectory(const std::string& experiment_out);
 absl::StatusOr<std::vector<ExperimentConfig>> SweepPointConfigs(const ExperimentConfig& base,
                                                                 const SweepGrid& grid);
 
-// Marks the points no other point beats on all three objectives.
+// Marks the points no other point beats: one at least as accurate, with
+// epsilon and bytes up no more than kParetoCostTolerance (relative) above,
+// and better somewhere (more accurate, or a cost lower by more than the
+// tolerance).
+inline constexpr double kParetoCostTolerance = 0.01;
 void MarkParetoFront(std::vector<SweepPoint>& points);
 
 nlohmann::ordered_json SweepJson(const SweepResult& result);

@@ -129,6 +129,26 @@ TEST(SweepTest, ParetoFrontKeepsTheUndominatedPoints) {
   EXPECT_FALSE(p[2].pareto);
   EXPECT_TRUE(p[3].pareto);
   EXPECT_FALSE(p[4].pareto);
+  // From a demo sweep: rank 16 rounds its longer vector into an epsilon
+  // 0.014% lower than rank 8's, at twice the bytes and 0.11 less accuracy.
+  // Costs within 1% are equal, so rank 8 dominates it; a point 2% cheaper
+  // in epsilon stays on the front.
+  std::vector<SweepPoint> q(3);
+  q[0].accuracy = 0.3089; q[0].epsilon = 101.9965; q[0].bytes_up = 177097;
+  q[1].accuracy = 0.2000; q[1].epsilon = 101.9822; q[1].bytes_up = 370633;
+  q[2].accuracy = 0.2000; q[2].epsilon = 99.9;     q[2].bytes_up = 370633;
+  MarkParetoFront(q);
+  EXPECT_TRUE(q[0].pareto);
+  EXPECT_FALSE(q[1].pareto) << "0.014% less epsilon is no tradeoff";
+  EXPECT_TRUE(q[2].pareto);
+  // Equal points both stay.
+  std::vector<SweepPoint> same(2);
+  same[0].accuracy = same[1].accuracy = 0.5;
+  same[0].epsilon = 10; same[1].epsilon = 10.05;
+  same[0].bytes_up = same[1].bytes_up = 100;
+  MarkParetoFront(same);
+  EXPECT_TRUE(same[0].pareto);
+  EXPECT_TRUE(same[1].pareto);
 }
 
 TEST(SweepTest, PointsCrossTheAxesAndKeepTheScaleOfEachRank) {
