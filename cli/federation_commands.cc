@@ -408,6 +408,9 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
           if (req.before_round() == 0) r.set_total_rounds(page.total_rounds());  // as of the first page
           for (auto& x : *page.mutable_rounds()) *r.add_rounds() = std::move(x);
           if (page.next_before_round() == 0 || (want > 0 && r.rounds_size() >= want)) break;
+          if (req.before_round() != 0 && page.next_before_round() >= req.before_round()) {
+            Fail(absl::StrCat("coordinator: the rounds listing did not move past round ", req.before_round()));
+          }
           req.set_before_round(page.next_before_round());
         }
         nlohmann::json j = nlohmann::json::array();
@@ -470,6 +473,9 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
           for (auto& x : *page.mutable_users()) *r.add_users() = std::move(x);
           more = !page.next_after_user_id().empty();
           if (!more || (a->users_limit > 0 && r.users_size() >= a->users_limit)) break;
+          if (page.next_after_user_id() <= req.after_user_id()) {
+            Fail(absl::StrCat("coordinator: the users listing did not move past '", req.after_user_id(), "'"));
+          }
           req.set_after_user_id(page.next_after_user_id());
         }
         nlohmann::json j = nlohmann::json::array();

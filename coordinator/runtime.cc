@@ -40,6 +40,10 @@ absl::Status RuntimeSettings::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat("round_interval_ms must be >= 0, got ", round_interval_ms));
   }
   if (max_rounds < 0) return absl::InvalidArgumentError(absl::StrCat("max_rounds must be >= 0 (0: no limit), got ", max_rounds));
+  if (admin_page_bytes < 1 || admin_page_bytes > kMaxAdminPageBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("admin_page_bytes must be 1 to ", kMaxAdminPageBytes, ", got ", admin_page_bytes));
+  }
   return round.Validate();
 }
 
@@ -291,7 +295,7 @@ StatusResponse CoordinatorRuntime::AdminStatus() {
   return s;
 }
 
-absl::StatusOr<RoundsResponse> CoordinatorRuntime::AdminRounds(int limit, int64_t before_round, size_t page_bytes) {
+absl::StatusOr<RoundsResponse> CoordinatorRuntime::AdminRounds(int limit, int64_t before_round) {
   if (limit < 0) return absl::InvalidArgumentError(absl::StrCat("a round limit must be >= 0, got ", limit));
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<int64_t> total = store_->RoundCount();
@@ -302,6 +306,7 @@ absl::StatusOr<RoundsResponse> CoordinatorRuntime::AdminRounds(int limit, int64_
   // sample: read a few rows at a time until the page is full.
   constexpr int kBatch = 64;
   int64_t next = before_round;
+  const size_t page_bytes = static_cast<size_t>(settings_.admin_page_bytes);
   size_t bytes = 0;  // the page so far; 8 bounds a row's tag and length prefix
   bool full = false;
   while (!full) {
@@ -352,8 +357,7 @@ absl::StatusOr<ClientsResponse> CoordinatorRuntime::AdminClients() {
   return r;
 }
 
-absl::StatusOr<UsersResponse> CoordinatorRuntime::AdminUsers(int limit, const std::string& after_user_id,
-                                                             size_t page_bytes) {
+absl::StatusOr<UsersResponse> CoordinatorRuntime::AdminUsers(int limit, const std::string& after_user_id) {
   if (limit < 0) return absl::InvalidArgumentError(absl::StrCat("a user limit must be >= 0, got ", limit));
   // User rows are small (ids of at most 256 bytes): a page is at most this
   // many, then cut at page_bytes.
@@ -381,6 +385,7 @@ absl::StatusOr<UsersResponse> CoordinatorRuntime::AdminUsers(int limit, const st
   }
   UsersResponse r;
   int listed = 0;
+  const size_t page_bytes = static_cast<size_t>(settings_.admin_page_bytes);
   size_t bytes = 0;  // the page so far; 8 bounds a row's tag and length prefix
   for (auto& [user, info] : candidates) {
     if (listed == want) {

@@ -27,6 +27,9 @@
 
 namespace fedpers {
 
+// A page must stay below what the gRPC server sends (64 MiB).
+inline constexpr int64_t kMaxAdminPageBytes = int64_t{16} << 20;
+
 struct RuntimeSettings {
   RoundSettings round;
   int64_t stage_timeout_ms = 30000;    // a stage closes this long after it began
@@ -39,8 +42,12 @@ struct RuntimeSettings {
   // later round.
   int64_t liveness_timeout_ms = 30000;
   bool start_paused = false;  // open no round until an admin resumes
-  // Positive timeouts, interval and max_rounds >= 0, and the round settings
-  // (RoundSettings::Validate).
+  // Admin listings are cut into replies of about this size (at least one
+  // row each), so no reply grows with the rounds and users stored and the
+  // lock is held for one page.
+  int64_t admin_page_bytes = int64_t{1} << 20;
+  // Positive timeouts, interval and max_rounds >= 0, admin_page_bytes in
+  // [1, kMaxAdminPageBytes], and the round settings (RoundSettings::Validate).
   absl::Status Validate() const;
 };
 
@@ -85,23 +92,20 @@ class CoordinatorRuntime {
   fedpers::v1::StatusResponse AdminStatus();
   // Stops or restarts the opening of new rounds; a running round goes on.
   fedpers::v1::StatusResponse AdminSetPaused(bool paused);
-  // Listings come in pages of about `page_bytes` (always at least one row
-  // when any is left), so a reply fits any receive limit above it and the
-  // lock is held for one page, whatever the rounds and users stored.
-  static constexpr size_t kAdminPageBytes = 1 << 20;
+  // Listings come in pages of about settings' admin_page_bytes.
   // One page of rounds, newest first: those numbered below `before_round`
   // (0: from the newest), at most `limit` (0: what the page holds), with the
   // store's total count and where the next page starts (0: no older rounds).
   // InvalidArgument for a negative limit or bound.
-  absl::StatusOr<fedpers::v1::RoundsResponse> AdminRounds(int limit, int64_t before_round = 0,
-                                                           size_t page_bytes = kAdminPageBytes);
+  absl::StatusOr<fedpers::v1::RoundsResponse> AdminRounds(int limit, int64_t before_round = 0);
   absl::StatusOr<fedpers::v1::ClientsResponse> AdminClients();
   // One page of users (bound to a client or with stored residuals), sorted
   // by id: those after `after_user_id` ("": from the first), at most `limit`
-  // (0: what the page holds), and the id the next page starts after ("":
-  // none follow). InvalidArgument for a negative limit.
-  absl::StatusOr<fedpers::v1::UsersResponse> AdminUsers(int limit = 0, const std::string& after_user_id = "",
-                                                        size_t page_bytes = kAdminPageBytes);
+  // (0: what the page holds; never more than 4,096), and the id the next
+  // page starts after ("": none follow). InvalidArgument for a negative
+  // limit. Pages are not a snapshot: a user that joins during a walk with
+  // an id before the cursor is not listed by it.
+  absl::StatusOr<fedpers::v1::UsersResponse> AdminUsers(int limit = 0, const std::string& after_user_id = "");
   // Binds `user_id` to `to_client` (see MoveUserRequest), which must join
   // with it before it takes part. NotFound for a user that never joined,
   // FailedPrecondition while it takes part in the running round or has

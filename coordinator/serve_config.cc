@@ -27,7 +27,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::string& text, const std:
   if (absl::Status s = ParseJsonObject(text, "the serve config", j); !s.ok()) return s;
   if (absl::Status s = CheckOnlyKeys(j, {"listen", "state_dir", "base", "lora", "tls", "insecure", "round",
                                          "stage_timeout_ms", "round_interval_ms", "max_rounds", "liveness_timeout_ms",
-                                         "start_paused"},
+                                         "start_paused", "admin_page_bytes"},
                                      "the serve config");
       !s.ok()) {
     return s;
@@ -62,6 +62,7 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::string& text, const std:
   FEDPERS_READ_JSON(j, "max_rounds", c.runtime.max_rounds, "");
   FEDPERS_READ_JSON(j, "liveness_timeout_ms", c.runtime.liveness_timeout_ms, "");
   FEDPERS_READ_JSON(j, "start_paused", c.runtime.start_paused, "");
+  FEDPERS_READ_JSON(j, "admin_page_bytes", c.runtime.admin_page_bytes, "");
   RoundSettings& r = c.runtime.round;
   if (j.contains("round")) {
     const Json& rj = j["round"];

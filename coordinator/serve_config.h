@@ -9,7 +9,8 @@
 //   "round": {"clients_per_round": 10, "min_clients": 3, "ring_bits": 0, "clip_norm": 1.0,
 //             "noise_multiplier": 0.0, "central_noise": false, "rotate": true, "threshold": 0,
 //             "strategy": "fedavg", "server_learning_rate": 1.0, "delta": 1e-5, "epsilon_budget": 10},
-//   "stage_timeout_ms": 30000, "round_interval_ms": 0, "max_rounds": 0
+//   "stage_timeout_ms": 30000, "round_interval_ms": 0, "max_rounds": 0, "liveness_timeout_ms": 30000,
+//   "start_paused": false, "admin_page_bytes": 1048576
 // }
 // Unknown keys are errors that name the key.
 #ifndef FEDPERS_COORDINATOR_SERVE_CONFIG_H_

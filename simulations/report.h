@@ -21,8 +21,8 @@ nlohmann::ordered_json ExperimentSummaryJson(const ExperimentResult& result);
 
 // A finished method in full (its summary, every user's result and its round
 // records), and back: what lets a rerun of an experiment reuse the method.
-// The improved_over_* shares are not stored (they depend on the other
-// methods). Parsing errors are DataLoss naming the field.
+// The comparisons with other methods (improved_over_*,
+// accuracy_gain_over_*) are not stored: they depend on the other methods. Parsing errors are DataLoss naming the field.
 nlohmann::ordered_json MethodRecordJson(const MethodResult& method, const std::vector<RoundRecord>& rounds);
 absl::Status MethodRecordFromJson(const nlohmann::json& json, MethodResult& method, std::vector<RoundRecord>& rounds);
 

@@ -158,23 +158,29 @@ TEST(RuntimeTest, AdminListingsComeInPages) {
   // only (unbound: an older store), one sorting between bound users.
   std::vector<std::string> bound;
   for (int i = 0; i < 30; ++i) bound.push_back(absl::StrFormat("user%02d", i));
+  bound.push_back("zz0");  // bound users after every user with residuals only
+  bound.push_back("zz1");
   ASSERT_TRUE(f.store->RecordJoin("partner-a", "ab12", bound).ok());
   for (int i = 0; i < 30; i += 3) ASSERT_TRUE(f.store->PutResidual(bound[i], std::vector<uint8_t>(10 + i), true).ok());
   ASSERT_TRUE(f.store->PutResidual("user05a", std::vector<uint8_t>(7), false).ok());
   ASSERT_TRUE(f.store->PutResidual("zed", std::vector<uint8_t>(8), true).ok());
   Restart(f, settings);
 
-  for (size_t page_bytes : {size_t{1} << 20, size_t{400}, size_t{1}}) {
+  for (int64_t page_bytes : {int64_t{1} << 20, int64_t{400}, int64_t{1}}) {
     SCOPED_TRACE(page_bytes);
+    settings.admin_page_bytes = page_bytes;
+    Restart(f, settings);
     std::vector<int64_t> seen;
     int64_t before = 0;
     int pages = 0;
     do {
-      absl::StatusOr<RoundsResponse> page = f.rt->AdminRounds(0, before, page_bytes);
+      absl::StatusOr<RoundsResponse> page = f.rt->AdminRounds(0, before);
       ASSERT_TRUE(page.ok()) << page.status();
       ASSERT_GT(page->rounds_size(), 0);
       EXPECT_EQ(page->total_rounds(), 25);
-      if (page->rounds_size() > 1) { EXPECT_LE(page->ByteSizeLong(), page_bytes + 16) << "only a lone row may exceed it"; }
+      if (page->rounds_size() > 1) {
+        EXPECT_LE(page->ByteSizeLong(), static_cast<size_t>(page_bytes) + 16) << "only a lone row may exceed it";
+      }
       for (const RoundInfo& r : page->rounds()) seen.push_back(r.round());
       before = page->next_before_round();
       ++pages;
@@ -183,11 +189,17 @@ TEST(RuntimeTest, AdminListingsComeInPages) {
     for (int i = 0; i < 25; ++i) all[i] = 25 - i;
     EXPECT_EQ(seen, all);
     if (page_bytes == 1) { EXPECT_EQ(pages, 25) << "one row per page when none fits"; }
-    if (page_bytes == (size_t{1} << 20)) { EXPECT_EQ(pages, 1); }
+    if (page_bytes == (int64_t{1} << 20)) { EXPECT_EQ(pages, 1); }
+    if (page_bytes == 400) {
+      // A limit the page bound cuts short: the cursor is the last row given.
+      absl::StatusOr<RoundsResponse> cut = f.rt->AdminRounds(20, 0);
+      ASSERT_TRUE(cut.ok());
+      ASSERT_LT(cut->rounds_size(), 20);
+      EXPECT_EQ(cut->next_before_round(), cut->rounds(cut->rounds_size() - 1).round());
+    }
   }
-  absl::StatusOr<RoundsResponse> first = f.rt->AdminRounds(5, 0, 400);
-  ASSERT_TRUE(first.ok());
-  ASSERT_LE(first->rounds_size(), 5);
+  settings.admin_page_bytes = int64_t{1} << 20;
+  Restart(f, settings);
   absl::StatusOr<RoundsResponse> some = f.rt->AdminRounds(3, 20);
   ASSERT_EQ(some->rounds_size(), 3);
   EXPECT_EQ(some->rounds(0).round(), 19);
@@ -202,14 +214,16 @@ TEST(RuntimeTest, AdminListingsComeInPages) {
   expected.push_back("user05a");
   expected.push_back("zed");
   std::sort(expected.begin(), expected.end());
-  for (size_t page_bytes : {size_t{1} << 20, size_t{150}, size_t{1}}) {
+  for (int64_t page_bytes : {int64_t{1} << 20, int64_t{150}, int64_t{1}}) {
+    settings.admin_page_bytes = page_bytes;
+    Restart(f, settings);
     for (int limit : {0, 4}) {
       SCOPED_TRACE(absl::StrCat(page_bytes, " bytes, limit ", limit));
       std::vector<std::string> seen;
       std::string after;
       int pages = 0;
       do {
-        absl::StatusOr<UsersResponse> page = f.rt->AdminUsers(limit, after, page_bytes);
+        absl::StatusOr<UsersResponse> page = f.rt->AdminUsers(limit, after);
         ASSERT_TRUE(page.ok()) << page.status();
         ASSERT_GT(page->users_size(), 0);
         if (limit > 0) { EXPECT_LE(page->users_size(), limit); }
@@ -229,11 +243,23 @@ TEST(RuntimeTest, AdminListingsComeInPages) {
         ++pages;
       } while (!after.empty() && pages < 100);
       EXPECT_EQ(seen, expected);
-      if (page_bytes == 1) { EXPECT_EQ(pages, 32); }
+      if (page_bytes == 1) { EXPECT_EQ(pages, 34); }
     }
   }
+  // Only bound users after the cursor, exactly `limit` of them: the page
+  // holds them all and says none follow; with one fewer, that one follows.
+  settings.admin_page_bytes = int64_t{1} << 20;
+  Restart(f, settings);
+  absl::StatusOr<UsersResponse> tail = f.rt->AdminUsers(2, "zed");
+  ASSERT_TRUE(tail.ok());
+  ASSERT_EQ(tail->users_size(), 2);
+  EXPECT_EQ(tail->users(1).user_id(), "zz1");
+  EXPECT_EQ(tail->next_after_user_id(), "") << "none follow";
+  absl::StatusOr<UsersResponse> short_tail = f.rt->AdminUsers(1, "zed");
+  ASSERT_EQ(short_tail->users_size(), 1);
+  EXPECT_EQ(short_tail->next_after_user_id(), "zz0") << "zz1 follows";
   EXPECT_EQ(f.rt->AdminUsers(-1).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(f.rt->AdminUsers(0, "zed")->users().empty());
+  EXPECT_TRUE(f.rt->AdminUsers(0, "zz1")->users().empty());
 }
 
 TEST(RuntimeTest, CrashedClientsAreNoLongerSampled) {

@@ -26,7 +26,7 @@ TEST(ServeConfigTest, ReadsAValidConfigRelativeToItsDirectory) {
   const std::string dir = ConfigDir();
   absl::StatusOr<ServeConfig> c = ParseServeConfig(
       Config(R"({"clients_per_round": 6, "min_clients": 4, "clip_norm": 0.5, "noise_multiplier": 1.0, "seed": 7})",
-             R"("state_dir": "state", "max_rounds": 3, "stage_timeout_ms": 5000.0)"),
+             R"("state_dir": "state", "max_rounds": 3, "stage_timeout_ms": 5000.0, "admin_page_bytes": 4096)"),
       dir);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->state_dir, dir + "/state");
@@ -36,6 +36,7 @@ TEST(ServeConfigTest, ReadsAValidConfigRelativeToItsDirectory) {
   EXPECT_EQ(c->runtime.round.seed, 7u);
   EXPECT_EQ(c->runtime.max_rounds, 3);
   EXPECT_EQ(c->runtime.stage_timeout_ms, 5000);
+  EXPECT_EQ(c->runtime.admin_page_bytes, 4096);
   EXPECT_TRUE(c->serve.insecure);
   EXPECT_GT(c->layout.total_size(), 0);
 }
@@ -71,6 +72,8 @@ TEST(ServeConfigTest, BadValuesAreErrorsNamingTheKey) {
   EXPECT_TRUE(has(error(Config(ok_round, R"("stage_timeout_ms": 1e20)")), "\"stage_timeout_ms\" must be an integer in"));
   EXPECT_TRUE(has(error(Config(ok_round, R"("stage_timeout_ms": 1000000000000)")), "\"stage_timeout_ms\" must be at most 604800000 (a week)"));
   EXPECT_TRUE(has(error(Config(ok_round, R"("liveness_timeout_ms": 0)")), "liveness_timeout_ms must be positive"));
+  EXPECT_TRUE(has(error(Config(ok_round, R"("admin_page_bytes": 0)")), "admin_page_bytes must be 1 to 16777216, got 0"));
+  EXPECT_TRUE(has(error(Config(ok_round, R"("admin_page_bytes": 1e9)")), "admin_page_bytes must be 1 to 16777216"));
   EXPECT_TRUE(has(error(Config(ok_round, R"("listen": 7443)")), "\"listen\" must be a string"));
   EXPECT_TRUE(has(error(Config(ok_round, R"("colour": 1)")), "unknown key \"colour\" in the serve config"));
   EXPECT_TRUE(has(error(R"({"insecure": true})"), "needs \"base\""));
