@@ -11,7 +11,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "common/atomic_file.h"
 #include "common/build_identity.h"
@@ -325,15 +324,14 @@ std::string ResultsTable(const ExperimentResult& r) {
   std::string out = t.Render();
   // Whether a difference in mean accuracy is more than noise: the paired
   // per-user gains say (the table's means alone do not).
-  std::vector<std::string> gains;
+  std::string gains;
   for (const MethodResult& m : r.methods) {
     if (m.over_global && m.method != Method::kGlobal) {
-      gains.push_back(absl::StrCat(MethodName(m.method), " ", GainWithError(*m.over_global)));
+      absl::StrAppend(&gains, absl::StrFormat("  %-16s %s\n", MethodName(m.method), GainWithError(*m.over_global)));
     }
   }
   if (!gains.empty()) {
-    absl::StrAppend(&out, "accuracy gain over global per user, mean (standard error): ", absl::StrJoin(gains, ", "),
-                    "\n");
+    absl::StrAppend(&out, "\naccuracy gain over global per user, mean (standard error):\n", gains);
   }
   return out;
 }
