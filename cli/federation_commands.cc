@@ -21,6 +21,7 @@
 #include "common/model/checkpoint.h"
 #include "common/table.h"
 #include "common/tokenizer.h"
+#include "coordinator/round_machine.h"
 #include "coordinator/serve_config.h"
 #include "fedpers/v1/admin.grpc.pb.h"
 #include "nlohmann/json.hpp"
@@ -87,6 +88,11 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     absl::StatusOr<ServeConfig> config =
         ParseServeConfig(*text, std::filesystem::path(*config_path).parent_path().string());
     if (!config.ok()) Fail(absl::StrCat(*config_path, ": ", config.status().message()));
+    if (const std::string w =
+            DiscreteNoiseWarning(config->runtime.round, static_cast<size_t>(config->layout.total_size()));
+        !w.empty()) {
+      std::fprintf(stderr, "WARNING: %s\n", w.c_str());
+    }
     absl::StatusOr<std::unique_ptr<StateStore>> store = StateStore::Open(config->state_dir);
     if (!store.ok()) Fail(std::string(store.status().message()));
     if (absl::Status s = (*store)->CheckIntegrity(); !s.ok()) Fail(std::string(s.message()));

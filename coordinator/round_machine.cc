@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/portable_prg.h"
 #include "common/safetensors.h"
 #include "nlohmann/json.hpp"
@@ -188,6 +189,37 @@ absl::Status CheckRoundsCanOpen(const RoundSettings& settings, size_t layout_siz
   return absl::OkStatus();
 }
 
+double ChargedNoiseMultiplier(const RoundSettings& settings, const secagg::RingConfig& ring,
+                              const dp::DistributedDpConfig& dp, size_t m, double* tau) {
+  double z = dp::AccountedNoiseMultiplier(settings.noise_multiplier, ring, m);
+  double t = 0;
+  if (!settings.central_noise && settings.noise_multiplier > 0) {
+    t = dp::DistributedDiscreteGaussianTau(ring.max_summands, dp.ClientSigma(ring));
+    z = dp::DiscreteGaussianAccountedMultiplier(z, t, static_cast<int64_t>(m));
+  }
+  if (tau != nullptr) *tau = t;
+  return z;
+}
+
+std::string DiscreteNoiseWarning(const RoundSettings& settings, size_t layout_size) {
+  if (settings.central_noise || !(settings.noise_multiplier > 0)) return "";
+  for (int64_t n : {settings.clients_per_round, settings.min_clients}) {
+    absl::StatusOr<RoundPlan> plan = PlanRound(settings, n, layout_size, /*rotation_seed=*/0);
+    if (!plan.ok()) continue;
+    const size_t m = static_cast<size_t>(plan->params.vector_length());
+    const double rounding_only = dp::AccountedNoiseMultiplier(settings.noise_multiplier, plan->ring, m);
+    const double charged = ChargedNoiseMultiplier(settings, plan->ring, plan->dp, m);
+    if (charged < 0.99 * rounding_only) {
+      return absl::StrFormat(
+          "a %d-bit ring leaves each of %d clients %.2g ring steps of noise: the discrete Gaussians' own privacy "
+          "loss makes the ledger charge noise multiplier %.3g instead of %.3g, so epsilon grows far faster than "
+          "z %g suggests (ring_bits 0 sizes the ring so that this costs nothing)",
+          plan->ring.bits, n, plan->dp.ClientSigma(plan->ring), charged, rounding_only, settings.noise_multiplier);
+    }
+  }
+  return "";
+}
+
 absl::StatusOr<std::unique_ptr<RoundMachine>> RoundMachine::Create(StateStore* store, FlatLayout layout,
                                                                    RoundSettings settings) {
   if (absl::Status s = CheckRoundsCanOpen(settings, static_cast<size_t>(layout.total_size())); !s.ok()) return s;
@@ -278,13 +310,9 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
   // rounded vectors), and distributed noise for the discrete Gaussians' own
   // loss, with tau of the most shares a sum can have (tau grows with them).
   // Nothing above has touched the store or the ledger.
-  const size_t m = static_cast<size_t>(params.vector_length());
-  double accounted_z = dp::AccountedNoiseMultiplier(settings_.noise_multiplier, ring_, m);
   double discrete_tau = 0;
-  if (!settings_.central_noise && settings_.noise_multiplier > 0) {
-    discrete_tau = dp::DistributedDiscreteGaussianTau(ring_.max_summands, dp_.ClientSigma(ring_));
-    accounted_z = dp::DiscreteGaussianAccountedMultiplier(accounted_z, discrete_tau, static_cast<int64_t>(m));
-  }
+  const double accounted_z =
+      ChargedNoiseMultiplier(settings_, ring_, dp_, static_cast<size_t>(params.vector_length()), &discrete_tau);
   if (settings_.noise_multiplier > 0) {
     if (absl::Status s = ledger_->CheckCanOpen(round, q, accounted_z, eligible); !s.ok()) return s;
   }

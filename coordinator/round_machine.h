@@ -72,6 +72,22 @@ struct RoundSettings {
 // than aborting every round.
 absl::Status CheckRoundsCanOpen(const RoundSettings& settings, size_t layout_size);
 
+// The noise multiplier the ledger charges a round of `settings` in `ring`
+// over m ring values with the clients' noise `dp`: z lowered for the
+// rounding (dp::AccountedNoiseMultiplier) and, when the clients add the
+// noise, for the discrete Gaussians' own loss
+// (dp::DiscreteGaussianAccountedMultiplier, tau of ring.max_summands
+// shares; stored in *tau when given).
+double ChargedNoiseMultiplier(const RoundSettings& settings, const secagg::RingConfig& ring,
+                              const dp::DistributedDpConfig& dp, size_t m, double* tau = nullptr);
+
+// A sentence for the operator when the discreteness of the noise lowers what
+// the ledger charges by more than 1% in a round of min_clients or
+// clients_per_round clients (a narrow fixed ring with noise: epsilon grows
+// far beyond what z suggests); "" otherwise, and when no round can be
+// planned (CheckRoundsCanOpen says why).
+std::string DiscreteNoiseWarning(const RoundSettings& settings, size_t layout_size);
+
 // The ring of a round of n sampled clients and m ring values, with noise
 // `dp` (its min_clients is the fewest summands a commit has).
 // - ring_bits 8 to 32: the finest ring of that many bits, i.e. the largest

@@ -543,6 +543,7 @@ absl::StatusOr<ExperimentResult> RunExperiment(const ExperimentConfig& config, c
   if (!corpus.ok()) return corpus.status();
   result.corpus_users = static_cast<int64_t>(corpus->users.size());
   result.corpus_problems = corpus->problems;
+
   absl::StatusOr<std::vector<SimUser>> users = SelectUsers(*corpus, c);
   if (!users.ok()) return users.status();
   for (const SimUser& u : *users) result.users.push_back(u.id);
@@ -570,6 +571,16 @@ absl::StatusOr<ExperimentResult> RunExperiment(const ExperimentConfig& config, c
   if (!base.ok()) return base.status();
   result.global_values = (*base)->BranchLayout(LoraBranch::kGlobal).total_size();
   result.residual_values = (*base)->BranchLayout(LoraBranch::kResidual).total_size();
+  const bool federated = std::any_of(c.methods.begin(), c.methods.end(), [](Method m) {
+    return m == Method::kGlobal || m == Method::kGlobalResidual || m == Method::kFedAvgLora;
+  });
+  if (federated) {
+    const std::string w = DiscreteNoiseWarning(c.FederatedRoundSettings(), static_cast<size_t>(result.global_values));
+    if (!w.empty()) {
+      result.warnings.push_back(w);
+      if (hooks.progress) std::fprintf(stderr, "warning: %s\n", w.c_str());
+    }
+  }
   if (absl::Status s = CheckResidualMemory(static_cast<int64_t>(users->size()), result.residual_values, c.lora);
       !s.ok()) {
     return s;

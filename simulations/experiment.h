@@ -179,6 +179,9 @@ struct ExperimentResult {
   std::vector<std::string> users;  // the federated users
   int64_t corpus_users = 0;         // users in the corpus
   std::vector<std::string> corpus_problems;  // skipped records, dropped users
+  // Settings whose cost a reader should know (DiscreteNoiseWarning: a
+  // narrow fixed ring that multiplies epsilon).
+  std::vector<std::string> warnings;
   std::string base_model;           // directory
   bool pretrained_here = false;
   int64_t residual_values = 0, global_values = 0;  // adapter sizes (floats)

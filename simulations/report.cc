@@ -246,6 +246,7 @@ OJson ExperimentSummaryJson(const ExperimentResult& r) {
   OJson methods = OJson::array();
   for (const MethodResult& m : r.methods) methods.push_back(MethodResultToJson(m));
   j["methods"] = methods;
+  j["warnings"] = r.warnings;
   return j;
 }
 
@@ -338,6 +339,7 @@ std::string ResultsTable(const ExperimentResult& r) {
 
 absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::string& run_dir) {
   ReportFiles files;
+  files.warnings = r.warnings;
   std::error_code ec;
   fs::create_directories(fs::path(run_dir) / "plots", ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create '", run_dir, "/plots': ", ec.message()));

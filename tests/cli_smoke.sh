@@ -100,6 +100,20 @@ expect_error "not both 0" "$fedpers" "${client[@]}" --base "$work/none" --global
 expect_error "seq_len 33 exceeds the model's n_positions (32)" "$fedpers" "${client[@]}" --base "$work/base" \
   --seq-len 33
 
+# A narrow fixed ring with noise: the coordinator says at start what the
+# discreteness of the noise costs in epsilon.
+cat > "$work/narrow.json" <<JSON
+{"listen": "127.0.0.1:0", "state_dir": "$work/narrow-state", "base": "$work/base", "insecure": true,
+ "round": {"clients_per_round": 10, "min_clients": 8, "ring_bits": 10, "noise_multiplier": 0.02}}
+JSON
+"$fedpers" coordinator serve --config "$work/narrow.json" 2> "$work/narrow.err" &
+pid=$!
+for _ in $(seq 1 100); do grep -q "listening on port" "$work/narrow.err" && break; sleep 0.1; done
+kill "$pid"
+wait "$pid" || true
+grep -q "WARNING: a 10-bit ring leaves each of 10 clients .* ring steps of noise" "$work/narrow.err" ||
+  { cat "$work/narrow.err"; exit 1; }
+
 "$fedpers" --help | grep -q pretrain
 "$fedpers" bench train --help | grep -q peer
 echo "cli smoke: ok"

@@ -7,6 +7,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "nlohmann/json.hpp"
 #include "secure_agg/dp_accountant.h"
 #include "secure_agg/ring_encoding.h"
@@ -376,6 +377,22 @@ TEST(RoundMachineTest, LedgerAccountsTheRoundingOfTheRing) {
     EXPECT_LT(accounted, rounding_only * 0.99);
     EXPECT_EQ(config["accounted_noise_multiplier"].get<double>(), accounted);
     EXPECT_EQ((*m)->ledger().rounds()[0].noise_multiplier, accounted);
+    // Said at config time, with the multipliers; nothing to say for a ring
+    // sized per round, central noise or no noise.
+    const std::string warning = DiscreteNoiseWarning(settings, 68);
+    EXPECT_NE(warning.find("a 10-bit ring leaves each of 5 clients"), std::string::npos) << warning;
+    EXPECT_NE(warning.find(absl::StrFormat("charge noise multiplier %.3g instead of %.3g", accounted, rounding_only)),
+              std::string::npos)
+        << warning;
+    RoundSettings sized = settings;
+    sized.ring_bits = 0;
+    EXPECT_EQ(DiscreteNoiseWarning(sized, 68), "");
+    RoundSettings central = settings;
+    central.central_noise = true;
+    EXPECT_EQ(DiscreteNoiseWarning(central, 68), "");
+    RoundSettings quiet = settings;
+    quiet.noise_multiplier = 0;
+    EXPECT_EQ(DiscreteNoiseWarning(quiet, 68), "");
   }
   // A budget between what z and the accounted multiplier would cost refuses
   // the round before anything is recorded.
