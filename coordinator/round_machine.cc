@@ -194,8 +194,9 @@ double ChargedNoiseMultiplier(const RoundSettings& settings, const secagg::RingC
   double z = dp::AccountedNoiseMultiplier(settings.noise_multiplier, ring, m);
   double t = 0;
   if (!settings.central_noise && settings.noise_multiplier > 0) {
-    t = dp::DistributedDiscreteGaussianTau(ring.max_summands, dp.ClientSigma(ring));
-    z = dp::DiscreteGaussianAccountedMultiplier(z, t, static_cast<int64_t>(m));
+    // A committed sum carries at least dp.min_clients shares.
+    t = dp::DistributedDiscreteGaussianTau(dp.min_clients, dp.ClientSigma(ring));
+    z = dp::DistributedDiscreteAccountedMultiplier(z, dp.min_clients, dp.ClientSigma(ring), static_cast<int64_t>(m));
   }
   if (tau != nullptr) *tau = t;
   return z;
@@ -211,10 +212,14 @@ std::string DiscreteNoiseWarning(const RoundSettings& settings, size_t layout_si
     const double charged = ChargedNoiseMultiplier(settings, plan->ring, plan->dp, m);
     if (charged < 0.99 * rounding_only) {
       return absl::StrFormat(
-          "a %d-bit ring leaves each of %d clients %.2g ring steps of noise: the discrete Gaussians' own privacy "
-          "loss makes the ledger charge noise multiplier %.3g instead of %.3g, so epsilon grows far faster than "
-          "z %g suggests (ring_bits 0 sizes the ring so that this costs nothing)",
-          plan->ring.bits, n, plan->dp.ClientSigma(plan->ring), charged, rounding_only, settings.noise_multiplier);
+          "a %d-bit ring leaves each of %d clients %.2g ring steps of noise: the discreteness of the noise makes "
+          "the ledger charge noise multiplier %.3g instead of %.3g (%.2gx), so epsilon grows faster than z %g "
+          "suggests (%s)",
+          plan->ring.bits, n, plan->dp.ClientSigma(plan->ring), charged, rounding_only, charged / rounding_only,
+          settings.noise_multiplier,
+          settings.ring_bits != 0 ? "ring_bits 0 sizes the ring so that this costs nothing"
+                                  : "no ring resolves this noise for so many clients: fewer clients per round or "
+                                    "a larger z");
     }
   }
   return "";
@@ -308,7 +313,7 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
   // The ledger accounts the noise against the rounded update's norm bound,
   // in both noise modes (central noise is added to a sum of the same
   // rounded vectors), and distributed noise for the discrete Gaussians' own
-  // loss, with tau of the most shares a sum can have (tau grows with them).
+  // loss (ChargedNoiseMultiplier).
   // Nothing above has touched the store or the ledger.
   double discrete_tau = 0;
   const double accounted_z =

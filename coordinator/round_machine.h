@@ -76,8 +76,8 @@ absl::Status CheckRoundsCanOpen(const RoundSettings& settings, size_t layout_siz
 // over m ring values with the clients' noise `dp`: z lowered for the
 // rounding (dp::AccountedNoiseMultiplier) and, when the clients add the
 // noise, for the discrete Gaussians' own loss
-// (dp::DiscreteGaussianAccountedMultiplier, tau of ring.max_summands
-// shares; stored in *tau when given).
+// (dp::DistributedDiscreteAccountedMultiplier over the dp.min_clients shares
+// a committed sum carries at least; their tau stored in *tau when given).
 double ChargedNoiseMultiplier(const RoundSettings& settings, const secagg::RingConfig& ring,
                               const dp::DistributedDpConfig& dp, size_t m, double* tau = nullptr);
 
@@ -102,7 +102,7 @@ std::string DiscreteNoiseWarning(const RoundSettings& settings, size_t layout_si
 //   multiplier in the ledger (dp::AccountedNoiseMultiplier), and which, with
 //   noise, gives each client at least 4 ring steps of it: with fewer than
 //   about 2, the discrete Gaussians' own privacy loss (tau in Kairouz et
-//   al.'s bound, which the ledger charges: dp::DiscreteGaussianAccountedMultiplier)
+//   al.'s bound, which the ledger charges: ChargedNoiseMultiplier)
 //   is no longer negligible. When none below 32 does, the fewest bits whose
 //   finest ring reaches the 32-bit ring's scale (the noise cap may limit the
 //   scale before the width does); the 1/256 and 4-step conditions may then

@@ -260,7 +260,29 @@ double DiscreteGaussianAccountedMultiplier(double z, double tau, int64_t d) {
   const double dd = static_cast<double>(d);
   const double from_first = 1 / std::sqrt(1 / (z * z) + tau * dd / 2);
   const double from_second = 1 / (1 / z + tau * std::sqrt(dd) / 2);
-  return std::max(from_first, from_second);
+  return std::min(z, std::max(from_first, from_second));  // min: rounding may not lift it above z
+}
+
+double DistributedDiscreteAccountedMultiplier(double z, int64_t n, double sigma, int64_t d) {
+  if (!(z > 0) || n < 1) return 0;
+  const double nd = static_cast<double>(n);
+  double best = z / std::sqrt(nd);  // one share
+  if (n == 1 || sigma < 0.5) return best;
+  // tau(n') adds the k = n' - 1 term; terms shrink with k, so once one
+  // underflows tau stays put and the bound only grows with n' up to n.
+  double tau = 0;
+  for (int64_t shares = 2; shares <= n; ++shares) {
+    const double k = static_cast<double>(shares - 1);
+    const double term = 10 * std::exp(-2 * M_PI * M_PI * sigma * sigma * k / (k + 1));
+    if (term == 0) {
+      best = std::max(best, DiscreteGaussianAccountedMultiplier(z, tau, d));
+      return best;
+    }
+    tau += term;
+    best = std::max(best,
+                    DiscreteGaussianAccountedMultiplier(z * std::sqrt(static_cast<double>(shares) / nd), tau, d));
+  }
+  return best;
 }
 
 }  // namespace fedpers::dp

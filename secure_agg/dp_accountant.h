@@ -96,14 +96,26 @@ double DistributedDiscreteGaussianTau(int64_t n, double sigma);
 absl::StatusOr<double> DistributedDiscreteGaussianRdp(double order, double l2, int64_t d, int64_t n, double sigma);
 
 // The noise multiplier at which the ledger (which charges the Gaussian's RDP
-// at z / 2 for replace-one neighbours, sensitivity 2 S) covers the
-// distributed discrete Gaussian of continuous-equivalent multiplier `z`
-// (sqrt(n) sigma over the rounded norm bound, in ring steps) over d values:
-// the larger of 1 / sqrt(z^-2 + tau d / 2) and 1 / (z^-1 + tau sqrt(d) / 2),
-// whose Gaussian RDP bounds DistributedDiscreteGaussianRdp with l2 = 2 S at
-// every order >= 1 (the first term's tau d is at most a tau d for a >= 1;
-// the second bound has the Gaussian's shape). Equals z when tau is 0; 0 for z = 0.
+// at z / 2 for replace-one neighbours, sensitivity 2 B) covers
+// DistributedDiscreteGaussianRdp with l2 = 2 B for shares whose
+// continuous-equivalent multiplier is z (sqrt(n) sigma / B, in ring steps),
+// over d values: the larger of 1 / sqrt(z^-2 + tau d / 2) and
+// 1 / (z^-1 + tau sqrt(d) / 2), whose Gaussian RDP bounds the first and the
+// second term at every order >= 1 (the first term's tau d is at most
+// a tau d for a >= 1; the second has the Gaussian's shape). At most z; z
+// when tau is 0; 0 for z = 0. Proposition 14 assumes sigma >= 1/2: use
+// DistributedDiscreteAccountedMultiplier, which checks it.
 double DiscreteGaussianAccountedMultiplier(double z, double tau, int64_t d);
+
+// What the ledger charges for a sum that carries at least n shares of
+// N_Z(0, sigma^2) per value over d values, z = sqrt(n) sigma / B: the best
+// bound over the first n' <= n shares (the others are independent noise,
+// post-processing). One share is a discrete Gaussian with an integer shift,
+// covered at z / sqrt(n) for every sigma (Canonne, Kamath, Steinke 2020);
+// n' >= 2 shares by Proposition 14 (DiscreteGaussianAccountedMultiplier at
+// sqrt(n'/n) z with tau(n')), for sigma >= 1/2 only. At most z; z when tau
+// of n shares is 0; 0 for z = 0. O(n) while tau's terms do not underflow.
+double DistributedDiscreteAccountedMultiplier(double z, int64_t n, double sigma, int64_t d);
 
 }  // namespace fedpers::dp
 

@@ -571,15 +571,16 @@ absl::StatusOr<ExperimentResult> RunExperiment(const ExperimentConfig& config, c
   if (!base.ok()) return base.status();
   result.global_values = (*base)->BranchLayout(LoraBranch::kGlobal).total_size();
   result.residual_values = (*base)->BranchLayout(LoraBranch::kResidual).total_size();
-  const bool federated = std::any_of(c.methods.begin(), c.methods.end(), [](Method m) {
-    return m == Method::kGlobal || m == Method::kGlobalResidual || m == Method::kFedAvgLora;
-  });
-  if (federated) {
-    const std::string w = DiscreteNoiseWarning(c.FederatedRoundSettings(), static_cast<size_t>(result.global_values));
-    if (!w.empty()) {
-      result.warnings.push_back(w);
-      if (hooks.progress) std::fprintf(stderr, "warning: %s\n", w.c_str());
-    }
+  for (Method m : c.methods) {
+    if (m != Method::kGlobal && m != Method::kGlobalResidual && m != Method::kFedAvgLora) continue;
+    // fedavg-lora's rounds carry A_g too: a longer vector, its own ring.
+    absl::StatusOr<FlatLayout> layout = GlobalAdapterLayout((*base)->config(), SetupFor(m, c.lora).lora);
+    if (!layout.ok()) return layout.status();
+    std::string w = DiscreteNoiseWarning(c.FederatedRoundSettings(), static_cast<size_t>(layout->total_size()));
+    if (w.empty()) continue;
+    w = absl::StrCat(MethodName(m), ": ", w);
+    if (hooks.progress) std::fprintf(stderr, "warning: %s\n", w.c_str());
+    result.warnings.push_back(std::move(w));
   }
   if (absl::Status s = CheckResidualMemory(static_cast<int64_t>(users->size()), result.residual_values, c.lora);
       !s.ok()) {

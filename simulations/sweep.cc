@@ -202,7 +202,9 @@ absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const Swee
         break;
       }
     }
-    if (p.note.empty() && !r->warnings.empty()) p.note = r->warnings.front();
+    if (!r->warnings.empty()) {
+      p.note = p.note.empty() ? r->warnings.front() : absl::StrCat(r->warnings.front(), "; first abort: ", p.note);
+    }
     if (p.rounds_committed == 0) p.epsilon = 0;  // nothing left any client
     // The point's own run directory (report, metrics, users), then the
     // record that lets a rerun of the sweep skip it.

@@ -33,7 +33,7 @@ struct SweepPoint {
   double bytes_up = 0, bytes_down = 0;  // per client per round
   double client_seconds = 0;
   int64_t rounds_committed = 0, rounds_aborted = 0;
-  std::string note;  // the first abort reason, else the run's first warning, if any
+  std::string note;  // the run's first warning, then its first abort reason, if any
   bool pareto = false;
 };
 

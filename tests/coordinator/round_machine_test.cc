@@ -368,15 +368,16 @@ TEST(RoundMachineTest, LedgerAccountsTheRoundingOfTheRing) {
     dp.noise_multiplier = settings.noise_multiplier;
     dp.min_clients = config["noise_shares"].get<int64_t>();
     const double sigma = dp.ClientSigma(ring);
-    ASSERT_LT(sigma, 1.0);
-    const double tau = dp::DistributedDiscreteGaussianTau(settings.clients_per_round, sigma);
+    ASSERT_LT(sigma, 0.5);
+    const double tau = dp::DistributedDiscreteGaussianTau(dp.min_clients, sigma);
     ASSERT_GT(tau, 0);
     EXPECT_EQ(config["discrete_gaussian_tau"].get<double>(), tau);
     const double rounding_only = dp::AccountedNoiseMultiplier(0.01, ring, 128);
-    const double accounted = dp::DiscreteGaussianAccountedMultiplier(rounding_only, tau, 128);
-    EXPECT_LT(accounted, rounding_only * 0.99);
-    EXPECT_EQ(config["accounted_noise_multiplier"].get<double>(), accounted);
-    EXPECT_EQ((*m)->ledger().rounds()[0].noise_multiplier, accounted);
+    // Below half a ring step only one share's bound holds.
+    const double accounted = rounding_only / std::sqrt(static_cast<double>(dp.min_clients));
+    EXPECT_DOUBLE_EQ(dp::DistributedDiscreteAccountedMultiplier(rounding_only, dp.min_clients, sigma, 128), accounted);
+    EXPECT_DOUBLE_EQ(config["accounted_noise_multiplier"].get<double>(), accounted);
+    EXPECT_DOUBLE_EQ((*m)->ledger().rounds()[0].noise_multiplier, accounted);
     // Said at config time, with the multipliers; nothing to say for a ring
     // sized per round, central noise or no noise.
     const std::string warning = DiscreteNoiseWarning(settings, 68);

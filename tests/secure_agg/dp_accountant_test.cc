@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include "absl/strings/str_cat.h"
 
 #include <algorithm>
@@ -142,42 +144,77 @@ TEST(DpAccountantTest, DistributedDiscreteGaussianApproachesTheContinuousBound) 
   EXPECT_FALSE(DistributedDiscreteGaussianRdp(8, 1, 10, 5, 0).ok());
 }
 
-// The multiplier the ledger charges for a distributed discrete Gaussian:
-// its Gaussian RDP at z / 2 (replace-one) bounds the discrete bound with
-// sensitivity 2 B at every order the ledger uses, is z itself when the
-// noise spans many ring steps, and falls well below z when it does not.
-TEST(DpAccountantTest, DiscreteGaussianMultiplierCoversTheDiscreteBound) {
-  const std::vector<double> orders = DefaultOrders();
+// Proposition 14 as the authors' accounting code computes it, evaluated
+// independently (Python, double precision) at a few points.
+TEST(DpAccountantTest, DistributedDiscreteGaussianKnownAnswers) {
+  EXPECT_NEAR(DistributedDiscreteGaussianTau(3, 0.6), 0.37398253406817267, 1e-15);
+  EXPECT_NEAR(*DistributedDiscreteGaussianRdp(2.5, 2, 100, 3, 0.6), 40.10573966284261, 1e-11);
+  EXPECT_NEAR(*DistributedDiscreteGaussianRdp(40, 2, 100, 3, 0.6), 111.47232748089135, 1e-10);
+  EXPECT_NEAR(*DistributedDiscreteGaussianRdp(8, 50, 10000, 20, 0.8), 1012.0438314567764, 1e-9);
+  // By hand: tau for n = 2 is 10 exp(-pi^2 sigma^2).
+  EXPECT_NEAR(DistributedDiscreteGaussianTau(2, 0.5), 10 * std::exp(-M_PI * M_PI / 4), 1e-15);
+}
+
+// Gaussian RDP of the ledger's charge at z' / 2 (replace-one) against a
+// bound, at every order the ledger uses.
+bool Covers(double charged, const std::function<double(double)>& bound) {
+  for (double a : DefaultOrders()) {
+    if (a / (2 * (charged / 2) * (charged / 2)) < bound(a) * (1 - 1e-12)) return false;
+  }
+  return true;
+}
+
+// The per-share-count mapping: its Gaussian bounds Proposition 14 with
+// sensitivity 2 B at every order, never exceeds z, and is z when tau is 0.
+TEST(DpAccountantTest, DiscreteGaussianMultiplierCoversProposition14) {
   struct Case {
     int64_t n, d;
     double sigma, bound;  // per-client sigma and the rounded norm bound, in ring steps
   };
-  for (const Case& c : {Case{10, 73728, 0.3, 50}, Case{10, 73728, 0.8, 200}, Case{3, 128, 0.37, 64},
+  for (const Case& c : {Case{10, 73728, 0.5, 50}, Case{10, 73728, 0.8, 200}, Case{3, 128, 0.6, 64},
                         Case{100, 4096, 0.5, 10}, Case{20, 1000, 1.2, 30}, Case{50, 100000, 4, 4000}}) {
     SCOPED_TRACE(absl::StrCat("n ", c.n, " d ", c.d, " sigma ", c.sigma));
     const double z = std::sqrt(static_cast<double>(c.n)) * c.sigma / c.bound;
-    const double tau = DistributedDiscreteGaussianTau(c.n, c.sigma);
-    const double charged = DiscreteGaussianAccountedMultiplier(z, tau, c.d);
+    const double charged = DiscreteGaussianAccountedMultiplier(z, DistributedDiscreteGaussianTau(c.n, c.sigma), c.d);
     EXPECT_LE(charged, z);
-    for (double a : orders) {
-      absl::StatusOr<double> discrete = DistributedDiscreteGaussianRdp(a, 2 * c.bound, c.d, c.n, c.sigma);
-      ASSERT_TRUE(discrete.ok());
-      const double gaussian = a / (2 * (charged / 2) * (charged / 2));
-      EXPECT_GE(gaussian, *discrete * (1 - 1e-12)) << "order " << a;
-    }
+    EXPECT_TRUE(Covers(charged, [&](double a) { return *DistributedDiscreteGaussianRdp(a, 2 * c.bound, c.d, c.n, c.sigma); }));
   }
-  // Many ring steps of noise: tau underflows to 0 and nothing changes.
   EXPECT_EQ(DistributedDiscreteGaussianTau(10, 40), 0);
   EXPECT_EQ(DiscreteGaussianAccountedMultiplier(0.7, 0, 73728), 0.7);
   EXPECT_LT(DistributedDiscreteGaussianTau(10, 2), 1e-15 * 10);
   EXPECT_EQ(DiscreteGaussianAccountedMultiplier(0, 3, 10), 0);
-  // A third of a ring step over tiny's 73,728 values: the discreteness
-  // dominates (tau d / 2 against z^-2).
-  const double tau = DistributedDiscreteGaussianTau(10, 1.0 / 3);
-  EXPECT_GT(tau, 10);
-  EXPECT_LT(DiscreteGaussianAccountedMultiplier(0.02, tau, 73728), 0.02 / 10);
-  // By hand: tau for n = 2 is 10 exp(-pi^2 sigma^2).
-  EXPECT_NEAR(DistributedDiscreteGaussianTau(2, 0.5), 10 * std::exp(-M_PI * M_PI / 4), 1e-15);
+}
+
+// The charge for a round: below half a ring step only one share's bound
+// holds (a discrete Gaussian with an integer shift, at z / sqrt(n)); above
+// it the best of one share and Proposition 14 over n' <= n shares, each a
+// valid bound on its own (the other shares are post-processing).
+TEST(DpAccountantTest, DistributedChargeUsesOnlyBoundsThatHold) {
+  const int64_t d = 73728;
+  // Below sigma 1/2: one share, exactly.
+  EXPECT_DOUBLE_EQ(DistributedDiscreteAccountedMultiplier(0.02, 10, 0.23, d), 0.02 / std::sqrt(10.0));
+  EXPECT_DOUBLE_EQ(DistributedDiscreteAccountedMultiplier(1.0, 100, 0.49, d), 0.1);
+  // Many ring steps: nothing changes.
+  EXPECT_EQ(DistributedDiscreteAccountedMultiplier(0.7, 20, 40, d), 0.7);
+  EXPECT_EQ(DistributedDiscreteAccountedMultiplier(0, 20, 1, d), 0);
+  struct Case {
+    int64_t n;
+    double sigma, bound;
+  };
+  for (const Case& c : {Case{10, 0.5, 50}, Case{10, 0.8, 200}, Case{100, 0.57, 40}, Case{20, 1.2, 30}, Case{8, 2, 100}}) {
+    SCOPED_TRACE(absl::StrCat("n ", c.n, " sigma ", c.sigma));
+    const double z = std::sqrt(static_cast<double>(c.n)) * c.sigma / c.bound;
+    const double charged = DistributedDiscreteAccountedMultiplier(z, c.n, c.sigma, d);
+    EXPECT_LE(charged, z);
+    EXPECT_GE(charged, z / std::sqrt(static_cast<double>(c.n)));
+    // Some n' <= n whose bound the charge covers: one share, or
+    // Proposition 14 over n' shares.
+    bool covered = Covers(charged, [&](double a) { return a * 4 * c.bound * c.bound / (2 * c.sigma * c.sigma); });
+    for (int64_t shares = 2; shares <= c.n && !covered; ++shares) {
+      covered = Covers(charged, [&](double a) { return *DistributedDiscreteGaussianRdp(a, 2 * c.bound, d, shares, c.sigma); });
+    }
+    EXPECT_TRUE(covered);
+  }
 }
 
 }  // namespace
