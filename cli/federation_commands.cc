@@ -23,6 +23,7 @@
 #include "common/model/checkpoint.h"
 #include "common/table.h"
 #include "common/tokenizer.h"
+#include "common/utf8.h"
 #include "coordinator/privacy_ledger.h"
 #include "coordinator/round_machine.h"
 #include "coordinator/serve_config.h"
@@ -188,6 +189,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     if (f->state_dir.empty())
       Fail("--state-dir is empty: name the directory that keeps this client's residual key");
     for (size_t i = 0; i < f->users.size(); ++i) {
+      if (absl::Status s = CheckUserId(f->users[i], "--user"); !s.ok()) Fail(std::string(s.message()));
       if (std::find(f->users.begin(), f->users.begin() + static_cast<std::ptrdiff_t>(i), f->users[i]) !=
           f->users.begin() + static_cast<std::ptrdiff_t>(i)) {
         Fail(absl::StrCat("--user '", f->users[i], "' is given twice"));

@@ -6,6 +6,7 @@
 
 #include "CLI/CLI.hpp"
 #include "cli/commands.h"
+#include "common/utf8.h"
 #include "common/model/runtime.h"
 
 namespace fedpers::cli {
@@ -78,7 +79,11 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::RuntimeError& e) {
-    if (e.what()[0] != '\0') std::fprintf(stderr, "%s\n", e.what());
+    // Messages quote peers, files and the coordinator: nothing in them may
+    // act on the terminal.
+    if (e.what()[0] != '\0') {
+      std::fprintf(stderr, "%s\n", fedpers::EscapeForTerminal(e.what(), /*keep_line_breaks=*/true).c_str());
+    }
     return e.get_exit_code();
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
@@ -90,7 +95,8 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     // A library error that escaped its Status conversion (e.g. libtorch's):
     // a bug to report, but the process still exits with a message.
-    std::fprintf(stderr, "error: internal error: %s\n", e.what());
+    std::fprintf(stderr, "error: internal error: %s\n",
+                 fedpers::EscapeForTerminal(e.what(), /*keep_line_breaks=*/true).c_str());
     return 1;
   }
   return 0;

@@ -14,6 +14,7 @@
 #include "common/host_port.h"
 #include "common/pki.h"
 #include "common/safetensors.h"
+#include "common/utf8.h"
 #include "fedpers/v1/federation.grpc.pb.h"
 #include "secure_agg/crypto.h"
 
@@ -229,7 +230,7 @@ absl::Status RestoreResiduals(CoordinatorConnection& coordinator, Gpt2LmHead mod
             "to start a fresh residual (the stored versions stay at the coordinator until deleted)"));
       }
       std::fprintf(stderr, "user %s: the stored residual cannot be used (%s); starting a fresh one\n", user.c_str(),
-                   std::string(restored.message()).c_str());
+                   EscapeForTerminal(restored.message()).c_str());
       continue;
     }
     ++stats.residuals_restored;
@@ -350,7 +351,7 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
       if (!reply.ok()) {
         // The round is lost for this user (it aborted locally); the
         // coordinator counts it as a dropout.
-        std::fprintf(stderr, "user %s: %s\n", user.c_str(), std::string(reply.status().message()).c_str());
+        std::fprintf(stderr, "user %s: %s\n", user.c_str(), EscapeForTerminal(reply.status().message()).c_str());
         continue;
       }
       SecAggUpload up;
@@ -369,7 +370,8 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
                                                         " (moved to another client by an admin?)"));
       }
       if (failure.code() != absl::StatusCode::kUnavailable) {
-        std::fprintf(stderr, "coordinator refused: %s\n", std::string(failure.message()).c_str());
+        // The coordinator's words: shown, never acted on by the terminal.
+        std::fprintf(stderr, "coordinator refused: %s\n", EscapeForTerminal(failure.message()).c_str());
         if (failure.code() == absl::StatusCode::kFailedPrecondition) joined = false;  // e.g. coordinator restarted
       }
       ++stats.reconnects;
@@ -380,7 +382,7 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
       if (failure.code() == absl::StatusCode::kUnavailable &&
           (failure.message() != last_unreachable || now - last_unreachable_report > std::chrono::minutes(1))) {
         std::fprintf(stderr, "coordinator %s unreachable: %s (retrying in %d ms, attempt %ld)\n",
-                     o.connection.coordinator.c_str(), std::string(failure.message()).c_str(), backoff_ms,
+                     o.connection.coordinator.c_str(), EscapeForTerminal(failure.message()).c_str(), backoff_ms,
                      static_cast<long>(stats.reconnects));
         last_unreachable = std::string(failure.message());
         last_unreachable_report = now;

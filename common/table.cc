@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cctype>
 
+#include "common/utf8.h"
+
 namespace fedpers {
 namespace {
 
@@ -24,9 +26,19 @@ size_t Width(const std::string& s) {
 }  // namespace
 
 std::string Table::Render() const {
+  // Cells carry names from peers and files (user ids, certificate names):
+  // nothing in them may move the cursor or recolour the operator's terminal.
+  std::vector<std::vector<std::string>> rows;
+  rows.reserve(rows_.size());
+  for (const auto& row : rows_) {
+    std::vector<std::string> escaped;
+    escaped.reserve(row.size());
+    for (const std::string& cell : row) escaped.push_back(EscapeForTerminal(cell));
+    rows.push_back(std::move(escaped));
+  }
   std::vector<size_t> widths(header_.size(), 0);
   for (size_t i = 0; i < header_.size(); ++i) widths[i] = Width(header_[i]);
-  for (const auto& row : rows_) {
+  for (const auto& row : rows) {
     for (size_t i = 0; i < row.size() && i < widths.size(); ++i) widths[i] = std::max(widths[i], Width(row[i]));
   }
   auto line = [&](const std::vector<std::string>& cells, bool header) {
@@ -44,7 +56,7 @@ std::string Table::Render() const {
   size_t total = 0;
   for (size_t w : widths) total += w;
   out += std::string(total + 2 * (widths.size() - 1), '-') + "\n";
-  for (const auto& row : rows_) out += line(row, false);
+  for (const auto& row : rows) out += line(row, false);
   return out;
 }
 

@@ -8,7 +8,9 @@
 namespace fedpers {
 
 // Collects rows, then renders them with aligned columns (numbers right-
-// aligned). Not thread-safe.
+// aligned). Control characters and invalid UTF-8 in cells are rendered as
+// \xNN (EscapeForTerminal), so a cell cannot act on the terminal.
+// Not thread-safe.
 class Table {
  public:
   explicit Table(std::vector<std::string> header) : header_(std::move(header)) {}

@@ -3,6 +3,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
+#include <algorithm>
+
 namespace fedpers {
 
 size_t FindInvalidUtf8(absl::string_view s) {
@@ -53,6 +55,65 @@ absl::Status CheckText(absl::string_view text, absl::string_view what) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": invalid UTF-8 at byte ", bad));
   }
   return absl::OkStatus();
+}
+
+namespace {
+
+// Length of the well-formed UTF-8 sequence at `p[i]`, or 0.
+size_t SequenceLength(absl::string_view s, size_t i) {
+  const size_t bad = FindInvalidUtf8(s.substr(i, std::min<size_t>(4, s.size() - i)));
+  const unsigned char c = static_cast<unsigned char>(s[i]);
+  const size_t len = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : 4;
+  return bad == absl::string_view::npos || bad >= len ? len : 0;
+}
+
+// C0, DEL, or a C1 code point (U+0080-U+009F, encoded 0xc2 0x80-0x9f).
+bool IsControlAt(absl::string_view s, size_t i) {
+  const unsigned char c = static_cast<unsigned char>(s[i]);
+  if (c < 0x20 || c == 0x7f) return true;
+  return c == 0xc2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) >= 0x80 &&
+         static_cast<unsigned char>(s[i + 1]) <= 0x9f;
+}
+
+}  // namespace
+
+absl::Status CheckUserId(absl::string_view id, absl::string_view what) {
+  if (id.empty() || id.size() > kMaxUserIdBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: a user id must be 1-%d bytes (this one has %d)", what, kMaxUserIdBytes, id.size()));
+  }
+  if (size_t bad = FindInvalidUtf8(id); bad != absl::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": a user id must be UTF-8 (invalid at byte ", bad, ")"));
+  }
+  for (size_t i = 0; i < id.size(); ++i) {
+    if (IsControlAt(id, i)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s: a user id must not contain control characters (byte 0x%02x at offset %d)", what,
+                          static_cast<unsigned char>(id[i]), i));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string EscapeForTerminal(absl::string_view text, bool keep_line_breaks) {
+  std::string out;
+  out.reserve(text.size());
+  size_t i = 0;
+  while (i < text.size()) {
+    const size_t len = SequenceLength(text, i);
+    const bool line_break = text[i] == '\n' || text[i] == '\t';
+    if (len == 0 || (IsControlAt(text, i) && !(keep_line_breaks && line_break))) {
+      const size_t n = len == 0 ? 1 : len;
+      for (size_t k = 0; k < n; ++k) {
+        absl::StrAppendFormat(&out, "\\x%02x", static_cast<unsigned char>(text[i + k]));
+      }
+      i += n;
+    } else {
+      out.append(text.data() + i, len);
+      i += len;
+    }
+  }
+  return out;
 }
 
 }  // namespace fedpers

@@ -21,6 +21,24 @@ size_t FindInvalidUtf8(absl::string_view text);
 // (byte 0x00 at offset N)".
 absl::Status CheckText(absl::string_view text, absl::string_view what);
 
+// The longest user id, in bytes.
+inline constexpr size_t kMaxUserIdBytes = 256;
+
+// OK when `id` can name a user: 1 to kMaxUserIdBytes bytes of well-formed
+// UTF-8 without control characters (C0, DEL, C1; tab and newline included),
+// since ids are shown in operators' terminals, tables and file listings.
+// Otherwise InvalidArgument naming `what` and the offending byte offset; the
+// message never contains the id itself.
+absl::Status CheckUserId(absl::string_view id, absl::string_view what);
+
+// `text` with every byte that a terminal could act on made visible: control
+// characters (C0, DEL, C1) and bytes that are not well-formed UTF-8 become
+// \xNN (C1 code points: each of their two bytes). Printable text, UTF-8
+// included, is returned unchanged, and so are newlines and tabs when
+// `keep_line_breaks` (multi-line messages). For text from peers and files on
+// its way to a terminal: error messages, tables, logs.
+std::string EscapeForTerminal(absl::string_view text, bool keep_line_breaks = false);
+
 }  // namespace fedpers
 
 #endif  // FEDPERS_COMMON_UTF8_H_

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/atomic_file.h"
 #include "common/pki.h"
+#include "common/utf8.h"
 #include "fedpers/v1/admin.grpc.pb.h"
 #include "fedpers/v1/federation.grpc.pb.h"
 
@@ -266,7 +267,10 @@ class ServerImpl final : public CoordinatorServer {
           std::fprintf(stderr, "round %ld committed: %ld survivors, epsilon %.4f\n", static_cast<long>(t->committed->round),
                        static_cast<long>(t->committed->survivors), t->committed->epsilon);
         }
-        if (t.ok() && t->aborted) std::fprintf(stderr, "round aborted or refused: %s\n", t->aborted->c_str());
+        // Abort reasons quote clients (their ids, what they sent).
+        if (t.ok() && t->aborted) {
+          std::fprintf(stderr, "round aborted or refused: %s\n", EscapeForTerminal(*t->aborted).c_str());
+        }
         if (rt_->finished()) {
           std::lock_guard<std::mutex> lock(mu_);
           done_ = true;

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/portable_prg.h"
+#include "common/utf8.h"
 #include "secure_agg/crypto.h"
 
 namespace fedpers {
@@ -99,8 +100,11 @@ absl::StatusOr<JoinResponse> CoordinatorRuntime::Join(const std::string& client,
     return absl::FailedPreconditionError("the client's adapter layout differs from the coordinator's (model or LoRA config)");
   }
   if (request.user_ids().empty()) return absl::InvalidArgumentError("join names no user");
-  for (const std::string& user : request.user_ids()) {
-    if (user.empty() || user.size() > 256) return absl::InvalidArgumentError("user ids must be 1-256 bytes");
+  for (int i = 0; i < request.user_ids_size(); ++i) {
+    const std::string& user = request.user_ids(i);
+    // Ids reach operators' terminals and file names: refused here, before
+    // anything stores or echoes them.
+    if (absl::Status s = CheckUserId(user, absl::StrCat("join: user id ", i + 1)); !s.ok()) return s;
     auto it = owner_.find(user);
     if (it != owner_.end() && it->second != client) {
       return absl::PermissionDeniedError(absl::StrCat("user '", user, "' belongs to another client"));
