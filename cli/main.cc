@@ -1,6 +1,8 @@
 // fedpers: federated personalization of language models. Wiring only: every
 // subcommand calls into a library.
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <new>
 
@@ -16,6 +18,26 @@ void Fail(const std::string& message) {
 }
 
 namespace {
+
+// CLI11 2.1 reads an integer beyond int64 as INT64_MAX (strtoll clamps and
+// it does not look at errno): every integer option of `app` and its
+// subcommands refuses such a value instead.
+void RefuseIntegerOverflow(CLI::App& app) {
+  static const CLI::Validator* check = new CLI::Validator(
+      [](std::string& in) -> std::string {
+        const size_t digits = (!in.empty() && (in[0] == '+' || in[0] == '-')) ? 1 : 0;
+        if (digits == in.size() || in.find_first_not_of("0123456789", digits) != std::string::npos) return {};
+        errno = 0;
+        (void)std::strtoll(in.c_str(), nullptr, 10);
+        return errno == ERANGE ? "'" + in + "' is out of range" : std::string();
+      },
+      /*validator_desc=*/"");
+  for (CLI::Option* option : app.get_options()) {
+    const std::string type = option->get_type_name();
+    if (type.rfind("INT", 0) == 0 || type.rfind("UINT", 0) == 0) option->check(*check);
+  }
+  for (CLI::App* sub : app.get_subcommands({})) RefuseIntegerOverflow(*sub);
+}
 
 // A validator of numbers with `accept`, saying "must be <what>, got X".
 CLI::Validator NumberCheck(const std::string& what, bool (*accept)(double)) {
@@ -76,6 +98,7 @@ int main(int argc, char** argv) {
   RegisterPki(app, global);
   RegisterFederation(app, global);
   RegisterSimulate(app, global);
+  RefuseIntegerOverflow(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::RuntimeError& e) {

@@ -114,6 +114,9 @@ expect_error "Value 2000 not in range 0 to 256" "$fedpers" --threads 2000 data u
 expect_error "Value 999 not in range 0 to 256" "$fedpers" bench simulate --workers 999
 expect_error "--rounds must be at least 1" "$fedpers" bench simulate --rounds 0
 expect_error "--user 'user0001' is given twice" "$fedpers" "${client[@]}" --base "$work/none" --user user0001
+expect_error "--users: '99999999999999999999' is out of range" "$fedpers" simulate --users 99999999999999999999
+expect_error "--user: a user id must not contain control characters (byte 0x1b at offset 2)" \
+  "$fedpers" "${client[@]}" --base "$work/none" --user "$(printf 'ev\033[2Jil')"
 expect_error "--state-dir is empty" "$fedpers" "${client[@]}" --base "$work/none" --state-dir ""
 expect_error "--global-steps (0) and --residual-steps (0) must be non-negative, not both 0" \
   "$fedpers" "${client[@]}" --base "$work/none" --global-steps 0 --residual-steps 0
