@@ -13,8 +13,10 @@
 #include <cmath>
 #include <initializer_list>
 #include <limits>
+#include <set>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -110,16 +112,30 @@ inline constexpr int kMaxJsonDepth = 64;
 // Parses `text` as one JSON object; the error names `what` and, for text that
 // is not JSON, the parser's position and reason (NaN and Infinity are not
 // JSON; a number beyond double's range is an overflow; nesting beyond
-// kMaxJsonDepth).
+// kMaxJsonDepth; a key given twice in one object, which a reader of the file
+// would take for the first value while the parser keeps the last).
 inline absl::Status ParseJsonObject(const std::string& text, absl::string_view what, nlohmann::json& out) {
   struct TooDeep {};
+  struct DuplicateKey {
+    std::string key;
+  };
+  std::vector<std::set<std::string>> keys_of_open_objects;
   try {
-    out = nlohmann::json::parse(text, [](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
-      if (depth > kMaxJsonDepth) throw TooDeep{};
-      return true;
-    });
+    out = nlohmann::json::parse(
+        text, [&keys_of_open_objects](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+          if (depth > kMaxJsonDepth) throw TooDeep{};
+          using Event = nlohmann::json::parse_event_t;
+          if (event == Event::object_start) keys_of_open_objects.emplace_back();
+          if (event == Event::object_end) keys_of_open_objects.pop_back();
+          if (event == Event::key && !keys_of_open_objects.back().insert(parsed.get<std::string>()).second) {
+            throw DuplicateKey{parsed.get<std::string>()};
+          }
+          return true;
+        });
   } catch (const TooDeep&) {
     return absl::InvalidArgumentError(absl::StrCat(what, " nests deeper than ", kMaxJsonDepth, " levels"));
+  } catch (const DuplicateKey& d) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " gives the key \"", d.key, "\" twice in one object"));
   } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for 1e999
     return absl::InvalidArgumentError(absl::StrCat(what, " is not valid JSON: ", e.what()));
   }

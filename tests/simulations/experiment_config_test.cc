@@ -5,6 +5,7 @@
 #include <fstream>
 #include <limits>
 
+#include "common/json_fields.h"
 #include "simulations/experiment.h"
 #include "simulations/sweep.h"
 
@@ -67,6 +68,14 @@ TEST(ExperimentConfigTest, BadConfigsAreNamedErrors) {
                 .find("nests deeper than 64"),
             std::string::npos);
   EXPECT_NE(error(R"({"noise_multiplier": -1})").find("noise_multiplier"), std::string::npos);
+  // A key given twice: a reader takes the first, the parser would keep the last.
+  EXPECT_NE(error(R"({"rounds": 2, "users": 4, "rounds": 50})").find("gives the key \"rounds\" twice"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"local": {"batch_size": 2, "batch_size": 2}})").find("\"batch_size\" twice"),
+            std::string::npos);
+  nlohmann::json same_key_apart;
+  EXPECT_TRUE(ParseJsonObject(R"({"a": {"k": 1}, "b": [{"k": 2}, {"k": 3}], "k": 4})", "t", same_key_apart).ok())
+      << "the same key in different objects is not a duplicate";
   EXPECT_NE(error("[1, 2]").find("object"), std::string::npos);
   EXPECT_NE(error("{not json").find("JSON"), std::string::npos);
   // Types are checked, not converted: a fraction, a huge or negative count,
