@@ -186,8 +186,6 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
       ->group("Fault injection");
   AddTlsFlags(run, f->tls, "client");
   run->callback([f] {
-    if (f->state_dir.empty())
-      Fail("--state-dir is empty: name the directory that keeps this client's residual key");
     for (size_t i = 0; i < f->users.size(); ++i) {
       if (absl::Status s = CheckUserId(f->users[i], "--user"); !s.ok()) Fail(std::string(s.message()));
       if (std::find(f->users.begin(), f->users.begin() + static_cast<std::ptrdiff_t>(i), f->users[i]) !=
@@ -269,8 +267,6 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
       ->check(NonNegative());
   get->add_option("--out", rf->out, "Output file (safetensors, fedpers' residual layout)")->required();
   get->callback([rf] {
-    if (rf->state_dir.empty())
-      Fail("--state-dir is empty: name the directory of the client that sealed the residual");
     absl::StatusOr<std::unique_ptr<CoordinatorConnection>> c =
         CoordinatorConnection::Open(ClientConnection(rf->coordinator, rf->tls));
     if (!c.ok()) Fail(std::string(c.status().message()));

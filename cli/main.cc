@@ -19,11 +19,14 @@ void Fail(const std::string& message) {
 
 namespace {
 
-// CLI11 2.1 reads an integer beyond int64 as INT64_MAX (strtoll clamps and
-// it does not look at errno): every integer option of `app` and its
-// subcommands refuses such a value instead.
-void RefuseIntegerOverflow(CLI::App& app) {
-  static const CLI::Validator* check = new CLI::Validator(
+// Checks every option of `app` and its subcommands gets, whatever it is:
+// - an integer option refuses a value beyond int64 (CLI11 2.1 reads it as
+//   INT64_MAX: strtoll clamps and it does not look at errno);
+// - a text option refuses an empty value, which no option means anything by:
+//   `--out ""` would write into the working directory, `--data ""` would
+//   silently keep the config's corpus.
+void CheckEveryOptionValue(CLI::App& app) {
+  static const CLI::Validator* in_range = new CLI::Validator(
       [](std::string& in) -> std::string {
         const size_t digits = (!in.empty() && (in[0] == '+' || in[0] == '-')) ? 1 : 0;
         if (digits == in.size() || in.find_first_not_of("0123456789", digits) != std::string::npos) return {};
@@ -32,11 +35,17 @@ void RefuseIntegerOverflow(CLI::App& app) {
         return errno == ERANGE ? "'" + in + "' is out of range" : std::string();
       },
       /*validator_desc=*/"");
+  static const CLI::Validator* non_empty = new CLI::Validator(
+      [](std::string& in) -> std::string {
+        return in.empty() ? "the value is empty (leave the option out for its default)" : std::string();
+      },
+      /*validator_desc=*/"");
   for (CLI::Option* option : app.get_options()) {
     const std::string type = option->get_type_name();
-    if (type.rfind("INT", 0) == 0 || type.rfind("UINT", 0) == 0) option->check(*check);
+    if (type.rfind("INT", 0) == 0 || type.rfind("UINT", 0) == 0) option->check(*in_range);
+    if (type.rfind("TEXT", 0) == 0) option->check(*non_empty);
   }
-  for (CLI::App* sub : app.get_subcommands({})) RefuseIntegerOverflow(*sub);
+  for (CLI::App* sub : app.get_subcommands({})) CheckEveryOptionValue(*sub);
 }
 
 // A validator of numbers with `accept`, saying "must be <what>, got X".
@@ -98,7 +107,7 @@ int main(int argc, char** argv) {
   RegisterPki(app, global);
   RegisterFederation(app, global);
   RegisterSimulate(app, global);
-  RefuseIntegerOverflow(app);
+  CheckEveryOptionValue(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::RuntimeError& e) {

@@ -100,9 +100,7 @@ void RegisterSimulate(CLI::App& app, const GlobalOptions& global) {
   auto o = std::make_shared<Overrides>();
   AddOverrides(cmd, *o);
   cmd->add_option("--methods", o->methods,
-                  "Comma-separated: base,local,global,global+residual,fedavg-lora,centralized (overrides)")
-      ->check(CLI::Validator([](std::string& v) { return v.empty() ? std::string("names no method") : ""; },
-                             "", "non-empty"));
+                  "Comma-separated: base,local,global,global+residual,fedavg-lora,centralized (overrides)");
   cmd->callback([o, &global] {
     const ExperimentConfig config = Resolve(*o);
     absl::StatusOr<std::unique_ptr<MetricsLog>> log =

@@ -117,7 +117,8 @@ expect_error "--user 'user0001' is given twice" "$fedpers" "${client[@]}" --base
 expect_error "--users: '99999999999999999999' is out of range" "$fedpers" simulate --users 99999999999999999999
 expect_error "--user: a user id must not contain control characters (byte 0x1b at offset 2)" \
   "$fedpers" "${client[@]}" --base "$work/none" --user "$(printf 'ev\033[2Jil')"
-expect_error "--state-dir is empty" "$fedpers" "${client[@]}" --base "$work/none" --state-dir ""
+expect_error "--state-dir: the value is empty" "$fedpers" "${client[@]}" --base "$work/none" --state-dir ""
+expect_error "--out: the value is empty" "$fedpers" simulate --out ""
 expect_error "--global-steps (0) and --residual-steps (0) must be non-negative, not both 0" \
   "$fedpers" "${client[@]}" --base "$work/none" --global-steps 0 --residual-steps 0
 expect_error "--seq-len 33 exceeds the model's n_positions (32)" "$fedpers" "${client[@]}" --base "$work/base" \
