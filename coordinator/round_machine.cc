@@ -260,21 +260,27 @@ absl::StatusOr<std::unique_ptr<RoundMachine>> RoundMachine::Create(StateStore* s
   m->ledger_ = std::move(*ledger);
   if (latest->has_value()) {
     const CommittedState& c = **latest;
+    // Which part of which round the operator has to look at.
+    auto in_committed = [&c, store](absl::string_view part, const absl::Status& s) {
+      return absl::Status(s.code(), absl::StrCat("state of committed round ", c.round, " in ", store->dir(), ", ",
+                                                 part, ": ", s.message()));
+    };
     absl::StatusOr<SafetensorsFile> f =
         SafetensorsFile::Parse(std::string(c.global_safetensors.begin(), c.global_safetensors.end()));
-    if (!f.ok()) return f.status();
+    if (!f.ok()) return in_committed("global adapter", f.status());
     absl::StatusOr<std::vector<float>> flat = m->layout_.FromSafetensors(*f);
     if (!flat.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat("the stored global adapter does not fit this layout: ",
-                                                        flat.status().message()));
+      return in_committed("global adapter",
+                          absl::FailedPreconditionError(absl::StrCat("it does not fit this layout: ",
+                                                                     flat.status().message())));
     }
     m->global_ = Eigen::Map<const Eigen::VectorXf>(flat->data(), static_cast<Eigen::Index>(flat->size()));
     absl::StatusOr<PrivacyLedger> restored = PrivacyLedger::FromJson(c.ledger_json);
-    if (!restored.ok()) return restored.status();
+    if (!restored.ok()) return in_committed("privacy ledger", restored.status());
     m->ledger_ = std::move(*restored);
     absl::StatusOr<std::map<std::string, Eigen::VectorXf>> state = ParseStrategyState(c.strategy_state);
-    if (!state.ok()) return state.status();
-    if (absl::Status s = m->strategy_->LoadState(*state); !s.ok()) return s;
+    if (!state.ok()) return in_committed("server optimizer state", state.status());
+    if (absl::Status s = m->strategy_->LoadState(*state); !s.ok()) return in_committed("server optimizer state", s);
     m->last_committed_ = c.round;
   }
   absl::StatusOr<std::vector<RoundRow>> rounds = store->Rounds(1);

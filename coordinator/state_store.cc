@@ -26,6 +26,18 @@ int64_t NowUnix() {
 
 std::string Sha256Hex(std::span<const uint8_t> bytes) { return secagg::ToHex(secagg::Sha256({bytes})); }
 
+// "state database 'PATH': SQLite <what> failed: <reason>", the path so that
+// an operator knows which file; DataLoss when SQLite found the file damaged.
+absl::Status SqliteError(sqlite3* db, absl::string_view what, absl::string_view reason) {
+  const char* path = sqlite3_db_filename(db, "main");
+  const std::string message =
+      absl::StrCat("state database '", path ? path : "?", "': SQLite ", what, " failed: ", reason);
+  const int code = sqlite3_errcode(db);
+  return code == SQLITE_CORRUPT || code == SQLITE_NOTADB ? absl::DataLossError(message)
+                                                         : absl::InternalError(message);
+}
+absl::Status SqliteError(sqlite3* db, absl::string_view what) { return SqliteError(db, what, sqlite3_errmsg(db)); }
+
 // One prepared statement; finalizes itself.
 class Statement {
  public:
@@ -35,7 +47,7 @@ class Statement {
   ~Statement() { sqlite3_finalize(stmt_); }
   absl::Status status() const {
     if (rc_ == SQLITE_OK) return absl::OkStatus();
-    return absl::InternalError(absl::StrCat("SQLite prepare failed: ", sqlite3_errmsg(db_)));
+    return SqliteError(db_, "prepare");
   }
   Statement& Bind(int i, int64_t v) {
     sqlite3_bind_int64(stmt_, i, v);
@@ -59,7 +71,7 @@ class Statement {
     const int rc = sqlite3_step(stmt_);
     if (rc == SQLITE_ROW) return true;
     if (rc == SQLITE_DONE) return false;
-    return absl::InternalError(absl::StrCat("SQLite step failed: ", sqlite3_errmsg(db_)));
+    return SqliteError(db_, "step");
   }
   absl::Status Run() {
     absl::StatusOr<bool> r = Step();
@@ -91,11 +103,11 @@ class Transaction {
     if (ok_ && !done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
   }
   absl::Status status() const {
-    return ok_ ? absl::OkStatus() : absl::InternalError(absl::StrCat("SQLite BEGIN failed: ", sqlite3_errmsg(db_)));
+    return ok_ ? absl::OkStatus() : SqliteError(db_, "BEGIN");
   }
   absl::Status Commit() {
     if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
-      return absl::InternalError(absl::StrCat("SQLite COMMIT failed: ", sqlite3_errmsg(db_)));
+      return SqliteError(db_, "COMMIT");
     }
     done_ = true;
     return absl::OkStatus();
@@ -162,7 +174,7 @@ StateStore::~StateStore() {
 absl::Status StateStore::Exec(const std::string& sql) {
   char* err = nullptr;
   if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
-    absl::Status s = absl::InternalError(absl::StrCat("SQLite: ", err ? err : "error", " in: ", sql.substr(0, 80)));
+    absl::Status s = SqliteError(db_, absl::StrCat("'", sql.substr(0, 80), "'"), err ? err : sqlite3_errmsg(db_));
     sqlite3_free(err);
     return s;
   }
@@ -237,7 +249,10 @@ absl::Status StateStore::CheckIntegrity() {
     if (!*row) break;
     absl::StrAppend(&report, report.empty() ? "" : "; ", st.Text(0));
   }
-  if (report != "ok") return absl::DataLossError(absl::StrCat("state database integrity check: ", report));
+  if (report != "ok") {
+    return absl::DataLossError(
+        absl::StrCat("state database '", sqlite3_db_filename(db_, "main"), "': integrity check: ", report));
+  }
   return absl::OkStatus();
 }
 

@@ -1,6 +1,7 @@
 #include "coordinator/round_machine.h"
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
 #include <filesystem>
 #include <limits>
@@ -120,6 +121,37 @@ TEST(RoundMachineTest, FedAvgRoundsCommitTheMeanOfClippedUpdates) {
   EXPECT_EQ((*again)->last_committed_round(), 3);
   EXPECT_EQ((*again)->global(), (*m)->global());
   EXPECT_TRUE((*store)->CheckIntegrity().ok());
+}
+
+// A damaged part of the newest commit stops the restart with an error that
+// names the round, the state directory and the part.
+TEST(RoundMachineTest, DamagedCommittedStateNamesRoundAndPart) {
+  const std::string dir = FreshDir("damaged");
+  auto store = StateStore::Open(dir);
+  const RoundSettings settings = SixClients(32);
+  {
+    auto m = RoundMachine::Create(store->get(), Layout(), settings);
+    ASSERT_TRUE(m.ok()) << m.status();
+    Fleet fleet(6, 68, 1);
+    ASSERT_TRUE(RunRound(**m, fleet, 1).ok());
+  }
+  struct Damage {
+    const char* sql;
+    const char* part;
+  };
+  for (const Damage& d : {Damage{"UPDATE global_versions SET strategy_state = x'0102'", "server optimizer state"},
+                          Damage{"UPDATE global_versions SET ledger_json = '[]'", "privacy ledger"}}) {
+    SCOPED_TRACE(d.part);
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir + "/state.sqlite3").c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, d.sql, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+    sqlite3_close(db);
+    auto again = RoundMachine::Create(store->get(), Layout(), settings);
+    ASSERT_FALSE(again.ok());
+    const std::string message(again.status().message());
+    EXPECT_NE(message.find("state of committed round 1 in " + dir + ", " + d.part + ": "), std::string::npos)
+        << message;
+  }
 }
 
 // ring_bits 0: the fewest bits whose finest ring keeps the mean's rounding

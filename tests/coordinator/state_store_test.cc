@@ -193,6 +193,43 @@ TEST(StateStoreTest, NotADatabaseIsAClearError) {
   EXPECT_NE(store.status().message().find("state.sqlite3"), absl::string_view::npos) << store.status();
 }
 
+// A database damaged inside (a flipped page, as from a failing disk): the
+// error is DataLoss and names the file.
+TEST(StateStoreTest, DamagedPagesAreDataLossNamingTheFile) {
+  const std::string dir = FreshDir("flipped");
+  {
+    auto store = StateStore::Open(dir);
+    ASSERT_TRUE(store.ok()) << store.status();
+    for (int round = 1; round <= 3; ++round) {
+      ASSERT_TRUE((*store)->OpenRound(round, "{}").ok());
+      ASSERT_TRUE((*store)->CommitRound(round, Blob(round), "{}", "{}", {}).ok());
+    }
+  }
+  const std::string path = dir + "/state.sqlite3";
+  const auto size = std::filesystem::file_size(path);
+  ASSERT_GE(size, 3 * 4096u);
+  {
+    // Every table's page after the schema page: its b-tree header, garbled.
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    for (std::uintmax_t page = 1; page * 4096 < size; ++page) {
+      f.seekp(static_cast<std::streamoff>(page * 4096));
+      f.write("\x0d\xff\xff\xff\xff\xff\xff\xff", 8);
+    }
+  }
+  absl::Status s = [&]() -> absl::Status {
+    auto store = StateStore::Open(dir);
+    if (!store.ok()) return store.status();
+    if (absl::Status c = (*store)->CheckIntegrity(); !c.ok()) return c;
+    return (*store)->LatestCommitted().status();
+  }();
+  ASSERT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  // (SQLite gives the path normalized: TempDir's trailing slash goes.)
+  EXPECT_NE(s.message().find("state database '"), absl::string_view::npos) << s;
+  EXPECT_NE(s.message().find(std::filesystem::path(dir).filename().string() + "/state.sqlite3'"),
+            absl::string_view::npos)
+      << s;
+}
+
 // An emptied (or deleted) database beside committed round files is refused:
 // starting over would overwrite round 1's adapter and forget the ledger.
 TEST(StateStoreTest, AnEmptiedDatabaseBesideRoundFilesIsRefused) {
