@@ -73,7 +73,15 @@ absl::StatusOr<Gpt2LmHead> LoadBaseModel(const std::string& dir, const LoraConfi
     if (!data.ok()) {
       return absl::Status(data.status().code(), absl::StrCat("'", path, "': ", data.status().message()));
     }
-    tensor.copy_(torch::from_blob(data->data(), tensor.sizes(), torch::kFloat32));
+    const torch::Tensor loaded = torch::from_blob(data->data(), tensor.sizes(), torch::kFloat32);
+    // A NaN or infinite weight makes every loss NaN, which training would
+    // report as divergence, far from its cause.
+    if (!torch::isfinite(loaded).all().item<bool>()) {
+      const int64_t bad = (~torch::isfinite(loaded)).sum().item<int64_t>();
+      return absl::DataLossError(
+          absl::StrCat("'", path, "': tensor '", key, "' holds ", bad, " NaN or infinite value(s)"));
+    }
+    tensor.copy_(loaded);
     used.insert(key);
   }
   for (const std::string& n : file.names()) {

@@ -96,6 +96,25 @@ TEST(CheckpointTest, BadFilesGiveClearErrors) {
   EXPECT_NE(r.status().message().find("unknown model config key 'colour'"), absl::string_view::npos);
 
   EXPECT_EQ(LoadBaseModel("/nonexistent/model", LoraConfig()).status().code(), absl::StatusCode::kNotFound);
+
+  // Non-finite weights are named at load, not found later as divergence.
+  {
+    torch::NoGradGuard no_grad;
+    Gpt2LmHead poisoned = RandomModel();
+    for (auto& [name, t] : poisoned->BaseParameters()) {
+      if (name == "transformer.h.1.mlp.c_fc.weight") {
+        t[0][3] = std::numeric_limits<float>::quiet_NaN();
+        t[2][1] = std::numeric_limits<float>::infinity();
+      }
+    }
+    const std::string nan_dir = TempPath("nan");
+    ASSERT_TRUE(SaveBaseModel(poisoned, nan_dir).ok());
+    r = LoadBaseModel(nan_dir, LoraConfig());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
+    EXPECT_NE(r.status().message().find("tensor 'transformer.h.1.mlp.c_fc.weight' holds 2 NaN or infinite value(s)"),
+              absl::string_view::npos)
+        << r.status();
+  }
 }
 
 TEST(CheckpointTest, AdaptersRoundTripAndRefuseOtherConfigs) {
