@@ -50,7 +50,10 @@ absl::Status RoundSettings::Validate() const {
   if (ring_bits != 0 && (ring_bits < 8 || ring_bits > 32)) {
     return absl::InvalidArgumentError("ring_bits must be 0 (sized per round) or in [8, 32]");
   }
-  if (!(clip_norm > 0) || !std::isfinite(clip_norm)) return absl::InvalidArgumentError("clip_norm must be positive and finite");
+  if (!(clip_norm >= kMinClipNorm && clip_norm <= kMaxClipNorm)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("clip_norm must be in [", kMinClipNorm, ", ", kMaxClipNorm, "], got ", clip_norm));
+  }
   if (!(noise_multiplier >= 0) || !std::isfinite(noise_multiplier)) {
     return absl::InvalidArgumentError("noise_multiplier must be >= 0 and finite");
   }

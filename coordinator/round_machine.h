@@ -43,7 +43,13 @@ struct RoundSettings {
   // SecAgg ring bits: 0 sizes the ring per round (ChooseRing: the fewest
   // bits that keep the mean's rounding within S / 256); 8 to 32 fix it.
   uint32_t ring_bits = 0;
-  double clip_norm = 1.0;          // S
+  // S. Bounded so that the ring and the noise stay meaningful: below
+  // kMinClipNorm a float32 adapter update is clipped to nothing (the sampler's
+  // variance then rounds up to its 2^-20 floor), beyond kMaxClipNorm the
+  // scaled noise overflows float adapters.
+  static constexpr double kMinClipNorm = 1e-6;
+  static constexpr double kMaxClipNorm = 1e6;
+  double clip_norm = 1.0;
   double noise_multiplier = 0.0;   // z; 0: no DP noise
   bool central_noise = false;      // trusted coordinator adds the noise instead of the clients
   bool rotate = true;              // Hadamard rotation before quantization

@@ -132,7 +132,10 @@ absl::Status ExperimentConfig::Validate() const {
   if (ring_bits != 0 && (ring_bits < 8 || ring_bits > 32)) {
     return bad("\"ring_bits\" must be 0 (sized per round) or in [8, 32]");
   }
-  if (!(clip_norm > 0)) return bad("\"clip_norm\" must be positive");
+  if (!(clip_norm >= RoundSettings::kMinClipNorm && clip_norm <= RoundSettings::kMaxClipNorm)) {
+    return bad(absl::StrCat("\"clip_norm\" must be in [", RoundSettings::kMinClipNorm, ", ",
+                            RoundSettings::kMaxClipNorm, "], got ", clip_norm));
+  }
   if (!(noise_multiplier >= 0) || !std::isfinite(noise_multiplier)) return bad("\"noise_multiplier\" must be >= 0");
   if (!(delta > 0 && delta < 1)) return bad("\"delta\" must be in (0, 1)");
   if (absl::Status s = strategy.Validate(); !s.ok()) return s;

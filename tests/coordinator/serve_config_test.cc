@@ -62,6 +62,8 @@ TEST(ServeConfigTest, BadValuesAreErrorsNamingTheKey) {
   EXPECT_TRUE(has(error(Config(R"({"clients_per_round": 100000000})")), "clients_per_round must be 2 to 1048576"));
   EXPECT_TRUE(has(error(Config(R"({"ring_bits": -1})")), "round: \"ring_bits\" must be an integer in [0, 4294967295]"));
   EXPECT_TRUE(has(error(Config(R"({"clip_norm": 1e999})")), "number overflow"));
+  EXPECT_TRUE(has(error(Config(R"({"clients_per_round": 4, "min_clients": 3, "clip_norm": 1e-308})")),
+                  "clip_norm must be in [1e-06, 1e+06], got 1e-308"));
   EXPECT_TRUE(has(error(Config(R"({"rotate": "yes"})")), "\"rotate\" must be true or false"));
   EXPECT_TRUE(has(error(Config(R"({"clients_per_round": 4, "min_clients": 3, "threshold": 4})")),
                   "threshold 4 exceeds a round of 3 clients"));

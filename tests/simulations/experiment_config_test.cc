@@ -84,6 +84,7 @@ TEST(ExperimentConfigTest, BadConfigsAreNamedErrors) {
   EXPECT_NE(error(R"({"rounds": 1e20})").find("\"rounds\" must be an integer in"), std::string::npos);
   EXPECT_NE(error(R"({"seed": -1})").find("\"seed\""), std::string::npos);
   EXPECT_NE(error(R"({"clip_norm": 1e999})").find("number overflow"), std::string::npos);
+  EXPECT_NE(error(R"({"clip_norm": 1e-308})").find("\"clip_norm\" must be in [1e-06, 1e+06]"), std::string::npos);
   EXPECT_NE(error(R"({"clip_norm": NaN})").find("line 1"), std::string::npos);
   EXPECT_NE(error(R"({"secure_agg": 1})").find("\"secure_agg\" must be true or false"), std::string::npos);
   EXPECT_NE(error(R"({"local": {"batch_size": "8"}})").find("local: \"batch_size\" must be an integer"),
