@@ -35,9 +35,13 @@ absl::StatusOr<std::string> Gunzip(const std::string& path, size_t max_bytes) {
       gzclose(f);
       return absl::DataLossError(absl::StrCat("'", path, "': ", msg));
     }
+    // zlib reads a file that is not gzip as plain bytes, and an empty file as
+    // no bytes; either is a damaged changelog.Debian.gz.
+    if (n == 0 && out.empty() && gzdirect(f)) {
+      gzclose(f);
+      return absl::DataLossError(absl::StrCat("'", path, "' is empty (not gzip data)"));
+    }
     if (n == 0) break;
-    // zlib reads a file that is not gzip as plain bytes; a changelog.Debian.gz
-    // that is not gzip is damaged.
     if (out.empty() && gzdirect(f)) {
       gzclose(f);
       return absl::DataLossError(absl::StrCat("'", path, "' is not gzip data"));

@@ -215,6 +215,8 @@ TEST(CorpusTest, DebianChangelogsGroupByMaintainerDedupAndOrderByDate) {
   ASSERT_TRUE(ReadAll(dir + "/pkgb/changelog.Debian.gz", whole));
   std::ofstream(dir + "/pkgc/changelog.Debian.gz", std::ios::binary) << whole.substr(0, whole.size() / 2);
   std::ofstream(dir + "/pkgd/changelog.Debian.gz") << log_a;  // plain text under a .gz name
+  fs::create_directories(dir + "/pkge");
+  std::ofstream(dir + "/pkge/changelog.Debian.gz").flush();  // empty
   absl::StatusOr<Corpus> strict = LoadCorpus("debian-changelogs:" + dir);
   ASSERT_FALSE(strict.ok());
   EXPECT_EQ(strict.status().code(), absl::StatusCode::kDataLoss) << strict.status();
@@ -231,6 +233,7 @@ TEST(CorpusTest, DebianChangelogsGroupByMaintainerDedupAndOrderByDate) {
   };
   EXPECT_TRUE(mentions("pkgc/changelog.Debian.gz")) << "truncated";
   EXPECT_TRUE(mentions("pkgd/changelog.Debian.gz' is not gzip data"));
+  EXPECT_TRUE(mentions("pkge/changelog.Debian.gz' is empty (not gzip data)"));
 }
 
 }  // namespace
