@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "common/atomic_file.h"
 #include "common/table.h"
+#include "coordinator/privacy_ledger.h"
 
 namespace fedpers {
 namespace {
@@ -21,6 +22,7 @@ std::vector<T> AxisOr(const std::vector<T>& axis, T fallback) {
 }
 
 std::string EpsText(double eps) { return std::isfinite(eps) ? absl::StrFormat("%.3g", eps) : "inf"; }
+std::string EpsText(std::optional<double> eps) { return eps ? EpsText(*eps) : "-"; }
 
 // A point's figures as sweep.json lists them (the Pareto mark is the
 // sweep's, not the point's, and is added by SweepJson).
@@ -33,6 +35,7 @@ nlohmann::ordered_json PointJson(const SweepPoint& p) {
           {"accuracy", p.accuracy},
           {"loss", p.loss},
           {"epsilon", std::isfinite(p.epsilon) ? nlohmann::ordered_json(p.epsilon) : nlohmann::ordered_json("inf")},
+          {"epsilon_against_coordinator", nlohmann::ordered_json(EpsilonToJson(p.epsilon_against_coordinator))},
           {"bytes_up_per_client_round", p.bytes_up},
           {"bytes_down_per_client_round", p.bytes_down},
           {"client_seconds_per_round", p.client_seconds},
@@ -54,6 +57,7 @@ absl::StatusOr<SweepPoint> PointFromJson(const nlohmann::json& j) {
     const nlohmann::json& eps = j.at("epsilon");
     p.epsilon = eps.is_string() && eps.get<std::string>() == "inf" ? std::numeric_limits<double>::infinity()
                                                                     : eps.get<double>();
+    p.epsilon_against_coordinator = EpsilonFromJson(j.value("epsilon_against_coordinator", nlohmann::json()));
     p.bytes_up = j.at("bytes_up_per_client_round").get<double>();
     p.bytes_down = j.at("bytes_down_per_client_round").get<double>();
     p.client_seconds = j.at("client_seconds_per_round").get<double>();
@@ -191,6 +195,8 @@ absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const Swee
     p.accuracy = m.final_eval.accuracy;
     p.loss = m.final_eval.loss;
     p.epsilon = c.noise_multiplier > 0 ? m.epsilon : std::numeric_limits<double>::infinity();
+    p.epsilon_against_coordinator =
+        c.noise_multiplier > 0 ? m.epsilon_against_coordinator : std::numeric_limits<double>::infinity();
     p.bytes_up = m.bytes_up_per_client_round;
     p.bytes_down = m.bytes_down_per_client_round;
     p.client_seconds = m.client_seconds_per_round;
@@ -205,7 +211,10 @@ absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const Swee
     if (!r->warnings.empty()) {
       p.note = p.note.empty() ? r->warnings.front() : absl::StrCat(r->warnings.front(), "; first abort: ", p.note);
     }
-    if (p.rounds_committed == 0) p.epsilon = 0;  // nothing left any client
+    if (p.rounds_committed == 0) {  // nothing left any client
+      p.epsilon = 0;
+      p.epsilon_against_coordinator = 0;
+    }
     // The point's own run directory (report, metrics, users), then the
     // record that lets a rerun of the sweep skip it.
     absl::StatusOr<ReportFiles> files = WriteReport(*r, c.out);
@@ -233,13 +242,14 @@ nlohmann::ordered_json SweepJson(const SweepResult& r) {
 }
 
 std::string SweepTable(const SweepResult& r) {
-  Table t({"#", "r_g", "r_u", "ring bits", "z", "clients", "accuracy", "epsilon", "up/client/round", "pareto", "note"});
+  Table t({"#", "r_g", "r_u", "ring bits", "z", "clients", "accuracy", "epsilon", "eps vs coord", "up/client/round",
+           "pareto", "note"});
   for (size_t i = 0; i < r.points.size(); ++i) {
     const SweepPoint& p = r.points[i];
     t.AddRow({absl::StrCat(i), absl::StrCat(p.global_rank), absl::StrCat(p.residual_rank), RingBitsName(p.ring_bits),
               absl::StrFormat("%g", p.noise_multiplier), absl::StrCat(p.clients_per_round),
-              absl::StrFormat("%.4f", p.accuracy), EpsText(p.epsilon), HumanBytes(p.bytes_up), p.pareto ? "*" : "",
-              p.note.substr(0, 60)});
+              absl::StrFormat("%.4f", p.accuracy), EpsText(p.epsilon), EpsText(p.epsilon_against_coordinator),
+              HumanBytes(p.bytes_up), p.pareto ? "*" : "", p.note.substr(0, 60)});
   }
   return t.Render();
 }
@@ -253,22 +263,31 @@ absl::StatusOr<ReportFiles> WriteSweepReport(const SweepResult& r, const std::st
     return absl::OkStatus();
   };
   std::string csv = "global_rank,residual_rank,ring_bits,noise_multiplier,clients_per_round,accuracy,loss,epsilon,"
-                    "bytes_up_per_client_round,bytes_down_per_client_round,client_seconds_per_round,pareto\n";
+                    "epsilon_against_coordinator,bytes_up_per_client_round,bytes_down_per_client_round,"
+                    "client_seconds_per_round,pareto\n";
   double max_eps = 0;
   for (const SweepPoint& p : r.points) {
     absl::StrAppend(&csv, p.global_rank, ",", p.residual_rank, ",", p.ring_bits, ",", p.noise_multiplier, ",",
                     p.clients_per_round, ",", absl::StrFormat("%.6f,%.6f", p.accuracy, p.loss), ",", EpsText(p.epsilon),
-                    ",", p.bytes_up, ",", p.bytes_down, ",", p.client_seconds, ",", p.pareto ? 1 : 0, "\n");
-    if (std::isfinite(p.epsilon)) max_eps = std::max(max_eps, p.epsilon);
+                    ",", p.epsilon_against_coordinator ? EpsText(*p.epsilon_against_coordinator) : "", ",",
+                    p.bytes_up, ",", p.bytes_down, ",", p.client_seconds, ",", p.pareto ? 1 : 0, "\n");
+    for (const std::optional<double> eps : {std::optional<double>(p.epsilon), p.epsilon_against_coordinator}) {
+      if (eps && std::isfinite(*eps)) max_eps = std::max(max_eps, *eps);
+    }
   }
   if (absl::Status s = write("sweep.csv", csv); !s.ok()) return s;
   if (absl::Status s = write("sweep.json", SweepJson(r).dump(2) + "\n"); !s.ok()) return s;
   const double inf_x = max_eps > 0 ? 1.25 * max_eps : 1.0;
-  std::string dat = "# epsilon_x accuracy kib_up pareto label\n";
+  // Column 6: epsilon against the coordinator (NaN, which gnuplot skips, when unknown).
+  std::string dat = "# epsilon_x accuracy kib_up pareto label epsilon_against_coordinator_x\n";
   for (size_t i = 0; i < r.points.size(); ++i) {
     const SweepPoint& p = r.points[i];
+    const std::string vs_coordinator = !p.epsilon_against_coordinator ? "NaN"
+                                       : std::isfinite(*p.epsilon_against_coordinator)
+                                           ? absl::StrCat(*p.epsilon_against_coordinator)
+                                           : absl::StrCat(inf_x);
     absl::StrAppend(&dat, std::isfinite(p.epsilon) ? p.epsilon : inf_x, " ", p.accuracy, " ", p.bytes_up / 1024, " ",
-                    p.pareto ? 1 : 0, " \"#", i, "\"\n");
+                    p.pareto ? 1 : 0, " \"#", i, "\" ", vs_coordinator, "\n");
   }
   if (absl::Status s = write("plots/sweep.dat", dat); !s.ok()) return s;
   const std::string data = absl::StrCat("'", fs::absolute(fs::path(dir) / "plots" / "sweep.dat").string(), "'");
@@ -277,11 +296,13 @@ absl::StatusOr<ReportFiles> WriteSweepReport(const SweepResult& r, const std::st
   const std::string script = absl::StrCat(
       "set terminal pngcairo size 960,600 font 'Sans,11'\nset output '", png, "'\n",
       "set multiplot layout 1,2 title 'Sweep: accuracy against epsilon and bytes (filled: Pareto front)'\n"
-      "set grid\nunset key\nset ylabel 'mean held-out accuracy'\n",
+      "set grid\nset key top left font ',9'\nset ylabel 'mean held-out accuracy'\n",
       "set xlabel 'epsilon (right edge: no noise)'\n",
-      "plot ", data, " using 1:($4==1?$2:1/0) with points pt 7 ps 1.6, ", data,
-      " using 1:($4==0?$2:1/0) with points pt 6 ps 1.4, ", data, " using 1:2:5 with labels offset 0,1 font ',9'\n",
-      "set xlabel 'KiB sent per client per round'\n",
+      "plot ", data, " using 1:($4==1?$2:1/0) with points pt 7 ps 1.6 title 'Pareto front', ", data,
+      " using 1:($4==0?$2:1/0) with points pt 6 ps 1.4 title 'other points', ", data,
+      " using 6:2 with points pt 2 ps 1.2 title 'epsilon against the coordinator', ", data,
+      " using 1:2:5 with labels offset 0,1 font ',9' notitle\n",
+      "unset key\nset xlabel 'KiB sent per client per round'\n",
       "plot ", data, " using 3:($4==1?$2:1/0) with points pt 7 ps 1.6, ", data,
       " using 3:($4==0?$2:1/0) with points pt 6 ps 1.4, ", data, " using 3:2:5 with labels offset 0,1 font ',9'\n",
       "unset multiplot\n",
@@ -298,14 +319,17 @@ absl::StatusOr<ReportFiles> WriteSweepReport(const SweepResult& r, const std::st
   }
   std::string md = absl::StrCat("# fedpers sweep: ", r.base.data, "\n\nglobal+residual, ", r.base.rounds,
                                 " rounds per point; `*` marks the Pareto front (accuracy up, epsilon down, bytes "
-                                "up down; epsilons or bytes within 1% count as equal). Per-point runs are in `points/<#>/`.\n\n| # | r_g | r_u | ring bits | z | "
-                                "clients | accuracy | epsilon | up / client / round | Pareto | note |\n"
-                                "|---|---|---|---|---|---|---|---|---|---|---|\n");
+                                "up down; epsilons or bytes within 1% count as equal). \"eps vs coord\" is the epsilon "
+                                "against the coordinator itself, which knows who was sampled (docs/privacy.md); the "
+                                "front uses the ledger's epsilon. Per-point runs are in `points/<#>/`.\n\n| # | r_g | r_u | ring bits | z | "
+                                "clients | accuracy | epsilon | eps vs coord | up / client / round | Pareto | note |\n"
+                                "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < r.points.size(); ++i) {
     const SweepPoint& p = r.points[i];
     absl::StrAppend(&md, "| ", i, " | ", p.global_rank, " | ", p.residual_rank, " | ", RingBitsName(p.ring_bits), " | ",
                     absl::StrFormat("%g", p.noise_multiplier), " | ", p.clients_per_round, " | ",
-                    absl::StrFormat("%.4f", p.accuracy), " | ", EpsText(p.epsilon), " | ", HumanBytes(p.bytes_up),
+                    absl::StrFormat("%.4f", p.accuracy), " | ", EpsText(p.epsilon), " | ",
+                    EpsText(p.epsilon_against_coordinator), " | ", HumanBytes(p.bytes_up),
                     " | ", p.pareto ? "*" : "", " | ", p.note, " |\n");
   }
   if (!files.plots.empty()) absl::StrAppend(&md, "\n![sweep](plots/sweep.png) ([SVG](plots/sweep.svg))\n");

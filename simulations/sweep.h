@@ -5,6 +5,7 @@
 #ifndef FEDPERS_SIMULATIONS_SWEEP_H_
 #define FEDPERS_SIMULATIONS_SWEEP_H_
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,9 @@ struct SweepPoint {
   int64_t clients_per_round = 0;
   double accuracy = 0, loss = 0;
   double epsilon = 0;  // infinity without noise
+  // Against the coordinator, which knows who was sampled (no amplification):
+  // infinity without noise or with central noise; nullopt when unknown.
+  std::optional<double> epsilon_against_coordinator;
   double bytes_up = 0, bytes_down = 0;  // per client per round
   double client_seconds = 0;
   int64_t rounds_committed = 0, rounds_aborted = 0;

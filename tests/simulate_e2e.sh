@@ -139,10 +139,16 @@ s = json.load(open(sys.argv[1]))
 pts = s["points"]
 assert [p["noise_multiplier"] for p in pts] == [0, 0.5], pts
 assert pts[0]["epsilon"] == "inf" and isinstance(pts[1]["epsilon"], float), pts
+# Against the coordinator: no amplification by sampling, so never below the
+# round-by-round cost the ledger amplifies (it counts only rounds contributed to).
+assert pts[0]["epsilon_against_coordinator"] == "inf", pts
+assert isinstance(pts[1]["epsilon_against_coordinator"], float) and pts[1]["epsilon_against_coordinator"] > 0, pts
 assert any(p["pareto"] for p in pts)
 print("sweep: ok")
 PY
 test -s "$work/sweep/sweep.md"
+grep -q "eps vs coord" "$work/sweep/sweep.md"
+head -1 "$work/sweep/sweep.csv" | grep -q ",epsilon,epsilon_against_coordinator,"
 test -s "$work/sweep/points/1/report.md" && test -s "$work/sweep/points/1/users.csv"
 test ! -e "$work/sweep/base"  # the points used the experiment's base model, $work/run/base
 # Without --out, a sweep writes beside the experiment, not into it.
