@@ -120,9 +120,12 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     if (!server.ok()) Fail(std::string(server.status().message()));
     std::signal(SIGINT, OnSignal);
     std::signal(SIGTERM, OnSignal);
-    std::fprintf(stderr, "coordinator listening on port %d (state in %s, last committed round %ld)\n",
-                 (*server)->port(), config->state_dir.c_str(),
-                 static_cast<long>((*rt)->AdminStatus().last_committed_round()));
+    const auto status = (*rt)->AdminStatus();
+    std::fprintf(stderr,
+                 "coordinator listening on port %d (state in %s, last committed round %ld, epsilon %.4f of the "
+                 "budget %g at delta %g)\n",
+                 (*server)->port(), config->state_dir.c_str(), static_cast<long>(status.last_committed_round()),
+                 status.epsilon(), status.epsilon_budget(), status.delta());
     // Serves until SIGINT/SIGTERM; after max_rounds it keeps answering polls
     // and admin calls but opens no more rounds.
     while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(50));

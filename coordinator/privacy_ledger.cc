@@ -47,6 +47,16 @@ absl::StatusOr<std::vector<double>> PrivacyLedger::RoundRdp(double q, double z,
   return dp::ComputeRdpSampledWithoutReplacement(q, z / 2, noise, 1, orders_);
 }
 
+absl::Status PrivacyLedger::SetPolicy(double delta, double epsilon_budget) {
+  absl::StatusOr<PrivacyLedger> checked = Create(delta, epsilon_budget, orders_);
+  if (!checked.ok()) return checked.status();
+  delta_ = delta;
+  budget_ = epsilon_budget;
+  epsilon_ = 0;
+  for (const Account& a : accounts_) epsilon_ = std::max(epsilon_, EpsilonOf(a.rdp));
+  return absl::OkStatus();
+}
+
 double PrivacyLedger::EpsilonOf(const std::vector<double>& rdp) const {
   absl::StatusOr<dp::EpsilonAt> e = dp::EpsilonFromRdp(orders_, rdp, delta_);
   return e.ok() ? e->epsilon : std::numeric_limits<double>::infinity();

@@ -84,6 +84,15 @@ class PrivacyLedger {
   absl::Status RecordRound(int64_t round, double q, double z, dp::SampledNoise noise, double coordinator_z,
                            std::span<const std::string> contributors, std::span<const std::string> eligible);
 
+  // Applies the operator's current delta and budget to a restored ledger
+  // (the snapshot keeps those of its time). Epsilons are recomputed at
+  // `delta` from the stored RDP sums, which do not depend on it, so the
+  // change is exact; rounds already recorded keep the epsilon_after they
+  // were reported with. A budget below the current epsilon is allowed: it
+  // refuses every further round. InvalidArgument, changing nothing, for
+  // values Create would refuse.
+  absl::Status SetPolicy(double delta, double epsilon_budget);
+
   double epsilon() const { return epsilon_; }
   // The largest user epsilon against the coordinator (no amplification, over
   // the rounds the user contributed to): infinite when some contributor was

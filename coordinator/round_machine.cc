@@ -281,6 +281,10 @@ absl::StatusOr<std::unique_ptr<RoundMachine>> RoundMachine::Create(StateStore* s
     absl::StatusOr<PrivacyLedger> restored = PrivacyLedger::FromJson(c.ledger_json);
     if (!restored.ok()) return in_committed("privacy ledger", restored.status());
     m->ledger_ = std::move(*restored);
+    // The snapshot keeps the delta and budget of its time; the settings are
+    // the operator's policy now (a raised budget lets rounds go on, a lower
+    // one stops them).
+    if (absl::Status s = m->ledger_->SetPolicy(settings.delta, settings.epsilon_budget); !s.ok()) return s;
     absl::StatusOr<std::map<std::string, Eigen::VectorXf>> state = ParseStrategyState(c.strategy_state);
     if (!state.ok()) return in_committed("server optimizer state", state.status());
     if (absl::Status s = m->strategy_->LoadState(*state); !s.ok()) return in_committed("server optimizer state", s);

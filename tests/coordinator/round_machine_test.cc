@@ -342,6 +342,53 @@ TEST(RoundMachineTest, PrivacyBudgetStopsRounds) {
   EXPECT_EQ((*m)->ledger().rounds().size(), static_cast<size_t>(committed));
 }
 
+// The snapshot keeps the delta and budget of its time; a restart applies the
+// configured ones: a raised budget lets rounds go on, and epsilon is
+// recomputed at the configured delta from the same RDP sums.
+TEST(RoundMachineTest, ARestartAppliesTheConfiguredBudgetAndDelta) {
+  auto store = StateStore::Open(FreshDir("budget_restart"));
+  RoundSettings settings;
+  settings.clients_per_round = 5;
+  settings.min_clients = 3;
+  settings.noise_multiplier = 5.0;
+  settings.epsilon_budget = 3.0;
+  Fleet fleet(10, 68, 4);
+  double epsilon_at_stop = 0;
+  {
+    auto m = RoundMachine::Create(store->get(), Layout(), settings);
+    ASSERT_TRUE(m.ok()) << m.status();
+    for (int r = 1; r <= 20 && RunRound(**m, fleet, r).ok(); ++r) {
+    }
+    epsilon_at_stop = (*m)->ledger().epsilon();
+    ASSERT_GT(epsilon_at_stop, 0);
+  }
+  {
+    auto same = RoundMachine::Create(store->get(), Layout(), settings);
+    ASSERT_TRUE(same.ok()) << same.status();
+    EXPECT_EQ((*same)->ledger().epsilon(), epsilon_at_stop) << "same delta: the same epsilon, exactly";
+    EXPECT_EQ(RunRound(**same, fleet, 100).status().code(), absl::StatusCode::kFailedPrecondition);
+  }
+  RoundSettings raised = settings;
+  raised.epsilon_budget = 6.0;
+  {
+    auto m = RoundMachine::Create(store->get(), Layout(), raised);
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ((*m)->ledger().budget(), 6.0);
+    auto s = RunRound(**m, fleet, 101);
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_GT(s->epsilon, epsilon_at_stop);
+    EXPECT_LE(s->epsilon, 6.0);
+    epsilon_at_stop = (*m)->ledger().epsilon();
+  }
+  RoundSettings looser = raised;
+  looser.delta = 1e-3;
+  auto m = RoundMachine::Create(store->get(), Layout(), looser);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ((*m)->ledger().delta(), 1e-3);
+  EXPECT_GT((*m)->ledger().epsilon(), 0);
+  EXPECT_LT((*m)->ledger().epsilon(), epsilon_at_stop) << "a larger delta buys a smaller epsilon";
+}
+
 // The ledger charges a round for the rounded update's worst-case norm: the
 // multiplier it records is AccountedNoiseMultiplier of the round's ring,
 // and a coarse ring costs more epsilon than a fine one at the same z.
