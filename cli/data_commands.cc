@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "common/corpus.h"
 #include "common/table.h"
+#include "common/utf8.h"
 #include "nlohmann/json.hpp"
 
 namespace fedpers::cli {
@@ -72,7 +73,8 @@ void RegisterData(CLI::App& app, const GlobalOptions& global) {
     }
     if (!c->problems.empty()) {
       std::cout << absl::StrFormat("\n%d problems:\n", c->problems.size());
-      for (const std::string& p : c->problems) std::cout << "  " << p << "\n";
+      // Problems quote the corpus (ids, file names).
+      for (const std::string& p : c->problems) std::cout << "  " << EscapeForTerminal(p) << "\n";
     }
   });
 }

@@ -443,7 +443,8 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
                     << "\n";
         } else {
           std::cout << absl::StrFormat("user %s moved from client %s to %s (it takes part once %s joins with it)\n",
-                                       a->user, r.previous_client_id(), a->to_client, a->to_client);
+                                       EscapeForTerminal(a->user), EscapeForTerminal(r.previous_client_id()),
+                                       EscapeForTerminal(a->to_client), EscapeForTerminal(a->to_client));
         }
       } else if (name == "rounds") {
         // As `data users`: the table is for reading, --json for scripts.

@@ -19,22 +19,35 @@ void Fail(const std::string& message) {
 
 namespace {
 
+// What an integer option refuses before CLI11 2.1 converts it: a value
+// beyond the type (strtoll/strtoull clamp it, in any base, and CLI11 does not
+// look at errno) and, for unsigned options, a negative one (strtoull negates
+// it into a huge value). Text that is no integer is left to CLI11's message.
+std::string IntegerProblem(const std::string& in, bool is_unsigned) {
+  const size_t first = in.find_first_not_of(" \t");
+  if (first == std::string::npos) return {};
+  if (is_unsigned && in[first] == '-') return "'" + in + "' is negative";
+  char* end = nullptr;
+  errno = 0;
+  if (is_unsigned) {
+    (void)std::strtoull(in.c_str(), &end, 0);
+  } else {
+    (void)std::strtoll(in.c_str(), &end, 0);
+  }
+  if (end != in.c_str() + in.size()) return {};
+  return errno == ERANGE ? "'" + in + "' is out of range" : std::string();
+}
+
 // Checks every option of `app` and its subcommands gets, whatever it is:
-// - an integer option refuses a value beyond int64 (CLI11 2.1 reads it as
-//   INT64_MAX: strtoll clamps and it does not look at errno);
+// - an integer option refuses values IntegerProblem names;
 // - a text option refuses an empty value, which no option means anything by:
 //   `--out ""` would write into the working directory, `--data ""` would
-//   silently keep the config's corpus.
+//   silently keep the config's corpus (leave an option out for its default).
 void CheckEveryOptionValue(CLI::App& app) {
-  static const CLI::Validator* in_range = new CLI::Validator(
-      [](std::string& in) -> std::string {
-        const size_t digits = (!in.empty() && (in[0] == '+' || in[0] == '-')) ? 1 : 0;
-        if (digits == in.size() || in.find_first_not_of("0123456789", digits) != std::string::npos) return {};
-        errno = 0;
-        (void)std::strtoll(in.c_str(), nullptr, 10);
-        return errno == ERANGE ? "'" + in + "' is out of range" : std::string();
-      },
-      /*validator_desc=*/"");
+  static const CLI::Validator* signed_integer = new CLI::Validator(
+      [](std::string& in) { return IntegerProblem(in, /*is_unsigned=*/false); }, /*validator_desc=*/"");
+  static const CLI::Validator* unsigned_integer = new CLI::Validator(
+      [](std::string& in) { return IntegerProblem(in, /*is_unsigned=*/true); }, /*validator_desc=*/"");
   static const CLI::Validator* non_empty = new CLI::Validator(
       [](std::string& in) -> std::string {
         return in.empty() ? "the value is empty (leave the option out for its default)" : std::string();
@@ -42,7 +55,8 @@ void CheckEveryOptionValue(CLI::App& app) {
       /*validator_desc=*/"");
   for (CLI::Option* option : app.get_options()) {
     const std::string type = option->get_type_name();
-    if (type.rfind("INT", 0) == 0 || type.rfind("UINT", 0) == 0) option->check(*in_range);
+    if (type.rfind("INT", 0) == 0) option->check(*signed_integer);
+    if (type.rfind("UINT", 0) == 0) option->check(*unsigned_integer);
     if (type.rfind("TEXT", 0) == 0) option->check(*non_empty);
   }
   for (CLI::App* sub : app.get_subcommands({})) CheckEveryOptionValue(*sub);

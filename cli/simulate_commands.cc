@@ -8,6 +8,7 @@
 #include "cli/commands.h"
 #include "common/atomic_file.h"
 #include "common/corpus.h"
+#include "common/utf8.h"
 #include "simulations/report.h"
 #include "simulations/sweep.h"
 
@@ -114,7 +115,7 @@ void RegisterSimulate(CLI::App& app, const GlobalOptions& global) {
     if (!result.ok()) Fail(std::string(result.status().message()));
     absl::StatusOr<ReportFiles> files = WriteReport(*result, config.out);
     if (!files.ok()) Fail(std::string(files.status().message()));
-    for (const std::string& w : files->warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+    for (const std::string& w : files->warnings) std::fprintf(stderr, "warning: %s\n", EscapeForTerminal(w).c_str());
     if (o->json) {
       nlohmann::ordered_json j = ExperimentSummaryJson(*result);
       j["run_dir"] = config.out;
@@ -164,7 +165,7 @@ void RegisterSimulate(CLI::App& app, const GlobalOptions& global) {
     if (!result.ok()) Fail(std::string(result.status().message()));
     absl::StatusOr<ReportFiles> files = WriteSweepReport(*result, config.out);
     if (!files.ok()) Fail(std::string(files.status().message()));
-    for (const std::string& w : files->warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+    for (const std::string& w : files->warnings) std::fprintf(stderr, "warning: %s\n", EscapeForTerminal(w).c_str());
     if (so->json) {
       std::cout << SweepJson(*result).dump(2) << "\n";
       return;

@@ -35,6 +35,13 @@ absl::Status Reject(const CorpusOptions& options, Corpus& corpus, absl::Status e
 absl::Status Finalize(std::map<std::string, std::string> by_user, const CorpusOptions& options,
                       Corpus& corpus) {
   for (auto& [id, text] : by_user) {
+    // Ids travel to coordinators and terminals (CheckUserId); the id is shown
+    // escaped so that the message itself is safe.
+    if (absl::Status s = CheckUserId(id, absl::StrCat(corpus.spec, ": user '", EscapeForTerminal(id), "'"));
+        !s.ok()) {
+      FEDPERS_RETURN_IF_ERROR(Reject(options, corpus, s));
+      continue;
+    }
     if (text.size() < options.min_user_bytes) {
       corpus.problems.push_back(absl::StrCat("user '", id, "': ", text.size(),
                                              " bytes of text, fewer than the minimum ",
@@ -151,6 +158,10 @@ absl::StatusOr<Corpus> LoadJsonl(const std::string& path, const CorpusOptions& o
     }
     if (user.empty()) {
       FEDPERS_RETURN_IF_ERROR(Reject(options, corpus, where("needs a non-empty string or integer 'user_id'")));
+      continue;
+    }
+    if (absl::Status s = CheckUserId(user, "'user_id'"); !s.ok()) {
+      FEDPERS_RETURN_IF_ERROR(Reject(options, corpus, where(s.message())));
       continue;
     }
     if (!j.contains("text") || !j["text"].is_string()) {

@@ -134,8 +134,9 @@ void ParseChangelog(absl::string_view log, std::set<std::pair<std::string, std::
       if (author.empty() || !seen.insert({package, version}).second) continue;
       while (!body.empty() && (body.back() == '\n' || body.back() == ' ')) body.pop_back();
       body += '\n';
-      if (!CheckText(body, "entry").ok()) {
-        ++invalid;  // old changelogs in Latin-1
+      // Old changelogs in Latin-1; an address that cannot be a user id.
+      if (!CheckText(body, "entry").ok() || !CheckUserId(author, "maintainer").ok()) {
+        ++invalid;
         continue;
       }
       entries.push_back({std::move(author), time, std::move(body)});
@@ -182,7 +183,9 @@ absl::StatusOr<Corpus> LoadDebianChangelogs(const std::string& doc_dir, const Co
     ParseChangelog(*log, seen, entries, invalid);
   }
   if (invalid > 0) {
-    corpus.problems.push_back(absl::StrCat(invalid, " changelog entries skipped: not UTF-8 text"));
+    corpus.problems.push_back(
+        absl::StrCat(invalid, " changelog entries skipped: not UTF-8 text, or a maintainer address with control "
+                              "characters"));
   }
   std::stable_sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
     return std::tie(a.author, a.time) < std::tie(b.author, b.time);

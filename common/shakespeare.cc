@@ -252,8 +252,11 @@ absl::StatusOr<Corpus> LoadShakespeare(const std::string& dir, int64_t min_lines
 
   int64_t too_few_lines = 0;
   int64_t too_few_bytes = 0;
+  int64_t unusable_ids = 0;
   for (auto& [id, role] : by_user) {
-    if (role.lines < min_lines) {
+    if (!CheckUserId(id, "role").ok()) {
+      ++unusable_ids;  // a file or role name with control characters, or over 256 bytes
+    } else if (role.lines < min_lines) {
       ++too_few_lines;
     } else if (role.text.size() < options.min_user_bytes) {
       ++too_few_bytes;
@@ -268,6 +271,11 @@ absl::StatusOr<Corpus> LoadShakespeare(const std::string& dir, int64_t min_lines
   if (too_few_bytes > 0) {
     corpus.problems.push_back(absl::StrCat("shakespeare: ", too_few_bytes, " roles with fewer than ",
                                            options.min_user_bytes, " bytes dropped"));
+  }
+  if (unusable_ids > 0) {
+    corpus.problems.push_back(absl::StrCat("shakespeare: ", unusable_ids,
+                                           " roles dropped: their play/role names cannot be user ids (control "
+                                           "characters, or over 256 bytes)"));
   }
   if (corpus.users.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("shakespeare: no role with at least ", min_lines,

@@ -75,6 +75,21 @@ bool IsControlAt(absl::string_view s, size_t i) {
          static_cast<unsigned char>(s[i + 1]) <= 0x9f;
 }
 
+// The code point of the well-formed sequence of `len` bytes at s[i].
+uint32_t CodePointAt(absl::string_view s, size_t i, size_t len) {
+  const unsigned char c = static_cast<unsigned char>(s[i]);
+  uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1f) : len == 3 ? (c & 0x0f) : (c & 0x07);
+  for (size_t k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3f);
+  return cp;
+}
+
+// Invisible and bidirectional format characters: they reorder or hide text
+// on a terminal ("Trojan Source") and make different ids look alike.
+bool IsFormatCharacter(uint32_t cp) {
+  return cp == 0x061c || (cp >= 0x200b && cp <= 0x200f) || (cp >= 0x202a && cp <= 0x202e) ||
+         (cp >= 0x2060 && cp <= 0x2064) || (cp >= 0x2066 && cp <= 0x2069) || cp == 0xfeff;
+}
+
 }  // namespace
 
 absl::Status CheckUserId(absl::string_view id, absl::string_view what) {
@@ -85,12 +100,19 @@ absl::Status CheckUserId(absl::string_view id, absl::string_view what) {
   if (size_t bad = FindInvalidUtf8(id); bad != absl::string_view::npos) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": a user id must be UTF-8 (invalid at byte ", bad, ")"));
   }
-  for (size_t i = 0; i < id.size(); ++i) {
+  for (size_t i = 0; i < id.size();) {
     if (IsControlAt(id, i)) {
       return absl::InvalidArgumentError(
           absl::StrFormat("%s: a user id must not contain control characters (byte 0x%02x at offset %d)", what,
                           static_cast<unsigned char>(id[i]), i));
     }
+    const size_t len = SequenceLength(id, i);  // > 0: the id is well-formed
+    if (const uint32_t cp = CodePointAt(id, i, len); IsFormatCharacter(cp)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: a user id must not contain invisible or bidirectional format characters (U+%04X at offset %d)",
+          what, cp, i));
+    }
+    i += len;
   }
   return absl::OkStatus();
 }
@@ -108,6 +130,9 @@ std::string EscapeForTerminal(absl::string_view text, bool keep_line_breaks) {
         absl::StrAppendFormat(&out, "\\x%02x", static_cast<unsigned char>(text[i + k]));
       }
       i += n;
+    } else if (const uint32_t cp = CodePointAt(text, i, len); IsFormatCharacter(cp)) {
+      absl::StrAppendFormat(&out, "\\u%04x", cp);
+      i += len;
     } else {
       out.append(text.data() + i, len);
       i += len;

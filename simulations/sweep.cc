@@ -64,7 +64,7 @@ absl::StatusOr<SweepPoint> PointFromJson(const nlohmann::json& j) {
     p.rounds_committed = j.at("rounds_committed").get<int64_t>();
     p.rounds_aborted = j.at("rounds_aborted").get<int64_t>();
     p.note = j.at("note").get<std::string>();
-  } catch (const nlohmann::json::exception& e) {
+  } catch (const std::exception& e) {  // nlohmann's, or EpsilonFromJson's invalid_argument
     return absl::DataLossError(absl::StrCat("bad point record: ", e.what()));
   }
   return p;

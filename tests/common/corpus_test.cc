@@ -84,6 +84,9 @@ TEST(CorpusTest, JsonlConcatenatesInOrderAndNamesBadLines) {
       {"{\"user_id\": \"u\", \"text\": 5}\n", "needs a string field 'text'"},
       {"{\"user_id\": \"u\", \"text\": \"a\\u0000b\"}\n", "binary data"},
       {"{\"user_id\": \"u\", \"text\": \"caf\xe9\"}\n", "line 1: invalid UTF-8"},
+      {"{\"user_id\": \"u\\t2\", \"text\": \"x\"}\n",
+       "line 1: 'user_id': a user id must not contain control characters (byte 0x09 at offset 1)"},
+      {"{\"user_id\": \"" + std::string(257, 'u') + "\", \"text\": \"x\"}\n", "line 1: 'user_id': a user id must be 1-256"},
   };
   for (const auto& [contents, expected] : bad) {
     Write(path, contents);
@@ -91,6 +94,28 @@ TEST(CorpusTest, JsonlConcatenatesInOrderAndNamesBadLines) {
     ASSERT_FALSE(r.ok()) << contents;
     EXPECT_NE(r.status().message().find(expected), absl::string_view::npos) << r.status();
   }
+}
+
+// Every loader's ids pass CheckUserId (here a file name with an ESC, as a
+// txt corpus takes ids from file names): an error naming the corpus and the
+// id escaped, or with skip_bad_records a problem line while the rest load.
+TEST(CorpusTest, UserIdsATerminalWouldActOnAreRefused) {
+  std::string dir = TempDir("ids");
+  Write(dir + "/alice.txt", "hello");
+  Write(dir + "/ev\x1b[2Jil.txt", "hello");
+  absl::StatusOr<Corpus> strict = LoadCorpus("txt:" + dir);
+  ASSERT_EQ(strict.status().code(), absl::StatusCode::kInvalidArgument) << strict.status();
+  EXPECT_NE(strict.status().message().find("user 'ev\\x1b[2Jil': a user id must not contain control characters"),
+            absl::string_view::npos)
+      << strict.status();
+  CorpusOptions skip;
+  skip.skip_bad_records = true;
+  absl::StatusOr<Corpus> c = LoadCorpus("txt:" + dir, skip);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->users.size(), 1u);
+  EXPECT_EQ(c->users[0].user_id, "alice");
+  ASSERT_EQ(c->problems.size(), 1u);
+  EXPECT_EQ(c->problems[0].find('\x1b'), std::string::npos) << "the problem line is safe to print";
 }
 
 TEST(CorpusTest, JsonlSkipsHugeAndBadLinesWhenAsked) {

@@ -30,6 +30,9 @@ TEST(CheckUserIdTest, RefusesWhatATerminalWouldActOnWithoutEchoingIt) {
       {"del\x7f", "byte 0x7f at offset 3"},
       {"csi\xc2\x9b" "31m", "byte 0xc2 at offset 3"},  // C1 CSI, well-formed UTF-8
       {"bad\xff", "invalid at byte 3"},
+      {"admin\xe2\x80\xae" "nimda", "format characters (U+202E at offset 5)"},  // right-to-left override
+      {"bob\xe2\x80\x8b", "format characters (U+200B at offset 3)"},          // zero-width space
+      {"\xef\xbb\xbf" "bom", "format characters (U+FEFF at offset 0)"},
       {"over\xc0\xaf", "invalid at byte 4"},
   };
   for (const Case& c : cases) {
@@ -51,6 +54,8 @@ TEST(EscapeForTerminalTest, MakesControlsAndInvalidBytesVisible) {
   EXPECT_EQ(EscapeForTerminal("1\n2\t3\r"), "1\\x0a2\\x093\\x0d");
   EXPECT_EQ(EscapeForTerminal("1\n2\t3\r", /*keep_line_breaks=*/true), "1\n2\t3\\x0d");
   EXPECT_EQ(EscapeForTerminal(std::string("nul\0end", 7)), "nul\\x00end");
+  EXPECT_EQ(EscapeForTerminal("a\xe2\x80\xae" "b\xe2\x81\xa6" "c"), "a\\u202eb\\u2066c");
+  EXPECT_EQ(EscapeForTerminal("\xe2\x80\x94 dash"), "\xe2\x80\x94 dash") << "U+2014 is printable";
 }
 
 TEST(EscapeForTerminalTest, TablesShowEscapedCellsAligned) {
