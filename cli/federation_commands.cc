@@ -121,11 +121,19 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     std::signal(SIGINT, OnSignal);
     std::signal(SIGTERM, OnSignal);
     const auto status = (*rt)->AdminStatus();
+    const std::string against_coordinator =
+        std::isfinite(status.epsilon_budget_against_coordinator())
+            ? absl::StrFormat("; against the coordinator %s of %g",
+                              status.has_epsilon_against_coordinator()
+                                  ? absl::StrFormat("%.4f", status.epsilon_against_coordinator())
+                                  : "unknown",
+                              status.epsilon_budget_against_coordinator())
+            : "";
     std::fprintf(stderr,
                  "coordinator listening on port %d (state in %s, last committed round %ld, epsilon %.4f of the "
-                 "budget %g at delta %g)\n",
+                 "budget %g at delta %g%s)\n",
                  (*server)->port(), config->state_dir.c_str(), static_cast<long>(status.last_committed_round()),
-                 status.epsilon(), status.epsilon_budget(), status.delta());
+                 status.epsilon(), status.epsilon_budget(), status.delta(), against_coordinator.c_str());
     // Serves until SIGINT/SIGTERM; after max_rounds it keeps answering polls
     // and admin calls but opens no more rounds.
     while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -363,10 +371,15 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
                                    {"paused", r.paused()},
                                    {"epsilon", r.epsilon()},
                                    {"delta", r.delta()},
-                                   {"epsilon_budget", r.epsilon_budget()},
+                                   // Budgets as epsilons: "inf" for none (JSON has no infinity).
+                                   {"epsilon_budget", EpsilonToJson(r.epsilon_budget())},
                                    {"epsilon_against_coordinator",
                                     EpsilonToJson(r.has_epsilon_against_coordinator()
                                                       ? std::optional<double>(r.epsilon_against_coordinator())
+                                                      : std::nullopt)},
+                                   {"epsilon_budget_against_coordinator",
+                                    EpsilonToJson(r.has_epsilon_budget_against_coordinator()
+                                                      ? std::optional<double>(r.epsilon_budget_against_coordinator())
                                                       : std::nullopt)}})
                        .dump(2)
                 << "\n";
@@ -381,11 +394,16 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     t.AddRow({"users eligible now", absl::StrFormat("%d", r.eligible_users())});
     t.AddRow({"new rounds", r.paused() ? "paused" : "open"});
     t.AddRow({"epsilon", absl::StrFormat("%.4f (delta %g, budget %g)", r.epsilon(), r.delta(), r.epsilon_budget())});
+    const std::string coordinator_budget =
+        r.has_epsilon_budget_against_coordinator() && std::isfinite(r.epsilon_budget_against_coordinator())
+            ? absl::StrFormat(", budget %g", r.epsilon_budget_against_coordinator())
+            : "";
     t.AddRow({"epsilon against the coordinator",
               r.has_epsilon_against_coordinator()
-                  ? absl::StrFormat("%.4f (it knows who was sampled: no amplification)",
-                                    r.epsilon_against_coordinator())
-                  : "unknown (ledger restored from a snapshot without contributions)"});
+                  ? absl::StrFormat("%.4f (it knows who was sampled: no amplification%s)",
+                                    r.epsilon_against_coordinator(), coordinator_budget)
+                  : absl::StrCat("unknown (ledger restored from a snapshot without contributions", coordinator_budget,
+                                 ")")});
     std::cout << t.Render();
   };
   const std::vector<std::pair<std::string, std::string>> admin_commands = {

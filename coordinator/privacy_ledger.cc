@@ -13,6 +13,25 @@
 
 namespace fedpers {
 
+namespace {
+
+// Epsilon at delta of RDP a rho at every order.
+double EpsilonOfRho(double rho, std::span<const double> orders, double delta) {
+  if (std::isinf(rho) || rho == 0) return rho;
+  std::vector<double> rdp;
+  for (double a : orders) rdp.push_back(a * rho);
+  absl::StatusOr<dp::EpsilonAt> e = dp::EpsilonFromRdp(orders, rdp, delta);
+  return e.ok() ? e->epsilon : std::numeric_limits<double>::infinity();
+}
+
+// A contributed round's rho against the coordinator: replace-one moves the
+// sum by up to 2 S, so RDP a / (2 (z / 2)^2); nothing hides it when z = 0.
+double RoundRho(double coordinator_z) {
+  return coordinator_z > 0 ? 2 / (coordinator_z * coordinator_z) : std::numeric_limits<double>::infinity();
+}
+
+}  // namespace
+
 absl::StatusOr<PrivacyLedger> PrivacyLedger::Create(double delta, double epsilon_budget, std::vector<double> orders) {
   if (!(delta > 0 && delta < 1)) return absl::InvalidArgumentError(absl::StrCat("delta = ", delta, " is outside (0, 1)"));
   if (!(epsilon_budget > 0)) return absl::InvalidArgumentError(absl::StrCat("epsilon budget ", epsilon_budget, " must be positive"));
@@ -47,11 +66,17 @@ absl::StatusOr<std::vector<double>> PrivacyLedger::RoundRdp(double q, double z,
   return dp::ComputeRdpSampledWithoutReplacement(q, z / 2, noise, 1, orders_);
 }
 
-absl::Status PrivacyLedger::SetPolicy(double delta, double epsilon_budget) {
+absl::Status PrivacyLedger::SetPolicy(double delta, double epsilon_budget,
+                                      double epsilon_budget_against_coordinator) {
   absl::StatusOr<PrivacyLedger> checked = Create(delta, epsilon_budget, orders_);
   if (!checked.ok()) return checked.status();
+  if (!(epsilon_budget_against_coordinator > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("epsilon budget against the coordinator ",
+                                                   epsilon_budget_against_coordinator, " must be positive"));
+  }
   delta_ = delta;
   budget_ = epsilon_budget;
+  budget_against_coordinator_ = epsilon_budget_against_coordinator;
   epsilon_ = 0;
   for (const Account& a : accounts_) epsilon_ = std::max(epsilon_, EpsilonOf(a.rdp));
   return absl::OkStatus();
@@ -88,13 +113,34 @@ absl::StatusOr<double> PrivacyLedger::ProjectedEpsilon(double q, double z, dp::S
 }
 
 absl::Status PrivacyLedger::CheckCanOpen(int64_t round, double q, double z, dp::SampledNoise noise,
-                                         std::span<const std::string> eligible) const {
+                                         double coordinator_z, std::span<const std::string> eligible) const {
   absl::StatusOr<double> projected = ProjectedEpsilon(q, z, noise, eligible);
   if (!projected.ok()) return projected.status();
   if (*projected > budget_) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "round %d refused: it would raise epsilon (delta %g) from %.4f to %.4f, over the budget %.4f", round, delta_,
         epsilon_, *projected, budget_));
+  }
+  if (std::isinf(budget_against_coordinator_)) return absl::OkStatus();
+  if (!coordinator_rho_known_) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "round %d refused: the ledger was restored from a snapshot that did not record contributions, so the "
+        "epsilon against the coordinator is unknown and its budget %.4f cannot be checked",
+        round, budget_against_coordinator_));
+  }
+  // Any eligible user may contribute: the worst is the one who has lost most.
+  double worst_rho = 0;
+  for (const std::string& user : eligible) {
+    if (auto it = coordinator_rho_.find(user); it != coordinator_rho_.end()) worst_rho = std::max(worst_rho, it->second);
+  }
+  const double round_rho = RoundRho(coordinator_z);
+  const double now = EpsilonOfRho(max_coordinator_rho_, orders_, delta_);
+  const double after = EpsilonOfRho(worst_rho + round_rho, orders_, delta_);
+  if (after > budget_against_coordinator_) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "round %d refused: it would raise epsilon against the coordinator (delta %g) from %.4f to %.4f, over the "
+        "budget %.4f",
+        round, delta_, now, after, budget_against_coordinator_));
   }
   return absl::OkStatus();
 }
@@ -127,7 +173,7 @@ absl::Status PrivacyLedger::RecordRound(int64_t round, double q, double z, dp::S
     }
   }
   const int64_t participants = static_cast<int64_t>(contributors.size());
-  if (absl::Status s = CheckCanOpen(round, q, z, noise, eligible); !s.ok()) return s;
+  if (absl::Status s = CheckCanOpen(round, q, z, noise, coordinator_z, eligible); !s.ok()) return s;
   absl::StatusOr<std::vector<double>> rdp = RoundRdp(q, z, noise);
   if (!rdp.ok()) return rdp.status();
 
@@ -177,9 +223,7 @@ absl::Status PrivacyLedger::RecordRound(int64_t round, double q, double z, dp::S
   } else {
     for (const Account& a : accounts_) epsilon_ = std::max(epsilon_, EpsilonOf(a.rdp));
   }
-  // Replace-one moves the sum by up to 2 S: RDP a / (2 (z / 2)^2) per round.
-  const double round_rho =
-      coordinator_z > 0 ? 2 / (coordinator_z * coordinator_z) : std::numeric_limits<double>::infinity();
+  const double round_rho = RoundRho(coordinator_z);
   for (const std::string& user : contributors) {
     double& rho = coordinator_rho_[user];
     rho += round_rho;
@@ -190,16 +234,6 @@ absl::Status PrivacyLedger::RecordRound(int64_t round, double q, double z, dp::S
   return absl::OkStatus();
 }
 
-namespace {
-// Epsilon at delta of RDP a rho at every order.
-double EpsilonOfRho(double rho, std::span<const double> orders, double delta) {
-  if (std::isinf(rho) || rho == 0) return rho;
-  std::vector<double> rdp;
-  for (double a : orders) rdp.push_back(a * rho);
-  absl::StatusOr<dp::EpsilonAt> e = dp::EpsilonFromRdp(orders, rdp, delta);
-  return e.ok() ? e->epsilon : std::numeric_limits<double>::infinity();
-}
-}  // namespace
 
 nlohmann::json EpsilonToJson(std::optional<double> epsilon) {
   if (!epsilon.has_value()) return nullptr;

@@ -32,6 +32,7 @@
 #define FEDPERS_COORDINATOR_PRIVACY_LEDGER_H_
 
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <optional>
 #include <span>
@@ -71,8 +72,11 @@ class PrivacyLedger {
   absl::StatusOr<double> ProjectedEpsilon(double q, double z, dp::SampledNoise noise,
                                           std::span<const std::string> eligible) const;
   // OK, or FailedPrecondition naming the round, the projected epsilon and
-  // the budget.
-  absl::Status CheckCanOpen(int64_t round, double q, double z, dp::SampledNoise noise,
+  // the budget it would exceed: the ledger's, or the one against the
+  // coordinator (when finite), where any eligible user may contribute with
+  // `coordinator_z` (RecordRound's meaning). A ledger that does not know
+  // its users' epsilon against the coordinator refuses under a finite budget.
+  absl::Status CheckCanOpen(int64_t round, double q, double z, dp::SampledNoise noise, double coordinator_z,
                             std::span<const std::string> eligible) const;
   // Records a committed round (rounds strictly increasing). `contributors`
   // are the users whose updates are in the released sum (each eligible);
@@ -84,14 +88,15 @@ class PrivacyLedger {
   absl::Status RecordRound(int64_t round, double q, double z, dp::SampledNoise noise, double coordinator_z,
                            std::span<const std::string> contributors, std::span<const std::string> eligible);
 
-  // Applies the operator's current delta and budget to a restored ledger
-  // (the snapshot keeps those of its time). Epsilons are recomputed at
+  // Applies the operator's current delta and budgets (the snapshot keeps
+  // the delta and ledger budget of its time; the budget against the
+  // coordinator is not kept: infinite until set). Epsilons are recomputed at
   // `delta` from the stored RDP sums, which do not depend on it, so the
   // change is exact; rounds already recorded keep the epsilon_after they
   // were reported with. A budget below the current epsilon is allowed: it
   // refuses every further round. InvalidArgument, changing nothing, for
-  // values Create would refuse.
-  absl::Status SetPolicy(double delta, double epsilon_budget);
+  // a delta outside (0, 1) or a budget that is not positive.
+  absl::Status SetPolicy(double delta, double epsilon_budget, double epsilon_budget_against_coordinator);
 
   double epsilon() const { return epsilon_; }
   // The largest user epsilon against the coordinator (no amplification, over
@@ -102,6 +107,7 @@ class PrivacyLedger {
   std::optional<double> UserEpsilonAgainstCoordinator(const std::string& user) const;
   double delta() const { return delta_; }
   double budget() const { return budget_; }
+  double budget_against_coordinator() const { return budget_against_coordinator_; }
   // A user's epsilon so far (0 for a user never eligible).
   absl::StatusOr<double> UserEpsilon(const std::string& user) const;
   const std::vector<LedgerRound>& rounds() const { return rounds_; }
@@ -140,6 +146,7 @@ class PrivacyLedger {
   void Compact();
 
   double delta_ = 1e-5, budget_ = 1;
+  double budget_against_coordinator_ = std::numeric_limits<double>::infinity();
   std::vector<double> orders_;
   std::vector<Account> accounts_;
   std::map<std::string, size_t> user_account_;  // user -> index in accounts_

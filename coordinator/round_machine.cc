@@ -59,6 +59,14 @@ absl::Status RoundSettings::Validate() const {
   }
   if (!(delta > 0 && delta < 1)) return absl::InvalidArgumentError("delta must be in (0, 1)");
   if (!(epsilon_budget > 0)) return absl::InvalidArgumentError("epsilon_budget must be positive");
+  if (!(epsilon_budget_against_coordinator > 0)) {
+    return absl::InvalidArgumentError("epsilon_budget_against_coordinator must be positive");
+  }
+  if (std::isfinite(epsilon_budget_against_coordinator) && (noise_multiplier == 0 || central_noise)) {
+    return absl::InvalidArgumentError(
+        "epsilon_budget_against_coordinator needs noise the clients add (noise_multiplier > 0, central_noise "
+        "false): otherwise nothing hides a user's update from the coordinator");
+  }
   return strategy.Validate();
 }
 
@@ -281,14 +289,18 @@ absl::StatusOr<std::unique_ptr<RoundMachine>> RoundMachine::Create(StateStore* s
     absl::StatusOr<PrivacyLedger> restored = PrivacyLedger::FromJson(c.ledger_json);
     if (!restored.ok()) return in_committed("privacy ledger", restored.status());
     m->ledger_ = std::move(*restored);
-    // The snapshot keeps the delta and budget of its time; the settings are
-    // the operator's policy now (a raised budget lets rounds go on, a lower
-    // one stops them).
-    if (absl::Status s = m->ledger_->SetPolicy(settings.delta, settings.epsilon_budget); !s.ok()) return s;
     absl::StatusOr<std::map<std::string, Eigen::VectorXf>> state = ParseStrategyState(c.strategy_state);
     if (!state.ok()) return in_committed("server optimizer state", state.status());
     if (absl::Status s = m->strategy_->LoadState(*state); !s.ok()) return in_committed("server optimizer state", s);
     m->last_committed_ = c.round;
+  }
+  // A restored snapshot keeps the delta and budget of its time; the
+  // settings are the operator's policy now (a raised budget lets rounds go
+  // on, a lower one stops them).
+  if (absl::Status s = m->ledger_->SetPolicy(settings.delta, settings.epsilon_budget,
+                                             settings.epsilon_budget_against_coordinator);
+      !s.ok()) {
+    return s;
   }
   absl::StatusOr<std::vector<RoundRow>> rounds = store->Rounds(1);
   if (!rounds.ok()) return rounds.status();
@@ -340,11 +352,6 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
   double discrete_tau = 0;
   const double accounted_z =
       ChargedNoiseMultiplier(settings_, ring_, dp_, static_cast<size_t>(params.vector_length()), &discrete_tau);
-  if (settings_.noise_multiplier > 0) {
-    if (absl::Status s = ledger_->CheckCanOpen(round, q, accounted_z, LedgerNoise(settings_), eligible);
-        !s.ok())
-      return s;
-  }
   // What hides a contributor from the coordinator, which knows the sample:
   // the whole noise of a SecAgg+ sum; in a plain round only the client's own
   // share, a discrete Gaussian with an integer shift (one share's bound);
@@ -355,6 +362,12 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
                            : dp::AccountedNoiseMultiplier(settings_.noise_multiplier, ring_,
                                                           static_cast<size_t>(params.vector_length())) /
                                  std::sqrt(static_cast<double>(dp_.min_clients));
+  }
+  if (settings_.noise_multiplier > 0) {
+    if (absl::Status s =
+            ledger_->CheckCanOpen(round, q, accounted_z, LedgerNoise(settings_), coordinator_z, eligible);
+        !s.ok())
+      return s;
   }
   std::optional<secagg::SecAggServer> server;
   if (secure) {

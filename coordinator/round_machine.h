@@ -62,6 +62,11 @@ struct RoundSettings {
   StrategyConfig strategy;
   double delta = 1e-5;
   double epsilon_budget = std::numeric_limits<double>::infinity();
+  // A second budget, on each user's epsilon against the coordinator itself
+  // (PrivacyLedger::epsilon_against_coordinator: no amplification, since the
+  // coordinator draws the sample). Infinity: none. A finite one needs noise
+  // the clients add (not central noise, which hides nothing from it).
+  double epsilon_budget_against_coordinator = std::numeric_limits<double>::infinity();
   // Where the global adapter starts before any committed round
   // (InitialGlobalAdapter); empty: all zeros (B_g = 0).
   std::vector<float> initial_global;

@@ -296,6 +296,7 @@ StatusResponse CoordinatorRuntime::AdminStatus() {
   s.set_epsilon(machine_->ledger().epsilon());
   s.set_delta(machine_->ledger().delta());
   s.set_epsilon_budget(machine_->ledger().budget());
+  s.set_epsilon_budget_against_coordinator(machine_->ledger().budget_against_coordinator());
   if (std::optional<double> e = machine_->ledger().epsilon_against_coordinator())
     s.set_epsilon_against_coordinator(*e);
   return s;

@@ -52,6 +52,59 @@ TEST(PrivacyLedgerTest, AlwaysEligibleUserMatchesTheAccountant) {
   EXPECT_EQ(ledger->rounds().back().epsilon_after, ledger->epsilon());
 }
 
+// The budget against the coordinator (no amplification: RDP a rho per
+// contributed round, rho = 2 / z_c^2) refuses a round that could take any
+// eligible user over it, whoever is sampled; users who contributed nothing
+// may still be sampled; unknown (older snapshot) or z_c = 0 refuses.
+TEST(PrivacyLedgerTest, BudgetAgainstTheCoordinatorRefusesRoundsThatCouldExceedIt) {
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  auto ledger = PrivacyLedger::Create(1e-5, kInf);
+  ASSERT_TRUE(ledger.ok());
+  EXPECT_EQ(ledger->SetPolicy(1e-5, kInf, 0).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(ledger->SetPolicy(1e-5, kInf, 2.0).ok());
+  const auto users = Users(0, 10);
+  int r = 0;
+  while (ledger->CheckCanOpen(r + 1, 0.5, 20.0, kDominated, 20.0, users).ok()) {
+    ASSERT_TRUE(ledger->RecordRound(r + 1, 0.5, 20.0, kDominated, 20.0, users, users).ok());
+    ASSERT_LT(++r, 100000);
+  }
+  // Every round charged every user 2 / 400; the next would cross 2.
+  const std::vector<double> orders = dp::DefaultOrders();
+  auto epsilon_of_rho = [&](double rho) {
+    std::vector<double> rdp;
+    for (double a : orders) rdp.push_back(a * rho);
+    return dp::EpsilonFromRdp(orders, rdp, 1e-5)->epsilon;
+  };
+  ASSERT_GT(r, 0);
+  EXPECT_NEAR(*ledger->epsilon_against_coordinator(), epsilon_of_rho(r * 0.005), 1e-12);
+  EXPECT_LE(epsilon_of_rho(r * 0.005), 2.0);
+  EXPECT_GT(epsilon_of_rho((r + 1) * 0.005), 2.0);
+  absl::Status refused = ledger->CheckCanOpen(r + 1, 0.5, 20.0, kDominated, 20.0, users);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.message().find("epsilon against the coordinator"), absl::string_view::npos) << refused;
+  EXPECT_NE(refused.message().find("over the budget 2.0000"), absl::string_view::npos) << refused;
+  // One spent user among fresh ones is enough to refuse; fresh ones alone are not.
+  std::vector<std::string> mixed = Users(100, 110);
+  mixed.push_back("user3");
+  EXPECT_FALSE(ledger->CheckCanOpen(r + 1, 0.5, 20.0, kDominated, 20.0, mixed).ok());
+  EXPECT_TRUE(ledger->CheckCanOpen(r + 1, 0.5, 20.0, kDominated, 20.0, Users(100, 110)).ok());
+  EXPECT_FALSE(ledger->RecordRound(r + 1, 0.5, 20.0, kDominated, 20.0, users, users).ok());
+  EXPECT_EQ(ledger->rounds().size(), static_cast<size_t>(r)) << "a refused round changes nothing";
+  EXPECT_FALSE(ledger->CheckCanOpen(r + 1, 0.5, 20.0, kGaussian, 0.0, Users(100, 110)).ok())
+      << "central noise hides nothing from the coordinator";
+  // A ledger that does not know the contributions cannot check the budget.
+  nlohmann::json old = nlohmann::json::parse(ledger->ToJson());
+  old["coordinator_rho"] = nullptr;
+  auto restored = PrivacyLedger::FromJson(old.dump());
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_TRUE(restored->CheckCanOpen(r + 1, 0.5, 20.0, kDominated, 20.0, Users(100, 110)).ok())
+      << "no budget against the coordinator after a restore until one is set";
+  ASSERT_TRUE(restored->SetPolicy(1e-5, kInf, 1e9).ok());
+  absl::Status unknown = restored->CheckCanOpen(r + 1, 0.5, 20.0, kDominated, 20.0, Users(100, 110));
+  EXPECT_EQ(unknown.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(unknown.message().find("is unknown"), absl::string_view::npos) << unknown;
+}
+
 TEST(PrivacyLedgerTest, UsersPayOnlyForRoundsTheyCouldJoin) {
   auto ledger = PrivacyLedger::Create(1e-5, 100.0);
   const auto first = Users(0, 10), second = Users(10, 20), all = Users(0, 20);
@@ -71,19 +124,19 @@ TEST(PrivacyLedgerTest, RefusesARoundOverTheBudget) {
   auto ledger = PrivacyLedger::Create(1e-5, 1.0);
   const auto users = Users(0, 5);
   int r = 0;
-  while (ledger->CheckCanOpen(r + 1, 0.1, 6.0, kGaussian, users).ok()) {
+  while (ledger->CheckCanOpen(r + 1, 0.1, 6.0, kGaussian, 0, users).ok()) {
     ASSERT_TRUE(ledger->RecordRound(++r, 0.1, 6.0, kGaussian, 6.0, First(users, 2), users).ok());
   }
   EXPECT_GT(r, 0);
   EXPECT_LE(ledger->epsilon(), 1.0);
-  absl::Status refused = ledger->CheckCanOpen(r + 1, 0.1, 6.0, kGaussian, users);
+  absl::Status refused = ledger->CheckCanOpen(r + 1, 0.1, 6.0, kGaussian, 0, users);
   EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(refused.message().find("over the budget 1.0000"), absl::string_view::npos) << refused;
   const double before = ledger->epsilon();
   EXPECT_FALSE(ledger->RecordRound(r + 1, 0.1, 6.0, kGaussian, 6.0, First(users, 2), users).ok());
   EXPECT_EQ(ledger->epsilon(), before) << "a refused round changes nothing";
   // New users are still within budget.
-  EXPECT_TRUE(ledger->CheckCanOpen(r + 1, 0.1, 6.0, kGaussian, Users(100, 105)).ok());
+  EXPECT_TRUE(ledger->CheckCanOpen(r + 1, 0.1, 6.0, kGaussian, 0, Users(100, 105)).ok());
 }
 
 // Rounds whose noise a Gaussian only dominates (the clients' discrete

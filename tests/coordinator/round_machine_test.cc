@@ -342,6 +342,47 @@ TEST(RoundMachineTest, PrivacyBudgetStopsRounds) {
   EXPECT_EQ((*m)->ledger().rounds().size(), static_cast<size_t>(committed));
 }
 
+// A budget on the epsilon against the coordinator stops rounds on its own
+// (the ledger's budget is infinite here), survives a restart as a setting,
+// and is refused where nothing hides a user from the coordinator.
+TEST(RoundMachineTest, BudgetAgainstTheCoordinatorStopsRounds) {
+  auto store = StateStore::Open(FreshDir("coordinator_budget"));
+  RoundSettings settings;
+  settings.clients_per_round = 5;
+  settings.min_clients = 3;
+  settings.noise_multiplier = 5.0;
+  settings.epsilon_budget_against_coordinator = 3.0;
+  auto m = RoundMachine::Create(store->get(), Layout(), settings);
+  ASSERT_TRUE(m.ok()) << m.status();
+  Fleet fleet(10, 68, 4);
+  int committed = 0;
+  absl::Status last;
+  for (int r = 1; r <= 200; ++r) {
+    auto s = RunRound(**m, fleet, r);
+    if (!s.ok()) {
+      last = s.status();
+      break;
+    }
+    ++committed;
+    ASSERT_TRUE(s->epsilon_against_coordinator.has_value());
+    EXPECT_LE(*s->epsilon_against_coordinator, 3.0);
+  }
+  EXPECT_GT(committed, 0) << last;
+  EXPECT_EQ(last.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(last.message().find("epsilon against the coordinator"), absl::string_view::npos) << last;
+  auto again = RoundMachine::Create(store->get(), Layout(), settings);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ((*again)->ledger().budget_against_coordinator(), 3.0);
+  EXPECT_EQ(RunRound(**again, fleet, 300).status().code(), absl::StatusCode::kFailedPrecondition);
+
+  RoundSettings central = settings;
+  central.central_noise = true;
+  EXPECT_NE(central.Validate().message().find("needs noise the clients add"), absl::string_view::npos);
+  RoundSettings noiseless = settings;
+  noiseless.noise_multiplier = 0;
+  EXPECT_FALSE(noiseless.Validate().ok());
+}
+
 // The snapshot keeps the delta and budget of its time; a restart applies the
 // configured ones: a raised budget lets rounds go on, and epsilon is
 // recomputed at the configured delta from the same RDP sums.

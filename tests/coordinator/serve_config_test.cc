@@ -62,6 +62,9 @@ TEST(ServeConfigTest, BadValuesAreErrorsNamingTheKey) {
   EXPECT_TRUE(has(error(Config(R"({"clients_per_round": 100000000})")), "clients_per_round must be 2 to 1048576"));
   EXPECT_TRUE(has(error(Config(R"({"ring_bits": -1})")), "round: \"ring_bits\" must be an integer in [0, 4294967295]"));
   EXPECT_TRUE(has(error(Config(R"({"clip_norm": 1e999})")), "number overflow"));
+  EXPECT_TRUE(has(error(Config(R"({"clients_per_round": 4, "min_clients": 3, "central_noise": true,
+                                   "noise_multiplier": 1, "epsilon_budget_against_coordinator": 8})")),
+                  "epsilon_budget_against_coordinator needs noise the clients add"));
   EXPECT_TRUE(has(error(Config(R"({"clients_per_round": 4, "min_clients": 3, "clip_norm": 1e-308})")),
                   "clip_norm must be in [1e-06, 1e+06], got 1e-308"));
   EXPECT_TRUE(has(error(Config(R"({"rotate": "yes"})")), "\"rotate\" must be true or false"));
