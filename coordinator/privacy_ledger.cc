@@ -130,17 +130,34 @@ absl::Status PrivacyLedger::CheckCanOpen(int64_t round, double q, double z, dp::
   }
   // Any eligible user may contribute: the worst is the one who has lost most.
   double worst_rho = 0;
+  const std::string* worst = nullptr;
   for (const std::string& user : eligible) {
-    if (auto it = coordinator_rho_.find(user); it != coordinator_rho_.end()) worst_rho = std::max(worst_rho, it->second);
+    if (auto it = coordinator_rho_.find(user); it != coordinator_rho_.end() && it->second >= worst_rho) {
+      worst_rho = it->second;
+      worst = &user;
+    }
   }
-  const double round_rho = RoundRho(coordinator_z);
-  const double now = EpsilonOfRho(max_coordinator_rho_, orders_, delta_);
-  const double after = EpsilonOfRho(worst_rho + round_rho, orders_, delta_);
+  const double after = EpsilonOfRho(worst_rho + RoundRho(coordinator_z), orders_, delta_);
   if (after > budget_against_coordinator_) {
     return absl::FailedPreconditionError(absl::StrFormat(
-        "round %d refused: it would raise epsilon against the coordinator (delta %g) from %.4f to %.4f, over the "
-        "budget %.4f",
-        round, delta_, now, after, budget_against_coordinator_));
+        "round %d refused: it would raise the epsilon against the coordinator (delta %g) of eligible user%s from "
+        "%.4f to %.4f, over the budget %.4f",
+        round, delta_, worst ? absl::StrCat(" '", *worst, "'") : "s", EpsilonOfRho(worst_rho, orders_, delta_),
+        after, budget_against_coordinator_));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PrivacyLedger::RecordExposure(std::span<const std::string> users, double coordinator_z) {
+  if (!(coordinator_z >= 0) || !std::isfinite(coordinator_z)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the coordinator-facing noise multiplier ", coordinator_z, " must be finite and >= 0"));
+  }
+  const double round_rho = RoundRho(coordinator_z);
+  for (const std::string& user : std::set<std::string>(users.begin(), users.end())) {
+    double& rho = coordinator_rho_[user];
+    rho += round_rho;
+    max_coordinator_rho_ = std::max(max_coordinator_rho_, rho);
   }
   return absl::OkStatus();
 }

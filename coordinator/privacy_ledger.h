@@ -84,7 +84,7 @@ class PrivacyLedger {
   // coordinator, which knows the sample: the round's z when the clients
   // noise a SecAgg+ sum, one client's share when it sees each update, 0 when
   // it adds the noise itself. Refuses, changing nothing, a round that
-  // exceeds the budget (the amplified epsilon's).
+  // CheckCanOpen refuses (either budget).
   absl::Status RecordRound(int64_t round, double q, double z, dp::SampledNoise noise, double coordinator_z,
                            std::span<const std::string> contributors, std::span<const std::string> eligible);
 
@@ -97,6 +97,14 @@ class PrivacyLedger {
   // refuses every further round. InvalidArgument, changing nothing, for
   // a delta outside (0, 1) or a budget that is not positive.
   absl::Status SetPolicy(double delta, double epsilon_budget, double epsilon_budget_against_coordinator);
+
+  // Charges `users` against the coordinator for a round that released
+  // nothing but let the coordinator see them (an aborted plain round's
+  // inputs, an unmasked sum that did not commit), at `coordinator_z`
+  // (0: nothing hid them). The ledger's own epsilon does not move: nothing
+  // was published. Never refused for the budget (the loss has happened);
+  // InvalidArgument for a negative or non-finite multiplier.
+  absl::Status RecordExposure(std::span<const std::string> users, double coordinator_z);
 
   double epsilon() const { return epsilon_; }
   // The largest user epsilon against the coordinator (no amplification, over

@@ -176,6 +176,30 @@ absl::StatusOr<RoundPlan> PlanRound(const RoundSettings& settings, int64_t n, si
 
 }  // namespace
 
+namespace {
+
+// The coordinator's central noise is a continuous Gaussian; the clients'
+// shares are discrete, charged at a multiplier whose Gaussian dominates
+// them (ChargedNoiseMultiplier), which allows only part of the sampling bound.
+dp::SampledNoise LedgerNoise(const RoundSettings& settings) {
+  return settings.central_noise ? dp::SampledNoise::kGaussian : dp::SampledNoise::kGaussianDominated;
+}
+
+// What hides a contributor from the coordinator, which knows the sample: the
+// whole noise of a SecAgg+ sum (`accounted_z`, as the ledger charges it); in
+// a plain round only the client's own share, a discrete Gaussian with an
+// integer shift (one share's bound); nothing when the coordinator adds the
+// noise.
+double CoordinatorNoiseMultiplier(const RoundSettings& settings, const secagg::RingConfig& ring,
+                                  const dp::DistributedDpConfig& dp, size_t m, double accounted_z) {
+  if (settings.central_noise || !(settings.noise_multiplier > 0)) return 0;
+  if (settings.secure_aggregation) return accounted_z;
+  return dp::AccountedNoiseMultiplier(settings.noise_multiplier, ring, m) /
+         std::sqrt(static_cast<double>(dp.min_clients));
+}
+
+}  // namespace
+
 absl::Status CheckRoundsCanOpen(const RoundSettings& settings, size_t layout_size) {
   if (absl::Status s = settings.Validate(); !s.ok()) return s;
   // A round samples between min_clients and clients_per_round clients; the
@@ -196,18 +220,36 @@ absl::Status CheckRoundsCanOpen(const RoundSettings& settings, size_t layout_siz
       return absl::InvalidArgumentError(
           absl::StrCat("no round of ", n, " clients can run with these settings: ", usable.message()));
     }
+    // One round must fit the budget against the coordinator, or every round
+    // would be refused: the same check Open makes, for a user who has
+    // contributed nothing yet.
+    if (std::isfinite(settings.epsilon_budget_against_coordinator)) {
+      const size_t m = static_cast<size_t>(plan->params.vector_length());
+      const double accounted_z = ChargedNoiseMultiplier(settings, plan->ring, plan->dp, m);
+      absl::StatusOr<PrivacyLedger> probe =
+          PrivacyLedger::Create(settings.delta, std::numeric_limits<double>::infinity());
+      if (!probe.ok()) return probe.status();
+      if (absl::Status s = probe->SetPolicy(settings.delta, std::numeric_limits<double>::infinity(),
+                                            settings.epsilon_budget_against_coordinator);
+          !s.ok()) {
+        return s;
+      }
+      const std::string user = "a new user";
+      if (absl::Status s = probe->CheckCanOpen(1, 1.0, accounted_z, LedgerNoise(settings),
+                                               CoordinatorNoiseMultiplier(settings, plan->ring, plan->dp, m,
+                                                                          accounted_z),
+                                               std::span<const std::string>(&user, 1));
+          !s.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "epsilon_budget_against_coordinator ", settings.epsilon_budget_against_coordinator,
+            " is below what one round of ", n, " clients costs against the coordinator (", s.message(),
+            "): raise it or the noise multiplier"));
+      }
+    }
   }
   return absl::OkStatus();
 }
 
-namespace {
-// The coordinator's central noise is a continuous Gaussian; the clients'
-// shares are discrete, charged at a multiplier whose Gaussian dominates
-// them (ChargedNoiseMultiplier), which allows only part of the sampling bound.
-dp::SampledNoise LedgerNoise(const RoundSettings& settings) {
-  return settings.central_noise ? dp::SampledNoise::kGaussian : dp::SampledNoise::kGaussianDominated;
-}
-}  // namespace
 
 double ChargedNoiseMultiplier(const RoundSettings& settings, const secagg::RingConfig& ring,
                               const dp::DistributedDpConfig& dp, size_t m, double* tau) {
@@ -294,6 +336,7 @@ absl::StatusOr<std::unique_ptr<RoundMachine>> RoundMachine::Create(StateStore* s
     if (absl::Status s = m->strategy_->LoadState(*state); !s.ok()) return in_committed("server optimizer state", s);
     m->last_committed_ = c.round;
   }
+  if (absl::Status s = m->ReplayExposures(); !s.ok()) return s;
   // A restored snapshot keeps the delta and budget of its time; the
   // settings are the operator's policy now (a raised budget lets rounds go
   // on, a lower one stops them).
@@ -306,6 +349,37 @@ absl::StatusOr<std::unique_ptr<RoundMachine>> RoundMachine::Create(StateStore* s
   if (!rounds.ok()) return rounds.status();
   m->round_ = rounds->empty() ? 0 : (*rounds)[0].round;
   return m;
+}
+
+absl::Status RoundMachine::ReplayExposures() {
+  // Newest first, down to the last commit, whose snapshot has the rest.
+  int64_t before = 0;
+  while (true) {
+    absl::StatusOr<std::vector<RoundRow>> page = store_->Rounds(100, before);
+    if (!page.ok()) return page.status();
+    for (const RoundRow& r : *page) {
+      if (r.round <= last_committed_) return absl::OkStatus();
+      if (r.state != "aborted") continue;
+      const nlohmann::json config = nlohmann::json::parse(r.config_json, nullptr, /*allow_exceptions=*/false);
+      if (!config.is_object() || config.value("aggregation", "") != "plain" ||
+          !(config.value("noise_multiplier", 0.0) > 0)) {
+        continue;
+      }
+      // Who sent an input before the abort is not stored: every sampled
+      // user is charged (an upper bound). Rounds stored before the
+      // coordinator-facing multiplier was recorded hid nothing (0).
+      try {
+        const std::vector<std::string> sampled = config.at("sampled").get<std::vector<std::string>>();
+        const double z = config.value("coordinator_noise_multiplier", 0.0);
+        if (absl::Status s = ledger_->RecordExposure(sampled, z); !s.ok()) return s;
+      } catch (const nlohmann::json::exception& e) {
+        return absl::DataLossError(absl::StrCat("round ", r.round, " in ", store_->dir(),
+                                                ": its stored config does not list the sampled users: ", e.what()));
+      }
+    }
+    if (page->size() < 100) return absl::OkStatus();
+    before = page->back().round;
+  }
 }
 
 std::vector<std::string> RoundMachine::expected() const {
@@ -352,17 +426,8 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
   double discrete_tau = 0;
   const double accounted_z =
       ChargedNoiseMultiplier(settings_, ring_, dp_, static_cast<size_t>(params.vector_length()), &discrete_tau);
-  // What hides a contributor from the coordinator, which knows the sample:
-  // the whole noise of a SecAgg+ sum; in a plain round only the client's own
-  // share, a discrete Gaussian with an integer shift (one share's bound);
-  // nothing when the coordinator adds the noise.
-  double coordinator_z = 0;
-  if (!settings_.central_noise && settings_.noise_multiplier > 0) {
-    coordinator_z = secure ? accounted_z
-                           : dp::AccountedNoiseMultiplier(settings_.noise_multiplier, ring_,
-                                                          static_cast<size_t>(params.vector_length())) /
-                                 std::sqrt(static_cast<double>(dp_.min_clients));
-  }
+  const double coordinator_z =
+      CoordinatorNoiseMultiplier(settings_, ring_, dp_, static_cast<size_t>(params.vector_length()), accounted_z);
   if (settings_.noise_multiplier > 0) {
     if (absl::Status s =
             ledger_->CheckCanOpen(round, q, accounted_z, LedgerNoise(settings_), coordinator_z, eligible);
@@ -385,7 +450,9 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
                            // The clients split the noise so that this many shares reach z S.
                            {"noise_shares", dp_.min_clients}, {"rotate", dp_.rotate},
                            {"vector_length", params.vector_length()}, {"discrete_gaussian_tau", discrete_tau},
-                           {"accounted_noise_multiplier", accounted_z}};
+                           {"accounted_noise_multiplier", accounted_z},
+                           // What hides a sampled user from the coordinator (ReplayExposures).
+                           {"coordinator_noise_multiplier", coordinator_z}};
   if (absl::Status s = store_->OpenRound(round, config.dump()); !s.ok()) return s;
   round_ = round;
   server_ = std::move(server);
@@ -495,7 +562,19 @@ absl::StatusOr<RoundMachine::StageOutput> RoundMachine::FinishStage() {
   switch (stage_) {
     case RoundStage::kKeys: messages = server_->FinishKeys(); break;
     case RoundStage::kShares: messages = server_->FinishShares(); break;
-    case RoundStage::kInputs: messages = server_->FinishInputs(); break;
+    case RoundStage::kInputs:
+      // Fewer masked inputs than the noise was split among would unmask a
+      // sum with less noise than the ledger charges: abort before any
+      // unmasking request goes out.
+      if (static_cast<int64_t>(server_->survivors().size()) < min_survivors_) {
+        const std::string why =
+            absl::StrCat(server_->survivors().size(), " masked inputs, fewer than the ", min_survivors_,
+                         " the round needs (its noise is split among that many): not unmasked");
+        (void)Abort(why);
+        return absl::FailedPreconditionError(why);
+      }
+      messages = server_->FinishInputs();
+      break;
     case RoundStage::kUnmasking: return CommitOrAbort(server_->Finish());
     case RoundStage::kIdle: break;
   }
@@ -510,9 +589,18 @@ absl::StatusOr<RoundMachine::StageOutput> RoundMachine::FinishStage() {
 }
 
 absl::StatusOr<RoundMachine::StageOutput> RoundMachine::CommitOrAbort(absl::StatusOr<std::vector<uint32_t>> ring_sum) {
+  const bool unmasked = ring_sum.ok() && server_.has_value();
   absl::StatusOr<RoundSummary> summary =
       ring_sum.ok() ? Commit(std::move(*ring_sum)) : absl::StatusOr<RoundSummary>(ring_sum.status());
   if (!summary.ok()) {
+    // The coordinator saw the unmasked sum, though the round does not
+    // commit: its contributors pay for that against the coordinator. (A
+    // plain round's inputs are charged in Abort.)
+    if (unmasked && settings_.noise_multiplier > 0) {
+      std::vector<std::string> seen;
+      for (uint32_t id : ContributorIds()) seen.push_back(names_.at(id));
+      (void)ledger_->RecordExposure(seen, coordinator_noise_multiplier_);
+    }
     (void)Abort(std::string(summary.status().message()));
     return summary.status();
   }
@@ -528,6 +616,14 @@ absl::StatusOr<RoundMachine::StageOutput> RoundMachine::CommitOrAbort(absl::Stat
 
 absl::Status RoundMachine::Abort(const std::string& reason) {
   if (stage_ == RoundStage::kIdle) return absl::FailedPreconditionError("no round is open");
+  // A plain round's coordinator saw each input as it arrived, committed or
+  // not. (A restart charges every sampled user of a round it finds aborted:
+  // ReplayExposures.)
+  if (!server_ && settings_.noise_multiplier > 0 && !plain_ids_.empty()) {
+    std::vector<std::string> seen;
+    for (uint32_t id : plain_ids_) seen.push_back(names_.at(id));
+    (void)ledger_->RecordExposure(seen, coordinator_noise_multiplier_);
+  }
   stage_ = RoundStage::kIdle;
   server_.reset();
   std::string().swap(round_adapter_);
@@ -575,6 +671,10 @@ absl::StatusOr<RoundSummary> RoundMachine::Commit(std::vector<uint32_t> ring_sum
         !s.ok()) {
       return restore(s);
     }
+  } else {
+    // Without noise nothing hid the contributors from the coordinator: their
+    // epsilon against it is infinite from now on (the snapshot keeps that).
+    if (absl::Status s = ledger.RecordExposure(contributors, 0); !s.ok()) return restore(s);
   }
   absl::StatusOr<std::string> global_bytes =
       layout_.ToSafetensors(std::span<const float>(next.data(), static_cast<size_t>(next.size())));

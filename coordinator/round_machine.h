@@ -162,6 +162,9 @@ class RoundMachine {
   // After the unmasking stage the round commits. A round that cannot
   // continue is aborted (recorded in the store) and the status says why.
   absl::StatusOr<StageOutput> FinishStage();
+  // Aborts the open round. Users the coordinator already saw (a plain
+  // round's inputs, an unmasked sum that did not commit) are charged against
+  // the coordinator (PrivacyLedger::RecordExposure).
   absl::Status Abort(const std::string& reason);
 
   RoundStage stage() const { return stage_; }
@@ -184,6 +187,10 @@ class RoundMachine {
   absl::StatusOr<StageOutput> CommitOrAbort(absl::StatusOr<std::vector<uint32_t>> ring_sum);
   // SecAgg ids whose inputs are in the sum.
   std::vector<uint32_t> ContributorIds() const;
+  // Charges the ledger, against the coordinator, for the plain rounds
+  // aborted since the last commit (their exposure is in no snapshot): every
+  // sampled user, at the round's stored coordinator-facing multiplier.
+  absl::Status ReplayExposures();
 
   StateStore* store_ = nullptr;
   FlatLayout layout_;

@@ -105,6 +105,25 @@ TEST(PrivacyLedgerTest, BudgetAgainstTheCoordinatorRefusesRoundsThatCouldExceedI
   EXPECT_NE(unknown.message().find("is unknown"), absl::string_view::npos) << unknown;
 }
 
+// SetPolicy's new delta gives exactly the epsilon of a ledger kept at that
+// delta from the start (the RDP sums do not depend on it).
+TEST(PrivacyLedgerTest, ANewDeltaRecomputesEpsilonExactly) {
+  auto at_start = PrivacyLedger::Create(1e-3, 100.0);
+  auto changed = PrivacyLedger::Create(1e-5, 100.0);
+  const auto all = Users(0, 50);
+  for (int r = 1; r <= 20; ++r) {
+    ASSERT_TRUE(at_start->RecordRound(r, 0.2, 1.5, kDominated, 1.5, First(all, 10), all).ok());
+    ASSERT_TRUE(changed->RecordRound(r, 0.2, 1.5, kDominated, 1.5, First(all, 10), all).ok());
+  }
+  ASSERT_GT(changed->epsilon(), at_start->epsilon());
+  ASSERT_TRUE(changed->SetPolicy(1e-3, 100.0, std::numeric_limits<double>::infinity()).ok());
+  EXPECT_EQ(changed->epsilon(), at_start->epsilon());
+  EXPECT_EQ(*changed->UserEpsilon("user3"), *at_start->UserEpsilon("user3"));
+  EXPECT_EQ(*changed->epsilon_against_coordinator(), *at_start->epsilon_against_coordinator());
+  EXPECT_EQ(changed->SetPolicy(1.0, 100.0, 5.0).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(changed->delta(), 1e-3) << "a refused policy changes nothing";
+}
+
 TEST(PrivacyLedgerTest, UsersPayOnlyForRoundsTheyCouldJoin) {
   auto ledger = PrivacyLedger::Create(1e-5, 100.0);
   const auto first = Users(0, 10), second = Users(10, 20), all = Users(0, 20);

@@ -373,7 +373,19 @@ TEST(RoundMachineTest, BudgetAgainstTheCoordinatorStopsRounds) {
   auto again = RoundMachine::Create(store->get(), Layout(), settings);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ((*again)->ledger().budget_against_coordinator(), 3.0);
-  EXPECT_EQ(RunRound(**again, fleet, 300).status().code(), absl::StatusCode::kFailedPrecondition);
+  absl::Status after_restart = RunRound(**again, fleet, 300).status();
+  EXPECT_NE(after_restart.message().find("epsilon against the coordinator"), absl::string_view::npos)
+      << after_restart;
+  RoundSettings raised = settings;
+  raised.epsilon_budget_against_coordinator = 6.0;
+  auto more = RoundMachine::Create(store->get(), Layout(), raised);
+  ASSERT_TRUE(more.ok()) << more.status();
+  EXPECT_TRUE(RunRound(**more, fleet, 301).ok()) << "a raised budget lets rounds go on";
+  RoundSettings hopeless = settings;
+  hopeless.epsilon_budget_against_coordinator = 0.5;
+  EXPECT_NE(CheckRoundsCanOpen(hopeless, 68).message().find("below what one round of 3 clients costs"),
+            absl::string_view::npos)
+      << CheckRoundsCanOpen(hopeless, 68);
 
   RoundSettings central = settings;
   central.central_noise = true;
@@ -407,7 +419,8 @@ TEST(RoundMachineTest, ARestartAppliesTheConfiguredBudgetAndDelta) {
     auto same = RoundMachine::Create(store->get(), Layout(), settings);
     ASSERT_TRUE(same.ok()) << same.status();
     EXPECT_EQ((*same)->ledger().epsilon(), epsilon_at_stop) << "same delta: the same epsilon, exactly";
-    EXPECT_EQ(RunRound(**same, fleet, 100).status().code(), absl::StatusCode::kFailedPrecondition);
+    absl::Status refused = RunRound(**same, fleet, 100).status();
+    EXPECT_NE(refused.message().find("over the budget 3.0000"), absl::string_view::npos) << refused;
   }
   RoundSettings raised = settings;
   raised.epsilon_budget = 6.0;
@@ -699,6 +712,70 @@ TEST(RoundMachineTest, PlainRoundsRefuseWrongMessagesAndAbortBelowMinClients) {
   ASSERT_TRUE(next.ok()) << next.status();
   EXPECT_EQ(next->survivors, 4);
   EXPECT_EQ(next->sampled, 5);
+}
+
+// A plain round shows the coordinator each input as it arrives: an aborted
+// round still costs its senders against the coordinator (not the ledger's
+// epsilon: nothing was released), and after a restart, which cannot know who
+// sent, every sampled user of it.
+TEST(RoundMachineTest, AbortedPlainRoundsCostTheirInputsAgainstTheCoordinator) {
+  auto store = StateStore::Open(FreshDir("plain_exposure"));
+  RoundSettings settings;
+  settings.clients_per_round = 5;
+  settings.min_clients = 3;
+  settings.secure_aggregation = false;
+  settings.noise_multiplier = 1.0;
+  Fleet fleet(5, 68, 8);
+  double one_exposure = 0;
+  {
+    auto m = RoundMachine::Create(store->get(), Layout(), settings);
+    ASSERT_TRUE(m.ok()) << m.status();
+    auto inv = (*m)->Open(fleet.names(), 1);
+    ASSERT_TRUE(inv.ok()) << inv.status();
+    for (const std::string name : {"client0", "client1"}) {
+      const fedpers::v1::RoundInvitation& i = inv->at(name);
+      SecAggClientMessage input;
+      input.mutable_plain_input()->set_client_id(i.secagg_id());
+      const std::vector<uint8_t> packed = secagg::PackBits(
+          std::vector<uint32_t>(i.secagg().vector_length(), 1), static_cast<int>(i.ring().bits()));
+      input.mutable_plain_input()->set_packed(std::string(packed.begin(), packed.end()));
+      ASSERT_TRUE((*m)->Handle(name, input).ok());
+    }
+    ASSERT_FALSE((*m)->FinishStage().ok()) << "2 inputs of the 4 needed";
+    const PrivacyLedger& ledger = (*m)->ledger();
+    one_exposure = *ledger.UserEpsilonAgainstCoordinator("client0");
+    EXPECT_GT(one_exposure, 0);
+    EXPECT_EQ(*ledger.UserEpsilonAgainstCoordinator("client1"), one_exposure);
+    EXPECT_EQ(*ledger.UserEpsilonAgainstCoordinator("client2"), 0) << "sent nothing";
+    EXPECT_EQ(ledger.epsilon(), 0) << "nothing was released";
+    EXPECT_TRUE(ledger.rounds().empty());
+  }
+  auto restarted = RoundMachine::Create(store->get(), Layout(), settings);
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  for (const std::string& name : fleet.names()) {
+    EXPECT_EQ(*(*restarted)->ledger().UserEpsilonAgainstCoordinator(name), one_exposure) << name;
+  }
+}
+
+// With a threshold below min_clients, SecAgg+ could unmask a sum of fewer
+// inputs than the noise was split among: the round aborts before unmasking.
+TEST(RoundMachineTest, TooFewMaskedInputsForTheNoiseAreNeverUnmasked) {
+  auto store = StateStore::Open(FreshDir("few_inputs"));
+  RoundSettings settings;
+  settings.clients_per_round = 6;
+  settings.min_clients = 5;
+  settings.threshold = 3;
+  settings.noise_multiplier = 1.0;
+  auto m = RoundMachine::Create(store->get(), Layout(), settings);
+  ASSERT_TRUE(m.ok()) << m.status();
+  Fleet fleet(6, 68, 9);
+  auto summary = RunRound(**m, fleet, 1, {{"client0", 2}, {"client1", 2}});
+  ASSERT_FALSE(summary.ok());
+  EXPECT_NE(summary.status().message().find("4 masked inputs, fewer than the 5 the round needs"),
+            absl::string_view::npos)
+      << summary.status();
+  EXPECT_NE(summary.status().message().find("not unmasked"), absl::string_view::npos) << summary.status();
+  EXPECT_EQ(*(*m)->ledger().UserEpsilonAgainstCoordinator("client2"), 0) << "the coordinator saw no sum";
 }
 
 // SecAgg+ needs t <= k + 1. The bounds give k = 76 for large samples, and
