@@ -687,6 +687,7 @@ absl::StatusOr<RoundSummary> RoundMachine::Commit(std::vector<uint32_t> ring_sum
       {"contributors", contributors},
       {"epsilon", summary.epsilon},
       {"epsilon_against_coordinator", EpsilonToJson(summary.epsilon_against_coordinator)},
+      {"delta", ledger.delta()},  // the epsilons' (a restart may change it)
       {"update_norm", summary.update_norm},
       {"aggregation", server_ ? "secagg+" : "plain"}};
   if (server_) {
