@@ -129,11 +129,12 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
                                   : "unknown",
                               status.epsilon_budget_against_coordinator())
             : "";
-    std::fprintf(stderr,
-                 "coordinator listening on port %d (state in %s, last committed round %ld, epsilon %.4f of the "
-                 "budget %g at delta %g%s)\n",
-                 (*server)->port(), config->state_dir.c_str(), static_cast<long>(status.last_committed_round()),
-                 status.epsilon(), status.epsilon_budget(), status.delta(), against_coordinator.c_str());
+    std::fprintf(
+        stderr,
+        "coordinator listening on port %d (state in %s, last committed round %ld, epsilon %.4f of the "
+        "budget %g at delta %g%s)\n",
+        (*server)->port(), config->state_dir.c_str(), static_cast<long>(status.last_committed_round()),
+        status.epsilon(), status.epsilon_budget(), status.delta(), against_coordinator.c_str());
     // Serves until SIGINT/SIGTERM; after max_rounds it keeps answering polls
     // and admin calls but opens no more rounds.
     while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -362,25 +363,26 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
   };
   auto print_status = [a](const fedpers::v1::StatusResponse& r) {
     if (a->json) {
-      std::cout << nlohmann::json({{"last_committed_round", r.last_committed_round()},
-                                   {"stage", r.stage()},
-                                   {"current_round", r.current_round()},
-                                   {"connected_clients", r.connected_clients()},
-                                   {"joined_users", r.joined_users()},
-                                   {"eligible_users", r.eligible_users()},
-                                   {"paused", r.paused()},
-                                   {"epsilon", r.epsilon()},
-                                   {"delta", r.delta()},
-                                   // Budgets as epsilons: "inf" for none (JSON has no infinity).
-                                   {"epsilon_budget", EpsilonToJson(r.epsilon_budget())},
-                                   {"epsilon_against_coordinator",
-                                    EpsilonToJson(r.has_epsilon_against_coordinator()
-                                                      ? std::optional<double>(r.epsilon_against_coordinator())
-                                                      : std::nullopt)},
-                                   {"epsilon_budget_against_coordinator",
-                                    EpsilonToJson(r.has_epsilon_budget_against_coordinator()
-                                                      ? std::optional<double>(r.epsilon_budget_against_coordinator())
-                                                      : std::nullopt)}})
+      std::cout << nlohmann::json(
+                       {{"last_committed_round", r.last_committed_round()},
+                        {"stage", r.stage()},
+                        {"current_round", r.current_round()},
+                        {"connected_clients", r.connected_clients()},
+                        {"joined_users", r.joined_users()},
+                        {"eligible_users", r.eligible_users()},
+                        {"paused", r.paused()},
+                        {"epsilon", r.epsilon()},
+                        {"delta", r.delta()},
+                        // Budgets as epsilons: "inf" for none (JSON has no infinity).
+                        {"epsilon_budget", EpsilonToJson(r.epsilon_budget())},
+                        {"epsilon_against_coordinator",
+                         EpsilonToJson(r.has_epsilon_against_coordinator()
+                                           ? std::optional<double>(r.epsilon_against_coordinator())
+                                           : std::nullopt)},
+                        {"epsilon_budget_against_coordinator",
+                         EpsilonToJson(r.has_epsilon_budget_against_coordinator()
+                                           ? std::optional<double>(r.epsilon_budget_against_coordinator())
+                                           : std::nullopt)}})
                        .dump(2)
                 << "\n";
       return;
@@ -402,8 +404,8 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
               r.has_epsilon_against_coordinator()
                   ? absl::StrFormat("%.4f (it knows who was sampled: no amplification%s)",
                                     r.epsilon_against_coordinator(), coordinator_budget)
-                  : absl::StrCat("unknown (ledger restored from a snapshot without contributions", coordinator_budget,
-                                 ")")});
+                  : absl::StrCat("unknown (ledger restored from a snapshot without contributions",
+                                 coordinator_budget, ")")});
     std::cout << t.Render();
   };
   const std::vector<std::pair<std::string, std::string>> admin_commands = {
@@ -460,9 +462,10 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
                            .dump(2)
                     << "\n";
         } else {
-          std::cout << absl::StrFormat("user %s moved from client %s to %s (it takes part once %s joins with it)\n",
-                                       EscapeForTerminal(a->user), EscapeForTerminal(r.previous_client_id()),
-                                       EscapeForTerminal(a->to_client), EscapeForTerminal(a->to_client));
+          std::cout << absl::StrFormat(
+              "user %s moved from client %s to %s (it takes part once %s joins with it)\n",
+              EscapeForTerminal(a->user), EscapeForTerminal(r.previous_client_id()),
+              EscapeForTerminal(a->to_client), EscapeForTerminal(a->to_client));
         }
       } else if (name == "rounds") {
         // As `data users`: the table is for reading, --json for scripts.

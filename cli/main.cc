@@ -8,8 +8,8 @@
 
 #include "CLI/CLI.hpp"
 #include "cli/commands.h"
-#include "common/utf8.h"
 #include "common/model/runtime.h"
+#include "common/utf8.h"
 
 namespace fedpers::cli {
 

@@ -115,7 +115,8 @@ void RegisterSimulate(CLI::App& app, const GlobalOptions& global) {
     if (!result.ok()) Fail(std::string(result.status().message()));
     absl::StatusOr<ReportFiles> files = WriteReport(*result, config.out);
     if (!files.ok()) Fail(std::string(files.status().message()));
-    for (const std::string& w : files->warnings) std::fprintf(stderr, "warning: %s\n", EscapeForTerminal(w).c_str());
+    for (const std::string& w : files->warnings)
+      std::fprintf(stderr, "warning: %s\n", EscapeForTerminal(w).c_str());
     if (o->json) {
       nlohmann::ordered_json j = ExperimentSummaryJson(*result);
       j["run_dir"] = config.out;
@@ -165,7 +166,8 @@ void RegisterSimulate(CLI::App& app, const GlobalOptions& global) {
     if (!result.ok()) Fail(std::string(result.status().message()));
     absl::StatusOr<ReportFiles> files = WriteSweepReport(*result, config.out);
     if (!files.ok()) Fail(std::string(files.status().message()));
-    for (const std::string& w : files->warnings) std::fprintf(stderr, "warning: %s\n", EscapeForTerminal(w).c_str());
+    for (const std::string& w : files->warnings)
+      std::fprintf(stderr, "warning: %s\n", EscapeForTerminal(w).c_str());
     if (so->json) {
       std::cout << SweepJson(*result).dump(2) << "\n";
       return;

@@ -5,8 +5,8 @@
 #include <cctype>
 #include <chrono>
 #include <csignal>
-#include <optional>
 #include <cstdio>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -229,8 +229,8 @@ absl::Status RestoreResiduals(CoordinatorConnection& coordinator, Gpt2LmHead mod
             "). Run with the state directory whose residual.key sealed it, or pass --replace-unusable-residual "
             "to start a fresh residual (the stored versions stay at the coordinator until deleted)"));
       }
-      std::fprintf(stderr, "user %s: the stored residual cannot be used (%s); starting a fresh one\n", user.c_str(),
-                   EscapeForTerminal(restored.message()).c_str());
+      std::fprintf(stderr, "user %s: the stored residual cannot be used (%s); starting a fresh one\n",
+                   user.c_str(), EscapeForTerminal(restored.message()).c_str());
       continue;
     }
     ++stats.residuals_restored;
@@ -351,7 +351,8 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
       if (!reply.ok()) {
         // The round is lost for this user (it aborted locally); the
         // coordinator counts it as a dropout.
-        std::fprintf(stderr, "user %s: %s\n", user.c_str(), EscapeForTerminal(reply.status().message()).c_str());
+        std::fprintf(stderr, "user %s: %s\n", user.c_str(),
+                     EscapeForTerminal(reply.status().message()).c_str());
         continue;
       }
       SecAggUpload up;
@@ -382,8 +383,8 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
       if (failure.code() == absl::StatusCode::kUnavailable &&
           (failure.message() != last_unreachable || now - last_unreachable_report > std::chrono::minutes(1))) {
         std::fprintf(stderr, "coordinator %s unreachable: %s (retrying in %d ms, attempt %ld)\n",
-                     o.connection.coordinator.c_str(), EscapeForTerminal(failure.message()).c_str(), backoff_ms,
-                     static_cast<long>(stats.reconnects));
+                     o.connection.coordinator.c_str(), EscapeForTerminal(failure.message()).c_str(),
+                     backoff_ms, static_cast<long>(stats.reconnects));
         last_unreachable = std::string(failure.message());
         last_unreachable_report = now;
       }

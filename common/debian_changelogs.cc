@@ -184,8 +184,9 @@ absl::StatusOr<Corpus> LoadDebianChangelogs(const std::string& doc_dir, const Co
   }
   if (invalid > 0) {
     corpus.problems.push_back(
-        absl::StrCat(invalid, " changelog entries skipped: not UTF-8 text, or a maintainer address with control "
-                              "characters"));
+        absl::StrCat(invalid,
+                     " changelog entries skipped: not UTF-8 text, or a maintainer address with control "
+                     "characters"));
   }
   std::stable_sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
     return std::tie(a.author, a.time) < std::tie(b.author, b.time);

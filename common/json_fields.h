@@ -121,21 +121,22 @@ inline absl::Status ParseJsonObject(const std::string& text, absl::string_view w
   };
   std::vector<std::set<std::string>> keys_of_open_objects;
   try {
-    out = nlohmann::json::parse(
-        text, [&keys_of_open_objects](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
-          if (depth > kMaxJsonDepth) throw TooDeep{};
-          using Event = nlohmann::json::parse_event_t;
-          if (event == Event::object_start) keys_of_open_objects.emplace_back();
-          if (event == Event::object_end) keys_of_open_objects.pop_back();
-          if (event == Event::key && !keys_of_open_objects.back().insert(parsed.get<std::string>()).second) {
-            throw DuplicateKey{parsed.get<std::string>()};
-          }
-          return true;
-        });
+    out = nlohmann::json::parse(text, [&keys_of_open_objects](int depth, nlohmann::json::parse_event_t event,
+                                                              nlohmann::json& parsed) {
+      if (depth > kMaxJsonDepth) throw TooDeep{};
+      using Event = nlohmann::json::parse_event_t;
+      if (event == Event::object_start) keys_of_open_objects.emplace_back();
+      if (event == Event::object_end) keys_of_open_objects.pop_back();
+      if (event == Event::key && !keys_of_open_objects.back().insert(parsed.get<std::string>()).second) {
+        throw DuplicateKey{parsed.get<std::string>()};
+      }
+      return true;
+    });
   } catch (const TooDeep&) {
     return absl::InvalidArgumentError(absl::StrCat(what, " nests deeper than ", kMaxJsonDepth, " levels"));
   } catch (const DuplicateKey& d) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " gives the key \"", d.key, "\" twice in one object"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " gives the key \"", d.key, "\" twice in one object"));
   } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for 1e999
     return absl::InvalidArgumentError(absl::StrCat(what, " is not valid JSON: ", e.what()));
   }

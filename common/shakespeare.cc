@@ -273,9 +273,10 @@ absl::StatusOr<Corpus> LoadShakespeare(const std::string& dir, int64_t min_lines
                                            options.min_user_bytes, " bytes dropped"));
   }
   if (unusable_ids > 0) {
-    corpus.problems.push_back(absl::StrCat("shakespeare: ", unusable_ids,
-                                           " roles dropped: their play/role names cannot be user ids (control "
-                                           "characters, or over 256 bytes)"));
+    corpus.problems.push_back(
+        absl::StrCat("shakespeare: ", unusable_ids,
+                     " roles dropped: their play/role names cannot be user ids (control "
+                     "characters, or over 256 bytes)"));
   }
   if (corpus.users.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("shakespeare: no role with at least ", min_lines,

@@ -1,9 +1,9 @@
 #include "common/utf8.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-
-#include <algorithm>
 
 namespace fedpers {
 
@@ -94,17 +94,18 @@ bool IsFormatCharacter(uint32_t cp) {
 
 absl::Status CheckUserId(absl::string_view id, absl::string_view what) {
   if (id.empty() || id.size() > kMaxUserIdBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s: a user id must be 1-%d bytes (this one has %d)", what, kMaxUserIdBytes, id.size()));
+    return absl::InvalidArgumentError(absl::StrFormat("%s: a user id must be 1-%d bytes (this one has %d)",
+                                                      what, kMaxUserIdBytes, id.size()));
   }
   if (size_t bad = FindInvalidUtf8(id); bad != absl::string_view::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": a user id must be UTF-8 (invalid at byte ", bad, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": a user id must be UTF-8 (invalid at byte ", bad, ")"));
   }
   for (size_t i = 0; i < id.size();) {
     if (IsControlAt(id, i)) {
       return absl::InvalidArgumentError(
-          absl::StrFormat("%s: a user id must not contain control characters (byte 0x%02x at offset %d)", what,
-                          static_cast<unsigned char>(id[i]), i));
+          absl::StrFormat("%s: a user id must not contain control characters (byte 0x%02x at offset %d)",
+                          what, static_cast<unsigned char>(id[i]), i));
     }
     const size_t len = SequenceLength(id, i);  // > 0: the id is well-formed
     if (const uint32_t cp = CodePointAt(id, i, len); IsFormatCharacter(cp)) {

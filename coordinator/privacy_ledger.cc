@@ -139,11 +139,12 @@ absl::Status PrivacyLedger::CheckCanOpen(int64_t round, double q, double z, dp::
   }
   const double after = EpsilonOfRho(worst_rho + RoundRho(coordinator_z), orders_, delta_);
   if (after > budget_against_coordinator_) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "round %d refused: it would raise the epsilon against the coordinator (delta %g) of eligible user%s from "
-        "%.4f to %.4f, over the budget %.4f",
-        round, delta_, worst ? absl::StrCat(" '", *worst, "'") : "s", EpsilonOfRho(worst_rho, orders_, delta_),
-        after, budget_against_coordinator_));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("round %d refused: it would raise the epsilon against the coordinator (delta %g) of "
+                        "eligible user%s from "
+                        "%.4f to %.4f, over the budget %.4f",
+                        round, delta_, worst ? absl::StrCat(" '", *worst, "'") : "s",
+                        EpsilonOfRho(worst_rho, orders_, delta_), after, budget_against_coordinator_));
   }
   return absl::OkStatus();
 }
@@ -250,7 +251,6 @@ absl::Status PrivacyLedger::RecordRound(int64_t round, double q, double z, dp::S
       {round, q, z, coordinator_z, noise, participants, static_cast<int64_t>(eligible.size()), epsilon_});
   return absl::OkStatus();
 }
-
 
 nlohmann::json EpsilonToJson(std::optional<double> epsilon) {
   if (!epsilon.has_value()) return nullptr;

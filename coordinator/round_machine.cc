@@ -235,21 +235,20 @@ absl::Status CheckRoundsCanOpen(const RoundSettings& settings, size_t layout_siz
         return s;
       }
       const std::string user = "a new user";
-      if (absl::Status s = probe->CheckCanOpen(1, 1.0, accounted_z, LedgerNoise(settings),
-                                               CoordinatorNoiseMultiplier(settings, plan->ring, plan->dp, m,
-                                                                          accounted_z),
-                                               std::span<const std::string>(&user, 1));
+      if (absl::Status s =
+              probe->CheckCanOpen(1, 1.0, accounted_z, LedgerNoise(settings),
+                                  CoordinatorNoiseMultiplier(settings, plan->ring, plan->dp, m, accounted_z),
+                                  std::span<const std::string>(&user, 1));
           !s.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "epsilon_budget_against_coordinator ", settings.epsilon_budget_against_coordinator,
-            " is below what one round of ", n, " clients costs against the coordinator (", s.message(),
-            "): raise it or the noise multiplier"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("epsilon_budget_against_coordinator ", settings.epsilon_budget_against_coordinator,
+                         " is below what one round of ", n, " clients costs against the coordinator (",
+                         s.message(), "): raise it or the noise multiplier"));
       }
     }
   }
   return absl::OkStatus();
 }
-
 
 double ChargedNoiseMultiplier(const RoundSettings& settings, const secagg::RingConfig& ring,
                               const dp::DistributedDpConfig& dp, size_t m, double* tau) {
@@ -315,17 +314,16 @@ absl::StatusOr<std::unique_ptr<RoundMachine>> RoundMachine::Create(StateStore* s
     const CommittedState& c = **latest;
     // Which part of which round the operator has to look at.
     auto in_committed = [&c, store](absl::string_view part, const absl::Status& s) {
-      return absl::Status(s.code(), absl::StrCat("state of committed round ", c.round, " in ", store->dir(), ", ",
-                                                 part, ": ", s.message()));
+      return absl::Status(s.code(), absl::StrCat("state of committed round ", c.round, " in ", store->dir(),
+                                                 ", ", part, ": ", s.message()));
     };
     absl::StatusOr<SafetensorsFile> f =
         SafetensorsFile::Parse(std::string(c.global_safetensors.begin(), c.global_safetensors.end()));
     if (!f.ok()) return in_committed("global adapter", f.status());
     absl::StatusOr<std::vector<float>> flat = m->layout_.FromSafetensors(*f);
     if (!flat.ok()) {
-      return in_committed("global adapter",
-                          absl::FailedPreconditionError(absl::StrCat("it does not fit this layout: ",
-                                                                     flat.status().message())));
+      return in_committed("global adapter", absl::FailedPreconditionError(absl::StrCat(
+                                                "it does not fit this layout: ", flat.status().message())));
     }
     m->global_ = Eigen::Map<const Eigen::VectorXf>(flat->data(), static_cast<Eigen::Index>(flat->size()));
     absl::StatusOr<PrivacyLedger> restored = PrivacyLedger::FromJson(c.ledger_json);
@@ -333,7 +331,8 @@ absl::StatusOr<std::unique_ptr<RoundMachine>> RoundMachine::Create(StateStore* s
     m->ledger_ = std::move(*restored);
     absl::StatusOr<std::map<std::string, Eigen::VectorXf>> state = ParseStrategyState(c.strategy_state);
     if (!state.ok()) return in_committed("server optimizer state", state.status());
-    if (absl::Status s = m->strategy_->LoadState(*state); !s.ok()) return in_committed("server optimizer state", s);
+    if (absl::Status s = m->strategy_->LoadState(*state); !s.ok())
+      return in_committed("server optimizer state", s);
     m->last_committed_ = c.round;
   }
   if (absl::Status s = m->ReplayExposures(); !s.ok()) return s;
@@ -373,8 +372,9 @@ absl::Status RoundMachine::ReplayExposures() {
         const double z = config.value("coordinator_noise_multiplier", 0.0);
         if (absl::Status s = ledger_->RecordExposure(sampled, z); !s.ok()) return s;
       } catch (const nlohmann::json::exception& e) {
-        return absl::DataLossError(absl::StrCat("round ", r.round, " in ", store_->dir(),
-                                                ": its stored config does not list the sampled users: ", e.what()));
+        return absl::DataLossError(
+            absl::StrCat("round ", r.round, " in ", store_->dir(),
+                         ": its stored config does not list the sampled users: ", e.what()));
       }
     }
     if (page->size() < 100) return absl::OkStatus();
@@ -426,8 +426,8 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
   double discrete_tau = 0;
   const double accounted_z =
       ChargedNoiseMultiplier(settings_, ring_, dp_, static_cast<size_t>(params.vector_length()), &discrete_tau);
-  const double coordinator_z =
-      CoordinatorNoiseMultiplier(settings_, ring_, dp_, static_cast<size_t>(params.vector_length()), accounted_z);
+  const double coordinator_z = CoordinatorNoiseMultiplier(
+      settings_, ring_, dp_, static_cast<size_t>(params.vector_length()), accounted_z);
   if (settings_.noise_multiplier > 0) {
     if (absl::Status s =
             ledger_->CheckCanOpen(round, q, accounted_z, LedgerNoise(settings_), coordinator_z, eligible);
@@ -443,13 +443,22 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
   absl::StatusOr<std::string> global_bytes =
       layout_.ToSafetensors(std::span<const float>(global_.data(), static_cast<size_t>(global_.size())));
   if (!global_bytes.ok()) return global_bytes.status();
-  nlohmann::json config = {{"sampled", pool}, {"eligible", n_eligible}, {"q", q},
-                           {"aggregation", secure ? "secagg+" : "plain"}, {"degree", k}, {"threshold", t},
-                           {"ring_bits", ring_.bits}, {"scale", ring_.scale}, {"clip_norm", settings_.clip_norm},
-                           {"noise_multiplier", settings_.noise_multiplier}, {"central_noise", settings_.central_noise},
+  nlohmann::json config = {{"sampled", pool},
+                           {"eligible", n_eligible},
+                           {"q", q},
+                           {"aggregation", secure ? "secagg+" : "plain"},
+                           {"degree", k},
+                           {"threshold", t},
+                           {"ring_bits", ring_.bits},
+                           {"scale", ring_.scale},
+                           {"clip_norm", settings_.clip_norm},
+                           {"noise_multiplier", settings_.noise_multiplier},
+                           {"central_noise", settings_.central_noise},
                            // The clients split the noise so that this many shares reach z S.
-                           {"noise_shares", dp_.min_clients}, {"rotate", dp_.rotate},
-                           {"vector_length", params.vector_length()}, {"discrete_gaussian_tau", discrete_tau},
+                           {"noise_shares", dp_.min_clients},
+                           {"rotate", dp_.rotate},
+                           {"vector_length", params.vector_length()},
+                           {"discrete_gaussian_tau", discrete_tau},
                            {"accounted_noise_multiplier", accounted_z},
                            // What hides a sampled user from the coordinator (ReplayExposures).
                            {"coordinator_noise_multiplier", coordinator_z}};

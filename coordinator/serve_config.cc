@@ -74,12 +74,12 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::string& text, const std:
   RoundSettings& r = c.runtime.round;
   if (j.contains("round")) {
     const Json& rj = j["round"];
-    if (absl::Status s = CheckOnlyKeys(rj, {"clients_per_round", "min_clients", "ring_bits", "clip_norm",
-                                            "noise_multiplier", "central_noise", "rotate", "threshold", "strategy",
-                                            "server_learning_rate", "delta", "epsilon_budget",
-                                            "epsilon_budget_against_coordinator", "seed",
-                                            "secure_aggregation"},
-                                       "\"round\"");
+    if (absl::Status s = CheckOnlyKeys(
+            rj,
+            {"clients_per_round", "min_clients", "ring_bits", "clip_norm", "noise_multiplier",
+             "central_noise", "rotate", "threshold", "strategy", "server_learning_rate", "delta",
+             "epsilon_budget", "epsilon_budget_against_coordinator", "seed", "secure_aggregation"},
+            "\"round\"");
         !s.ok()) {
       return s;
     }
@@ -96,7 +96,8 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::string& text, const std:
     FEDPERS_READ_JSON(rj, "server_learning_rate", r.strategy.server_learning_rate, "round: ");
     FEDPERS_READ_JSON(rj, "delta", r.delta, "round: ");
     FEDPERS_READ_JSON(rj, "epsilon_budget", r.epsilon_budget, "round: ");
-    FEDPERS_READ_JSON(rj, "epsilon_budget_against_coordinator", r.epsilon_budget_against_coordinator, "round: ");
+    FEDPERS_READ_JSON(rj, "epsilon_budget_against_coordinator", r.epsilon_budget_against_coordinator,
+                      "round: ");
     FEDPERS_READ_JSON(rj, "seed", r.seed, "round: ");
   }
   if (!j.contains("base")) return absl::InvalidArgumentError("serve config needs \"base\" (the base model directory)");

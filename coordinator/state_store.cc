@@ -36,7 +36,9 @@ absl::Status SqliteError(sqlite3* db, absl::string_view what, absl::string_view 
   return code == SQLITE_CORRUPT || code == SQLITE_NOTADB ? absl::DataLossError(message)
                                                          : absl::InternalError(message);
 }
-absl::Status SqliteError(sqlite3* db, absl::string_view what) { return SqliteError(db, what, sqlite3_errmsg(db)); }
+absl::Status SqliteError(sqlite3* db, absl::string_view what) {
+  return SqliteError(db, what, sqlite3_errmsg(db));
+}
 
 // One prepared statement; finalizes itself.
 class Statement {
@@ -102,9 +104,7 @@ class Transaction {
   ~Transaction() {
     if (ok_ && !done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
   }
-  absl::Status status() const {
-    return ok_ ? absl::OkStatus() : SqliteError(db_, "BEGIN");
-  }
+  absl::Status status() const { return ok_ ? absl::OkStatus() : SqliteError(db_, "BEGIN"); }
   absl::Status Commit() {
     if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
       return SqliteError(db_, "COMMIT");
@@ -174,7 +174,8 @@ StateStore::~StateStore() {
 absl::Status StateStore::Exec(const std::string& sql) {
   char* err = nullptr;
   if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
-    absl::Status s = SqliteError(db_, absl::StrCat("'", sql.substr(0, 80), "'"), err ? err : sqlite3_errmsg(db_));
+    absl::Status s =
+        SqliteError(db_, absl::StrCat("'", sql.substr(0, 80), "'"), err ? err : sqlite3_errmsg(db_));
     sqlite3_free(err);
     return s;
   }

@@ -27,21 +27,23 @@ std::string EpsText(std::optional<double> eps) { return eps ? EpsText(*eps) : "-
 // A point's figures as sweep.json lists them (the Pareto mark is the
 // sweep's, not the point's, and is added by SweepJson).
 nlohmann::ordered_json PointJson(const SweepPoint& p) {
-  return {{"global_rank", p.global_rank},
-          {"residual_rank", p.residual_rank},
-          {"ring_bits", p.ring_bits},
-          {"noise_multiplier", p.noise_multiplier},
-          {"clients_per_round", p.clients_per_round},
-          {"accuracy", p.accuracy},
-          {"loss", p.loss},
-          {"epsilon", std::isfinite(p.epsilon) ? nlohmann::ordered_json(p.epsilon) : nlohmann::ordered_json("inf")},
-          {"epsilon_against_coordinator", nlohmann::ordered_json(EpsilonToJson(p.epsilon_against_coordinator))},
-          {"bytes_up_per_client_round", p.bytes_up},
-          {"bytes_down_per_client_round", p.bytes_down},
-          {"client_seconds_per_round", p.client_seconds},
-          {"rounds_committed", p.rounds_committed},
-          {"rounds_aborted", p.rounds_aborted},
-          {"note", p.note}};
+  return {
+      {"global_rank", p.global_rank},
+      {"residual_rank", p.residual_rank},
+      {"ring_bits", p.ring_bits},
+      {"noise_multiplier", p.noise_multiplier},
+      {"clients_per_round", p.clients_per_round},
+      {"accuracy", p.accuracy},
+      {"loss", p.loss},
+      {"epsilon",
+       std::isfinite(p.epsilon) ? nlohmann::ordered_json(p.epsilon) : nlohmann::ordered_json("inf")},
+      {"epsilon_against_coordinator", nlohmann::ordered_json(EpsilonToJson(p.epsilon_against_coordinator))},
+      {"bytes_up_per_client_round", p.bytes_up},
+      {"bytes_down_per_client_round", p.bytes_down},
+      {"client_seconds_per_round", p.client_seconds},
+      {"rounds_committed", p.rounds_committed},
+      {"rounds_aborted", p.rounds_aborted},
+      {"note", p.note}};
 }
 
 absl::StatusOr<SweepPoint> PointFromJson(const nlohmann::json& j) {
@@ -242,14 +244,15 @@ nlohmann::ordered_json SweepJson(const SweepResult& r) {
 }
 
 std::string SweepTable(const SweepResult& r) {
-  Table t({"#", "r_g", "r_u", "ring bits", "z", "clients", "accuracy", "epsilon", "eps vs coord", "up/client/round",
-           "pareto", "note"});
+  Table t({"#", "r_g", "r_u", "ring bits", "z", "clients", "accuracy", "epsilon", "eps vs coord",
+           "up/client/round", "pareto", "note"});
   for (size_t i = 0; i < r.points.size(); ++i) {
     const SweepPoint& p = r.points[i];
-    t.AddRow({absl::StrCat(i), absl::StrCat(p.global_rank), absl::StrCat(p.residual_rank), RingBitsName(p.ring_bits),
-              absl::StrFormat("%g", p.noise_multiplier), absl::StrCat(p.clients_per_round),
-              absl::StrFormat("%.4f", p.accuracy), EpsText(p.epsilon), EpsText(p.epsilon_against_coordinator),
-              HumanBytes(p.bytes_up), p.pareto ? "*" : "", p.note.substr(0, 60)});
+    t.AddRow({absl::StrCat(i), absl::StrCat(p.global_rank), absl::StrCat(p.residual_rank),
+              RingBitsName(p.ring_bits), absl::StrFormat("%g", p.noise_multiplier),
+              absl::StrCat(p.clients_per_round), absl::StrFormat("%.4f", p.accuracy), EpsText(p.epsilon),
+              EpsText(p.epsilon_against_coordinator), HumanBytes(p.bytes_up), p.pareto ? "*" : "",
+              p.note.substr(0, 60)});
   }
   return t.Render();
 }
@@ -262,16 +265,19 @@ absl::StatusOr<ReportFiles> WriteSweepReport(const SweepResult& r, const std::st
     files.written.push_back(path);
     return absl::OkStatus();
   };
-  std::string csv = "global_rank,residual_rank,ring_bits,noise_multiplier,clients_per_round,accuracy,loss,epsilon,"
-                    "epsilon_against_coordinator,bytes_up_per_client_round,bytes_down_per_client_round,"
-                    "client_seconds_per_round,pareto\n";
+  std::string csv =
+      "global_rank,residual_rank,ring_bits,noise_multiplier,clients_per_round,accuracy,loss,epsilon,"
+      "epsilon_against_coordinator,bytes_up_per_client_round,bytes_down_per_client_round,"
+      "client_seconds_per_round,pareto\n";
   double max_eps = 0;
   for (const SweepPoint& p : r.points) {
     absl::StrAppend(&csv, p.global_rank, ",", p.residual_rank, ",", p.ring_bits, ",", p.noise_multiplier, ",",
-                    p.clients_per_round, ",", absl::StrFormat("%.6f,%.6f", p.accuracy, p.loss), ",", EpsText(p.epsilon),
-                    ",", p.epsilon_against_coordinator ? EpsText(*p.epsilon_against_coordinator) : "", ",",
+                    p.clients_per_round, ",", absl::StrFormat("%.6f,%.6f", p.accuracy, p.loss), ",",
+                    EpsText(p.epsilon), ",",
+                    p.epsilon_against_coordinator ? EpsText(*p.epsilon_against_coordinator) : "", ",",
                     p.bytes_up, ",", p.bytes_down, ",", p.client_seconds, ",", p.pareto ? 1 : 0, "\n");
-    for (const std::optional<double> eps : {std::optional<double>(p.epsilon), p.epsilon_against_coordinator}) {
+    for (const std::optional<double> eps :
+         {std::optional<double>(p.epsilon), p.epsilon_against_coordinator}) {
       if (eps && std::isfinite(*eps)) max_eps = std::max(max_eps, *eps);
     }
   }
@@ -286,8 +292,8 @@ absl::StatusOr<ReportFiles> WriteSweepReport(const SweepResult& r, const std::st
                                        : std::isfinite(*p.epsilon_against_coordinator)
                                            ? absl::StrCat(*p.epsilon_against_coordinator)
                                            : absl::StrCat(inf_x);
-    absl::StrAppend(&dat, std::isfinite(p.epsilon) ? p.epsilon : inf_x, " ", p.accuracy, " ", p.bytes_up / 1024, " ",
-                    p.pareto ? 1 : 0, " \"#", i, "\" ", vs_coordinator, "\n");
+    absl::StrAppend(&dat, std::isfinite(p.epsilon) ? p.epsilon : inf_x, " ", p.accuracy, " ",
+                    p.bytes_up / 1024, " ", p.pareto ? 1 : 0, " \"#", i, "\" ", vs_coordinator, "\n");
   }
   if (absl::Status s = write("plots/sweep.dat", dat); !s.ok()) return s;
   const std::string data = absl::StrCat("'", fs::absolute(fs::path(dir) / "plots" / "sweep.dat").string(), "'");
@@ -297,15 +303,15 @@ absl::StatusOr<ReportFiles> WriteSweepReport(const SweepResult& r, const std::st
       "set terminal pngcairo size 960,600 font 'Sans,11'\nset output '", png, "'\n",
       "set multiplot layout 1,2 title 'Sweep: accuracy against epsilon and bytes (filled: Pareto front)'\n"
       "set grid\nset key top left font ',9'\nset ylabel 'mean held-out accuracy'\n",
-      "set xlabel 'epsilon (right edge: no noise)'\n",
-      "plot ", data, " using 1:($4==1?$2:1/0) with points pt 7 ps 1.6 title 'Pareto front', ", data,
+      "set xlabel 'epsilon (right edge: no noise)'\n", "plot ", data,
+      " using 1:($4==1?$2:1/0) with points pt 7 ps 1.6 title 'Pareto front', ", data,
       " using 1:($4==0?$2:1/0) with points pt 6 ps 1.4 title 'other points', ", data,
       " using 6:2 with points pt 2 ps 1.2 title 'epsilon against the coordinator', ", data,
       " using 1:2:5 with labels offset 0,1 font ',9' notitle\n",
-      "unset key\nset xlabel 'KiB sent per client per round'\n",
-      "plot ", data, " using 3:($4==1?$2:1/0) with points pt 7 ps 1.6, ", data,
-      " using 3:($4==0?$2:1/0) with points pt 6 ps 1.4, ", data, " using 3:2:5 with labels offset 0,1 font ',9'\n",
-      "unset multiplot\n",
+      "unset key\nset xlabel 'KiB sent per client per round'\n", "plot ", data,
+      " using 3:($4==1?$2:1/0) with points pt 7 ps 1.6, ", data,
+      " using 3:($4==0?$2:1/0) with points pt 6 ps 1.4, ", data,
+      " using 3:2:5 with labels offset 0,1 font ',9'\n", "unset multiplot\n",
       "set terminal svg size 960,600 font 'Sans,11' background '#ffffff'\nset output '", svg, "'\nreplot\n");
   const std::string script_path = (fs::path(dir) / "plots" / "sweep.gp").string();
   if (absl::Status s = WriteFileAtomically(script_path, script); !s.ok()) return s;
@@ -317,20 +323,22 @@ absl::StatusOr<ReportFiles> WriteSweepReport(const SweepResult& r, const std::st
   } else {
     files.warnings.push_back(std::string(s.message()));
   }
-  std::string md = absl::StrCat("# fedpers sweep: ", r.base.data, "\n\nglobal+residual, ", r.base.rounds,
-                                " rounds per point; `*` marks the Pareto front (accuracy up, epsilon down, bytes "
-                                "up down; epsilons or bytes within 1% count as equal). \"eps vs coord\" is the epsilon "
-                                "against the coordinator itself, which knows who was sampled (docs/privacy.md); the "
-                                "front uses the ledger's epsilon. Per-point runs are in `points/<#>/`.\n\n| # | r_g | r_u | ring bits | z | "
-                                "clients | accuracy | epsilon | eps vs coord | up / client / round | Pareto | note |\n"
-                                "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::string md =
+      absl::StrCat("# fedpers sweep: ", r.base.data, "\n\nglobal+residual, ", r.base.rounds,
+                   " rounds per point; `*` marks the Pareto front (accuracy up, epsilon down, bytes "
+                   "up down; epsilons or bytes within 1% count as equal). \"eps vs coord\" is the epsilon "
+                   "against the coordinator itself, which knows who was sampled (docs/privacy.md); the "
+                   "front uses the ledger's epsilon. Per-point runs are in `points/<#>/`.\n\n| # | r_g | r_u "
+                   "| ring bits | z | "
+                   "clients | accuracy | epsilon | eps vs coord | up / client / round | Pareto | note |\n"
+                   "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < r.points.size(); ++i) {
     const SweepPoint& p = r.points[i];
-    absl::StrAppend(&md, "| ", i, " | ", p.global_rank, " | ", p.residual_rank, " | ", RingBitsName(p.ring_bits), " | ",
-                    absl::StrFormat("%g", p.noise_multiplier), " | ", p.clients_per_round, " | ",
-                    absl::StrFormat("%.4f", p.accuracy), " | ", EpsText(p.epsilon), " | ",
-                    EpsText(p.epsilon_against_coordinator), " | ", HumanBytes(p.bytes_up),
-                    " | ", p.pareto ? "*" : "", " | ", p.note, " |\n");
+    absl::StrAppend(&md, "| ", i, " | ", p.global_rank, " | ", p.residual_rank, " | ",
+                    RingBitsName(p.ring_bits), " | ", absl::StrFormat("%g", p.noise_multiplier), " | ",
+                    p.clients_per_round, " | ", absl::StrFormat("%.4f", p.accuracy), " | ",
+                    EpsText(p.epsilon), " | ", EpsText(p.epsilon_against_coordinator), " | ",
+                    HumanBytes(p.bytes_up), " | ", p.pareto ? "*" : "", " | ", p.note, " |\n");
   }
   if (!files.plots.empty()) absl::StrAppend(&md, "\n![sweep](plots/sweep.png) ([SVG](plots/sweep.svg))\n");
   for (const std::string& w : files.warnings) absl::StrAppend(&md, "\nNote: ", w, "\n");

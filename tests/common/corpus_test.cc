@@ -86,7 +86,8 @@ TEST(CorpusTest, JsonlConcatenatesInOrderAndNamesBadLines) {
       {"{\"user_id\": \"u\", \"text\": \"caf\xe9\"}\n", "line 1: invalid UTF-8"},
       {"{\"user_id\": \"u\\t2\", \"text\": \"x\"}\n",
        "line 1: 'user_id': a user id must not contain control characters (byte 0x09 at offset 1)"},
-      {"{\"user_id\": \"" + std::string(257, 'u') + "\", \"text\": \"x\"}\n", "line 1: 'user_id': a user id must be 1-256"},
+      {"{\"user_id\": \"" + std::string(257, 'u') + "\", \"text\": \"x\"}\n",
+       "line 1: 'user_id': a user id must be 1-256"},
   };
   for (const auto& [contents, expected] : bad) {
     Write(path, contents);
@@ -105,8 +106,9 @@ TEST(CorpusTest, UserIdsATerminalWouldActOnAreRefused) {
   Write(dir + "/ev\x1b[2Jil.txt", "hello");
   absl::StatusOr<Corpus> strict = LoadCorpus("txt:" + dir);
   ASSERT_EQ(strict.status().code(), absl::StatusCode::kInvalidArgument) << strict.status();
-  EXPECT_NE(strict.status().message().find("user 'ev\\x1b[2Jil': a user id must not contain control characters"),
-            absl::string_view::npos)
+  EXPECT_NE(
+      strict.status().message().find("user 'ev\\x1b[2Jil': a user id must not contain control characters"),
+      absl::string_view::npos)
       << strict.status();
   CorpusOptions skip;
   skip.skip_bad_records = true;

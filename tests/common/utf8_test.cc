@@ -8,8 +8,8 @@ namespace fedpers {
 namespace {
 
 TEST(CheckUserIdTest, AcceptsPrintableUtf8) {
-  for (const char* id : {"alice", "KING LEAR", "J\xc3\xb6rg Example <jorg@example.org>", "\xe6\x9d\x8e\xe9\x9b\xb7",
-                         "a\xf0\x9f\x98\x80"}) {
+  for (const char* id : {"alice", "KING LEAR", "J\xc3\xb6rg Example <jorg@example.org>",
+                         "\xe6\x9d\x8e\xe9\x9b\xb7", "a\xf0\x9f\x98\x80"}) {
     EXPECT_TRUE(CheckUserId(id, "id").ok()) << id;
   }
   EXPECT_TRUE(CheckUserId(std::string(kMaxUserIdBytes, 'x'), "id").ok());
@@ -28,11 +28,17 @@ TEST(CheckUserIdTest, RefusesWhatATerminalWouldActOnWithoutEchoingIt) {
       {"tab\there", "byte 0x09 at offset 3"},
       {"cr\r", "byte 0x0d at offset 2"},
       {"del\x7f", "byte 0x7f at offset 3"},
-      {"csi\xc2\x9b" "31m", "byte 0xc2 at offset 3"},  // C1 CSI, well-formed UTF-8
+      {"csi\xc2\x9b"
+       "31m",
+       "byte 0xc2 at offset 3"},  // C1 CSI, well-formed UTF-8
       {"bad\xff", "invalid at byte 3"},
-      {"admin\xe2\x80\xae" "nimda", "format characters (U+202E at offset 5)"},  // right-to-left override
-      {"bob\xe2\x80\x8b", "format characters (U+200B at offset 3)"},          // zero-width space
-      {"\xef\xbb\xbf" "bom", "format characters (U+FEFF at offset 0)"},
+      {"admin\xe2\x80\xae"
+       "nimda",
+       "format characters (U+202E at offset 5)"},                     // right-to-left override
+      {"bob\xe2\x80\x8b", "format characters (U+200B at offset 3)"},  // zero-width space
+      {"\xef\xbb\xbf"
+       "bom",
+       "format characters (U+FEFF at offset 0)"},
       {"over\xc0\xaf", "invalid at byte 4"},
   };
   for (const Case& c : cases) {
@@ -54,7 +60,10 @@ TEST(EscapeForTerminalTest, MakesControlsAndInvalidBytesVisible) {
   EXPECT_EQ(EscapeForTerminal("1\n2\t3\r"), "1\\x0a2\\x093\\x0d");
   EXPECT_EQ(EscapeForTerminal("1\n2\t3\r", /*keep_line_breaks=*/true), "1\n2\t3\\x0d");
   EXPECT_EQ(EscapeForTerminal(std::string("nul\0end", 7)), "nul\\x00end");
-  EXPECT_EQ(EscapeForTerminal("a\xe2\x80\xae" "b\xe2\x81\xa6" "c"), "a\\u202eb\\u2066c");
+  EXPECT_EQ(EscapeForTerminal("a\xe2\x80\xae"
+                              "b\xe2\x81\xa6"
+                              "c"),
+            "a\\u202eb\\u2066c");
   EXPECT_EQ(EscapeForTerminal("\xe2\x80\x94 dash"), "\xe2\x80\x94 dash") << "U+2014 is printable";
 }
 

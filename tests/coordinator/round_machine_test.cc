@@ -139,8 +139,9 @@ TEST(RoundMachineTest, DamagedCommittedStateNamesRoundAndPart) {
     const char* sql;
     const char* part;
   };
-  for (const Damage& d : {Damage{"UPDATE global_versions SET strategy_state = x'0102'", "server optimizer state"},
-                          Damage{"UPDATE global_versions SET ledger_json = '[]'", "privacy ledger"}}) {
+  for (const Damage& d :
+       {Damage{"UPDATE global_versions SET strategy_state = x'0102'", "server optimizer state"},
+        Damage{"UPDATE global_versions SET ledger_json = '[]'", "privacy ledger"}}) {
     SCOPED_TRACE(d.part);
     sqlite3* db = nullptr;
     ASSERT_EQ(sqlite3_open((dir + "/state.sqlite3").c_str(), &db), SQLITE_OK);

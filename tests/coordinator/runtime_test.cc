@@ -317,7 +317,8 @@ TEST(RuntimeTest, UsersBelongToTheirClient) {
   // An id a terminal would act on is refused before it is stored or echoed.
   absl::StatusOr<JoinResponse> escape = f.rt->Join("partner-c", JoinFor({"carol", "eve\x1b]0;pwned\x07"}));
   EXPECT_EQ(escape.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(escape.status().message().find("join: user id 2"), std::string::npos) << escape.status().message();
+  EXPECT_NE(escape.status().message().find("join: user id 2"), std::string::npos)
+      << escape.status().message();
   EXPECT_TRUE(f.rt->Join("partner-d", JoinFor({"carol"})).ok()) << "a refused join binds none of its users";
   JoinRequest wrong = JoinFor({"carol"});
   wrong.set_layout_fingerprint(1);

@@ -111,7 +111,8 @@ TEST(CheckpointTest, BadFilesGiveClearErrors) {
     ASSERT_TRUE(SaveBaseModel(poisoned, nan_dir).ok());
     r = LoadBaseModel(nan_dir, LoraConfig());
     EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
-    EXPECT_NE(r.status().message().find("tensor 'transformer.h.1.mlp.c_fc.weight' holds 2 NaN or infinite value(s)"),
+    EXPECT_NE(r.status().message().find(
+                  "tensor 'transformer.h.1.mlp.c_fc.weight' holds 2 NaN or infinite value(s)"),
               absl::string_view::npos)
         << r.status();
   }

@@ -74,7 +74,8 @@ TEST(ExperimentConfigTest, BadConfigsAreNamedErrors) {
   EXPECT_NE(error(R"({"local": {"batch_size": 2, "batch_size": 2}})").find("\"batch_size\" twice"),
             std::string::npos);
   nlohmann::json same_key_apart;
-  EXPECT_TRUE(ParseJsonObject(R"({"a": {"k": 1}, "b": [{"k": 2}, {"k": 3}], "k": 4})", "t", same_key_apart).ok())
+  EXPECT_TRUE(
+      ParseJsonObject(R"({"a": {"k": 1}, "b": [{"k": 2}, {"k": 3}], "k": 4})", "t", same_key_apart).ok())
       << "the same key in different objects is not a duplicate";
   EXPECT_NE(error("[1, 2]").find("object"), std::string::npos);
   EXPECT_NE(error("{not json").find("JSON"), std::string::npos);
@@ -84,7 +85,8 @@ TEST(ExperimentConfigTest, BadConfigsAreNamedErrors) {
   EXPECT_NE(error(R"({"rounds": 1e20})").find("\"rounds\" must be an integer in"), std::string::npos);
   EXPECT_NE(error(R"({"seed": -1})").find("\"seed\""), std::string::npos);
   EXPECT_NE(error(R"({"clip_norm": 1e999})").find("number overflow"), std::string::npos);
-  EXPECT_NE(error(R"({"clip_norm": 1e-308})").find("\"clip_norm\" must be in [1e-06, 1e+06]"), std::string::npos);
+  EXPECT_NE(error(R"({"clip_norm": 1e-308})").find("\"clip_norm\" must be in [1e-06, 1e+06]"),
+            std::string::npos);
   EXPECT_NE(error(R"({"clip_norm": NaN})").find("line 1"), std::string::npos);
   EXPECT_NE(error(R"({"secure_agg": 1})").find("\"secure_agg\" must be true or false"), std::string::npos);
   EXPECT_NE(error(R"({"local": {"batch_size": "8"}})").find("local: \"batch_size\" must be an integer"),
