@@ -149,26 +149,6 @@ absl::Status PrivacyLedger::CheckCanOpen(int64_t round, double q, double z, dp::
   return absl::OkStatus();
 }
 
-std::vector<std::string> PrivacyLedger::WithinBudgetAgainstCoordinator(std::span<const std::string> eligible,
-                                                                        double coordinator_z) const {
-  // Unknown contributions: CheckCanOpen refuses and says why.
-  if (std::isinf(budget_against_coordinator_) || !coordinator_rho_known_) {
-    return std::vector<std::string>(eligible.begin(), eligible.end());
-  }
-  std::vector<std::string> within;
-  const double round_rho = RoundRho(coordinator_z);
-  // Users with the same history share a rho: one epsilon per distinct value.
-  std::map<double, bool> fits;
-  for (const std::string& user : eligible) {
-    auto it = coordinator_rho_.find(user);
-    const double rho = it == coordinator_rho_.end() ? 0.0 : it->second;
-    auto [f, inserted] = fits.emplace(rho, false);
-    if (inserted) f->second = EpsilonOfRho(rho + round_rho, orders_, delta_) <= budget_against_coordinator_;
-    if (f->second) within.push_back(user);
-  }
-  return within;
-}
-
 absl::Status PrivacyLedger::RecordExposure(std::span<const std::string> users, double coordinator_z) {
   if (!(coordinator_z >= 0) || !std::isfinite(coordinator_z)) {
     return absl::InvalidArgumentError(

@@ -78,12 +78,6 @@ class PrivacyLedger {
   // its users' epsilon against the coordinator refuses under a finite budget.
   absl::Status CheckCanOpen(int64_t round, double q, double z, dp::SampledNoise noise, double coordinator_z,
                             std::span<const std::string> eligible) const;
-  // The users of `eligible` whom one more round at `coordinator_z` keeps
-  // within the budget against the coordinator, in their order (all of them
-  // when it is infinite, or when contributions are unknown: CheckCanOpen
-  // then refuses every round and says why).
-  std::vector<std::string> WithinBudgetAgainstCoordinator(std::span<const std::string> eligible,
-                                                          double coordinator_z) const;
   // Records a committed round (rounds strictly increasing). `contributors`
   // are the users whose updates are in the released sum (each eligible);
   // `coordinator_z` is the noise multiplier that hides one of them from the

@@ -390,44 +390,13 @@ std::vector<std::string> RoundMachine::expected() const {
   return out;
 }
 
-absl::StatusOr<std::vector<std::string>> RoundMachine::WithinBudgetAgainstCoordinator(
-    std::span<const std::string> eligible) const {
-  std::vector<std::string> candidates(eligible.begin(), eligible.end());
-  if (!std::isfinite(settings_.epsilon_budget_against_coordinator)) return candidates;
-  // What one round costs a contributor depends on the round's plan, which
-  // depends on its size: shrink the candidates until the size is stable.
-  // (The size only falls, so this ends; excluding users is always safe.)
-  while (true) {
-    const int64_t n = std::min<int64_t>(settings_.clients_per_round, static_cast<int64_t>(candidates.size()));
-    if (n < settings_.min_clients) return candidates;  // Open says why
-    absl::StatusOr<RoundPlan> plan = PlanRound(settings_, n, static_cast<size_t>(layout_.total_size()), 0);
-    if (!plan.ok()) return plan.status();
-    const size_t m = static_cast<size_t>(plan->params.vector_length());
-    const double accounted_z = ChargedNoiseMultiplier(settings_, plan->ring, plan->dp, m);
-    std::vector<std::string> within = ledger_->WithinBudgetAgainstCoordinator(
-        candidates, CoordinatorNoiseMultiplier(settings_, plan->ring, plan->dp, m, accounted_z));
-    if (within.size() == candidates.size()) return candidates;
-    candidates = std::move(within);
-  }
-}
-
 absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine::Open(
-    std::span<const std::string> available, uint64_t seed) {
+    std::span<const std::string> eligible, uint64_t seed) {
   if (stage_ != RoundStage::kIdle) return absl::FailedPreconditionError(absl::StrCat("round ", round_, " is still running"));
-  // Users at their budget against the coordinator are not sampled: that
-  // depends only on what they contributed, and a user who has spent the
-  // budget does not stop the others' rounds.
-  absl::StatusOr<std::vector<std::string>> within = WithinBudgetAgainstCoordinator(available);
-  if (!within.ok()) return within.status();
-  const std::span<const std::string> eligible(*within);
   const int64_t n_eligible = static_cast<int64_t>(eligible.size());
-  const int64_t spent = static_cast<int64_t>(available.size()) - n_eligible;
   if (n_eligible < settings_.min_clients) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        n_eligible, " eligible clients, fewer than min_clients ", settings_.min_clients,
-        spent > 0 ? absl::StrCat(" (", spent, " more have spent their budget against the coordinator, ",
-                                 settings_.epsilon_budget_against_coordinator, ")")
-                  : ""));
+    return absl::FailedPreconditionError(absl::StrCat(n_eligible, " eligible clients, fewer than min_clients ",
+                                                      settings_.min_clients));
   }
   const int64_t n = std::min(settings_.clients_per_round, n_eligible);
   const double q = static_cast<double>(n) / static_cast<double>(n_eligible);
@@ -476,7 +445,6 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
   if (!global_bytes.ok()) return global_bytes.status();
   nlohmann::json config = {{"sampled", pool},
                            {"eligible", n_eligible},
-                           {"spent_against_coordinator", spent},
                            {"q", q},
                            {"aggregation", secure ? "secagg+" : "plain"},
                            {"degree", k},

@@ -140,16 +140,14 @@ class RoundMachine {
   static absl::StatusOr<std::unique_ptr<RoundMachine>> Create(StateStore* store, FlatLayout layout,
                                                               RoundSettings settings);
 
-  // Opens the next round over the `available` client names (sorted,
-  // unique). The eligible are those of them within the budget against the
-  // coordinator (users who have spent it are left out; all when there is
-  // none). Refuses (FailedPrecondition) when fewer than min_clients are
-  // eligible or the privacy budget would be exceeded; samples with `seed`. The
+  // Opens the next round over `eligible` client names (sorted, unique):
+  // refuses (FailedPrecondition) when fewer than min_clients are eligible or
+  // the privacy budget would be exceeded; samples with `seed`. The
   // invitations leave global_adapter empty: it is the same for every client,
   // so the round keeps one copy (round_global_adapter()) and whoever delivers
   // an invitation attaches it then, instead of the coordinator holding one
   // copy per sampled client until each has polled.
-  absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> Open(std::span<const std::string> available,
+  absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> Open(std::span<const std::string> eligible,
                                                                             uint64_t seed);
 
   // A message from a sampled client of the current round: SecAgg+ messages,
@@ -189,10 +187,6 @@ class RoundMachine {
   absl::StatusOr<StageOutput> CommitOrAbort(absl::StatusOr<std::vector<uint32_t>> ring_sum);
   // SecAgg ids whose inputs are in the sum.
   std::vector<uint32_t> ContributorIds() const;
-  // The users of `eligible` whom this round's cost against the coordinator
-  // keeps within its budget (all of them when it is infinite).
-  absl::StatusOr<std::vector<std::string>> WithinBudgetAgainstCoordinator(
-      std::span<const std::string> eligible) const;
   // Charges the ledger, against the coordinator, for the plain rounds
   // aborted since the last commit (their exposure is in no snapshot): every
   // sampled user, at the round's stored coordinator-facing multiplier.
