@@ -359,22 +359,27 @@ absl::Status RoundMachine::ReplayExposures() {
     for (const RoundRow& r : *page) {
       if (r.round <= last_committed_) return absl::OkStatus();
       if (r.state != "aborted") continue;
+      // As ExposedUsers: a plain round's sampled users; a SecAgg+ round's
+      // survivors once it asked for unmasking. Rounds stored before the
+      // coordinator-facing multiplier was recorded count as hiding nothing.
       const nlohmann::json config = nlohmann::json::parse(r.config_json, nullptr, /*allow_exceptions=*/false);
-      if (!config.is_object() || config.value("aggregation", "") != "plain" ||
-          !(config.value("noise_multiplier", 0.0) > 0)) {
-        continue;
-      }
-      // Who sent an input before the abort is not stored: every sampled
-      // user is charged (an upper bound). Rounds stored before the
-      // coordinator-facing multiplier was recorded hid nothing (0).
+      const nlohmann::json noted = nlohmann::json::parse(r.metrics_json, nullptr, /*allow_exceptions=*/false);
       try {
-        const std::vector<std::string> sampled = config.at("sampled").get<std::vector<std::string>>();
-        const double z = config.value("coordinator_noise_multiplier", 0.0);
-        if (absl::Status s = ledger_->RecordExposure(sampled, z); !s.ok()) return s;
-      } catch (const nlohmann::json::exception& e) {
-        return absl::DataLossError(
-            absl::StrCat("round ", r.round, " in ", store_->dir(),
-                         ": its stored config does not list the sampled users: ", e.what()));
+        if (!config.is_object()) throw std::invalid_argument("not a JSON object");
+        std::vector<std::string> exposed;
+        if (config.value("aggregation", "") == "plain") {
+          exposed = config.at("sampled").get<std::vector<std::string>>();
+        } else if (noted.is_object() && noted.contains("unmasking_survivors")) {
+          exposed = noted.at("unmasking_survivors").get<std::vector<std::string>>();
+        }
+        if (absl::Status s = ledger_->RecordExposure(exposed, config.value("coordinator_noise_multiplier", 0.0));
+            !s.ok()) {
+          return s;
+        }
+      } catch (const std::exception& e) {
+        return absl::DataLossError(absl::StrCat("round ", r.round, " in ", store_->dir(),
+                                                ": its stored config or metrics cannot say whom it exposed: ",
+                                                e.what()));
       }
     }
     if (page->size() < 100) return absl::OkStatus();
@@ -545,6 +550,20 @@ absl::Status RoundMachine::HandlePlainInput(const std::string& client, uint32_t 
   return absl::OkStatus();
 }
 
+std::vector<std::string> RoundMachine::ExposedUsers() const {
+  std::vector<std::string> users;
+  if (!server_) {
+    // A plain round: each sampled client's input reaches the coordinator
+    // whenever it is sent, before the round ends or after (and is refused
+    // then, but seen).
+    for (const auto& [id, name] : names_) users.push_back(name);
+  } else if (stage_ == RoundStage::kUnmasking) {
+    // Unmasking requests went out: enough answers reveal the survivors' sum.
+    for (uint32_t id : server_->survivors()) users.push_back(names_.at(id));
+  }
+  return users;
+}
+
 std::vector<uint32_t> RoundMachine::ContributorIds() const {
   if (server_) {
     const auto& survivors = server_->survivors();
@@ -573,8 +592,9 @@ absl::StatusOr<RoundMachine::StageOutput> RoundMachine::FinishStage() {
     case RoundStage::kShares: messages = server_->FinishShares(); break;
     case RoundStage::kInputs:
       // Fewer masked inputs than the noise was split among would unmask a
-      // sum with less noise than the ledger charges: abort before any
-      // unmasking request goes out.
+      // sum with less noise than the ledger charges. PlanRound raises the
+      // threshold to min_clients, so SecAgg+ refuses that already; this
+      // keeps it true whatever the plan.
       if (static_cast<int64_t>(server_->survivors().size()) < min_survivors_) {
         const std::string why =
             absl::StrCat(server_->survivors().size(), " masked inputs, fewer than the ", min_survivors_,
@@ -583,6 +603,16 @@ absl::StatusOr<RoundMachine::StageOutput> RoundMachine::FinishStage() {
         return absl::FailedPreconditionError(why);
       }
       messages = server_->FinishInputs();
+      // Before any unmasking request goes out, the store learns whose sum
+      // may be revealed: an abort or a crash from here on charges them.
+      if (messages.ok()) {
+        std::vector<std::string> survivors;
+        for (uint32_t id : server_->survivors()) survivors.push_back(names_.at(id));
+        if (absl::Status s = store_->NoteOpenRound(round_, nlohmann::json({{"unmasking_survivors", survivors}}).dump());
+            !s.ok()) {
+          messages = s;
+        }
+      }
       break;
     case RoundStage::kUnmasking: return CommitOrAbort(server_->Finish());
     case RoundStage::kIdle: break;
@@ -598,18 +628,9 @@ absl::StatusOr<RoundMachine::StageOutput> RoundMachine::FinishStage() {
 }
 
 absl::StatusOr<RoundMachine::StageOutput> RoundMachine::CommitOrAbort(absl::StatusOr<std::vector<uint32_t>> ring_sum) {
-  const bool unmasked = ring_sum.ok() && server_.has_value();
   absl::StatusOr<RoundSummary> summary =
       ring_sum.ok() ? Commit(std::move(*ring_sum)) : absl::StatusOr<RoundSummary>(ring_sum.status());
   if (!summary.ok()) {
-    // The coordinator saw the unmasked sum, though the round does not
-    // commit: its contributors pay for that against the coordinator. (A
-    // plain round's inputs are charged in Abort.)
-    if (unmasked && settings_.noise_multiplier > 0) {
-      std::vector<std::string> seen;
-      for (uint32_t id : ContributorIds()) seen.push_back(names_.at(id));
-      (void)ledger_->RecordExposure(seen, coordinator_noise_multiplier_);
-    }
     (void)Abort(std::string(summary.status().message()));
     return summary.status();
   }
@@ -625,14 +646,10 @@ absl::StatusOr<RoundMachine::StageOutput> RoundMachine::CommitOrAbort(absl::Stat
 
 absl::Status RoundMachine::Abort(const std::string& reason) {
   if (stage_ == RoundStage::kIdle) return absl::FailedPreconditionError("no round is open");
-  // A plain round's coordinator saw each input as it arrived, committed or
-  // not. (A restart charges every sampled user of a round it finds aborted:
-  // ReplayExposures.)
-  if (!server_ && settings_.noise_multiplier > 0 && !plain_ids_.empty()) {
-    std::vector<std::string> seen;
-    for (uint32_t id : plain_ids_) seen.push_back(names_.at(id));
-    (void)ledger_->RecordExposure(seen, coordinator_noise_multiplier_);
-  }
+  // What the coordinator may have seen of a round that does not commit is
+  // charged against it (ExposedUsers; a restart charges the same from the
+  // store: ReplayExposures).
+  (void)ledger_->RecordExposure(ExposedUsers(), coordinator_noise_multiplier_);
   stage_ = RoundStage::kIdle;
   server_.reset();
   std::string().swap(round_adapter_);
@@ -684,6 +701,15 @@ absl::StatusOr<RoundSummary> RoundMachine::Commit(std::vector<uint32_t> ring_sum
     // Without noise nothing hid the contributors from the coordinator: their
     // epsilon against it is infinite from now on (the snapshot keeps that).
     if (absl::Status s = ledger.RecordExposure(contributors, 0); !s.ok()) return restore(s);
+  }
+  if (!server_) {
+    // The sampled users of a plain round who are not in the sum may still
+    // have sent an input the coordinator saw (late, or refused).
+    std::vector<std::string> others;
+    for (const auto& [id, name] : names_) {
+      if (!std::binary_search(contributor_ids.begin(), contributor_ids.end(), id)) others.push_back(name);
+    }
+    if (absl::Status s = ledger.RecordExposure(others, coordinator_noise_multiplier_); !s.ok()) return restore(s);
   }
   absl::StatusOr<std::string> global_bytes =
       layout_.ToSafetensors(std::span<const float>(next.data(), static_cast<size_t>(next.size())));

@@ -162,9 +162,9 @@ class RoundMachine {
   // After the unmasking stage the round commits. A round that cannot
   // continue is aborted (recorded in the store) and the status says why.
   absl::StatusOr<StageOutput> FinishStage();
-  // Aborts the open round. Users the coordinator already saw (a plain
-  // round's inputs, an unmasked sum that did not commit) are charged against
-  // the coordinator (PrivacyLedger::RecordExposure).
+  // Aborts the open round. Users the coordinator may have seen
+  // (ExposedUsers) are charged against the coordinator
+  // (PrivacyLedger::RecordExposure).
   absl::Status Abort(const std::string& reason);
 
   RoundStage stage() const { return stage_; }
@@ -187,9 +187,13 @@ class RoundMachine {
   absl::StatusOr<StageOutput> CommitOrAbort(absl::StatusOr<std::vector<uint32_t>> ring_sum);
   // SecAgg ids whose inputs are in the sum.
   std::vector<uint32_t> ContributorIds() const;
-  // Charges the ledger, against the coordinator, for the plain rounds
-  // aborted since the last commit (their exposure is in no snapshot): every
-  // sampled user, at the round's stored coordinator-facing multiplier.
+  // Whom the coordinator may have seen in the open round, were it to end
+  // without a commit: a plain round's sampled users; a SecAgg+ round's
+  // survivors once unmasking was asked for; nobody before that.
+  std::vector<std::string> ExposedUsers() const;
+  // Charges the ledger, against the coordinator, for the rounds aborted
+  // since the last commit (their exposure is in no snapshot): ExposedUsers
+  // as the store recorded them, at the round's coordinator-facing multiplier.
   absl::Status ReplayExposures();
 
   StateStore* store_ = nullptr;

@@ -76,6 +76,10 @@ class StateStore {
   absl::Status CommitRound(int64_t round, std::span<const uint8_t> global_safetensors, const std::string& metrics_json,
                            const std::string& ledger_json, std::span<const uint8_t> strategy_state);
   absl::Status AbortRound(int64_t round, const std::string& reason);
+  // Replaces an open round's metrics with what it has revealed so far, so
+  // that an abort or a crash keeps it (a commit replaces them again).
+  // FailedPrecondition when the round is not open.
+  absl::Status NoteOpenRound(int64_t round, const std::string& metrics_json);
   // Marks rounds left open (by a crash) aborted; returns how many.
   absl::StatusOr<int> RecoverOpenRounds();
   // The latest committed round, or nullopt before the first commit. DataLoss

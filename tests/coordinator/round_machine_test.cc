@@ -715,68 +715,123 @@ TEST(RoundMachineTest, PlainRoundsRefuseWrongMessagesAndAbortBelowMinClients) {
   EXPECT_EQ(next->sampled, 5);
 }
 
-// A plain round shows the coordinator each input as it arrives: an aborted
-// round still costs its senders against the coordinator (not the ledger's
-// epsilon: nothing was released), and after a restart, which cannot know who
-// sent, every sampled user of it.
-TEST(RoundMachineTest, AbortedPlainRoundsCostTheirInputsAgainstTheCoordinator) {
+// A plain round shows the coordinator each input whenever it is sent (even
+// late, when it is refused): whatever the round's end, every sampled user
+// pays for one input against the coordinator (not in the ledger's epsilon
+// when nothing was released), and a restart charges the same from the store.
+TEST(RoundMachineTest, PlainRoundsCostEverySampledUserAgainstTheCoordinator) {
   auto store = StateStore::Open(FreshDir("plain_exposure"));
   RoundSettings settings;
   settings.clients_per_round = 5;
   settings.min_clients = 3;
   settings.secure_aggregation = false;
   settings.noise_multiplier = 1.0;
-  Fleet fleet(5, 68, 8);
+  Fleet fleet(6, 68, 8);
   double one_exposure = 0;
+  std::vector<std::string> sampled;
+  std::map<std::string, double> at_commit;
   {
     auto m = RoundMachine::Create(store->get(), Layout(), settings);
     ASSERT_TRUE(m.ok()) << m.status();
     auto inv = (*m)->Open(fleet.names(), 1);
     ASSERT_TRUE(inv.ok()) << inv.status();
-    for (const std::string name : {"client0", "client1"}) {
-      const fedpers::v1::RoundInvitation& i = inv->at(name);
+    for (const auto& [name, i] : *inv) sampled.push_back(name);
+    for (size_t k = 0; k < 2; ++k) {  // two inputs of the four needed
+      const fedpers::v1::RoundInvitation& i = inv->at(sampled[k]);
       SecAggClientMessage input;
       input.mutable_plain_input()->set_client_id(i.secagg_id());
-      const std::vector<uint8_t> packed = secagg::PackBits(
-          std::vector<uint32_t>(i.secagg().vector_length(), 1), static_cast<int>(i.ring().bits()));
+      const std::vector<uint8_t> packed = secagg::PackBits(std::vector<uint32_t>(i.secagg().vector_length(), 1),
+                                                           static_cast<int>(i.ring().bits()));
       input.mutable_plain_input()->set_packed(std::string(packed.begin(), packed.end()));
-      ASSERT_TRUE((*m)->Handle(name, input).ok());
+      ASSERT_TRUE((*m)->Handle(sampled[k], input).ok());
     }
-    ASSERT_FALSE((*m)->FinishStage().ok()) << "2 inputs of the 4 needed";
+    ASSERT_FALSE((*m)->FinishStage().ok());
     const PrivacyLedger& ledger = (*m)->ledger();
-    one_exposure = *ledger.UserEpsilonAgainstCoordinator("client0");
+    one_exposure = *ledger.UserEpsilonAgainstCoordinator(sampled[0]);
     EXPECT_GT(one_exposure, 0);
-    EXPECT_EQ(*ledger.UserEpsilonAgainstCoordinator("client1"), one_exposure);
-    EXPECT_EQ(*ledger.UserEpsilonAgainstCoordinator("client2"), 0) << "sent nothing";
+    for (const std::string& name : fleet.names()) {
+      const bool was_sampled = std::count(sampled.begin(), sampled.end(), name) > 0;
+      EXPECT_EQ(*ledger.UserEpsilonAgainstCoordinator(name), was_sampled ? one_exposure : 0) << name;
+    }
     EXPECT_EQ(ledger.epsilon(), 0) << "nothing was released";
-    EXPECT_TRUE(ledger.rounds().empty());
   }
-  auto restarted = RoundMachine::Create(store->get(), Layout(), settings);
-  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  {
+    auto restarted = RoundMachine::Create(store->get(), Layout(), settings);
+    ASSERT_TRUE(restarted.ok()) << restarted.status();
+    for (const std::string& name : sampled) {
+      EXPECT_EQ(*(*restarted)->ledger().UserEpsilonAgainstCoordinator(name), one_exposure) << name;
+    }
+    // A committed round: its contributors through the ledger's round, the
+    // sampled user who sent nothing as an exposure; once committed, the
+    // aborted round is in the snapshot and not replayed again.
+    auto committed = RunPlainRound(**restarted, fleet, 2, {"client5"});
+    ASSERT_TRUE(committed.ok()) << committed.status();
+    for (const std::string& name : fleet.names()) {
+      at_commit[name] = *(*restarted)->ledger().UserEpsilonAgainstCoordinator(name);
+    }
+    for (const std::string& name : sampled) EXPECT_GE(at_commit[name], one_exposure) << name;
+  }
+  auto again = RoundMachine::Create(store->get(), Layout(), settings);
+  ASSERT_TRUE(again.ok()) << again.status();
   for (const std::string& name : fleet.names()) {
-    EXPECT_EQ(*(*restarted)->ledger().UserEpsilonAgainstCoordinator(name), one_exposure) << name;
+    EXPECT_EQ(*(*again)->ledger().UserEpsilonAgainstCoordinator(name), at_commit[name])
+        << name << ": the aborted round is in the snapshot, not replayed again";
   }
 }
 
-// With a threshold below min_clients, SecAgg+ could unmask a sum of fewer
-// inputs than the noise was split among: the round aborts before unmasking.
-TEST(RoundMachineTest, TooFewMaskedInputsForTheNoiseAreNeverUnmasked) {
-  auto store = StateStore::Open(FreshDir("few_inputs"));
-  RoundSettings settings;
-  settings.clients_per_round = 6;
-  settings.min_clients = 5;
-  settings.threshold = 3;
+// Once a SecAgg+ round asks for unmasking, enough answers reveal the
+// survivors' sum: a crash from there on (the round is found open at start
+// and aborted) charges the survivors against the coordinator, and only them.
+TEST(RoundMachineTest, ACrashDuringUnmaskingChargesTheSurvivors) {
+  auto store = StateStore::Open(FreshDir("unmasking_crash"));
+  RoundSettings settings = SixClients(32);
   settings.noise_multiplier = 1.0;
-  auto m = RoundMachine::Create(store->get(), Layout(), settings);
+  Fleet fleet(6, 68, 3);
+  {
+    auto m = RoundMachine::Create(store->get(), Layout(), settings);
+    ASSERT_TRUE(m.ok()) << m.status();
+    auto invitations = (*m)->Open(fleet.names(), 1);
+    ASSERT_TRUE(invitations.ok()) << invitations.status();
+    for (auto& [name, inv] : *invitations) {
+      auto enc = dp::PrivatizeForSecAgg(fleet.updates.at(name), *dp::RingFromProto(inv.ring()),
+                                        *dp::DpFromProto(inv.dp()), fleet.rng);
+      ASSERT_TRUE(enc.ok()) << enc.status();
+      fleet.sessions.emplace(name, *secagg::SecAggClient::Create(inv.secagg(), inv.secagg_id(), *enc));
+    }
+    for (auto& [name, c] : fleet.sessions) ASSERT_TRUE((*m)->Handle(name, *c.Start()).ok());
+    for (int stage = 1; stage <= 3; ++stage) {  // keys, shares, inputs; client0 sends no input
+      auto out = (*m)->FinishStage();
+      ASSERT_TRUE(out.ok()) << out.status();
+      if (stage == 3) break;  // the unmasking requests are out: crash
+      for (auto& [name, msg] : out->outgoing) {
+        if (stage == 2 && name == "client0") continue;
+        auto reply = fleet.sessions.at(name).Handle(msg);
+        ASSERT_TRUE(reply.ok()) << reply.status();
+        ASSERT_TRUE((*m)->Handle(name, *reply).ok());
+      }
+    }
+    EXPECT_EQ((*m)->stage(), RoundStage::kUnmasking);
+  }
+  auto restarted = RoundMachine::Create(store->get(), Layout(), settings);
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  const PrivacyLedger& ledger = (*restarted)->ledger();
+  EXPECT_EQ(*ledger.UserEpsilonAgainstCoordinator("client0"), 0) << "sent no masked input";
+  for (const char* name : {"client1", "client2", "client3", "client4", "client5"}) {
+    EXPECT_GT(*ledger.UserEpsilonAgainstCoordinator(name), 0) << name;
+  }
+  EXPECT_EQ(ledger.epsilon(), 0) << "nothing was released";
+}
+
+// Without noise nothing hides a contributor from the coordinator.
+TEST(RoundMachineTest, NoiselessRoundsMakeTheEpsilonAgainstTheCoordinatorInfinite) {
+  auto store = StateStore::Open(FreshDir("noiseless"));
+  auto m = RoundMachine::Create(store->get(), Layout(), SixClients(32));
   ASSERT_TRUE(m.ok()) << m.status();
-  Fleet fleet(6, 68, 9);
-  auto summary = RunRound(**m, fleet, 1, {{"client0", 2}, {"client1", 2}});
-  ASSERT_FALSE(summary.ok());
-  EXPECT_NE(summary.status().message().find("4 masked inputs, fewer than the 5 the round needs"),
-            absl::string_view::npos)
-      << summary.status();
-  EXPECT_NE(summary.status().message().find("not unmasked"), absl::string_view::npos) << summary.status();
-  EXPECT_EQ(*(*m)->ledger().UserEpsilonAgainstCoordinator("client2"), 0) << "the coordinator saw no sum";
+  Fleet fleet(6, 68, 2);
+  auto summary = RunRound(**m, fleet, 1);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_TRUE(std::isinf(*summary->epsilon_against_coordinator));
+  EXPECT_TRUE(std::isinf(*(*m)->ledger().UserEpsilonAgainstCoordinator("client3")));
 }
 
 // SecAgg+ needs t <= k + 1. The bounds give k = 76 for large samples, and
