@@ -372,14 +372,15 @@ absl::Status RoundMachine::ReplayExposures() {
         } else if (noted.is_object() && noted.contains("unmasking_survivors")) {
           exposed = noted.at("unmasking_survivors").get<std::vector<std::string>>();
         }
-        if (absl::Status s = ledger_->RecordExposure(exposed, config.value("coordinator_noise_multiplier", 0.0));
+        if (absl::Status s =
+                ledger_->RecordExposure(exposed, config.value("coordinator_noise_multiplier", 0.0));
             !s.ok()) {
           return s;
         }
       } catch (const std::exception& e) {
-        return absl::DataLossError(absl::StrCat("round ", r.round, " in ", store_->dir(),
-                                                ": its stored config or metrics cannot say whom it exposed: ",
-                                                e.what()));
+        return absl::DataLossError(
+            absl::StrCat("round ", r.round, " in ", store_->dir(),
+                         ": its stored config or metrics cannot say whom it exposed: ", e.what()));
       }
     }
     if (page->size() < 100) return absl::OkStatus();
@@ -608,7 +609,8 @@ absl::StatusOr<RoundMachine::StageOutput> RoundMachine::FinishStage() {
       if (messages.ok()) {
         std::vector<std::string> survivors;
         for (uint32_t id : server_->survivors()) survivors.push_back(names_.at(id));
-        if (absl::Status s = store_->NoteOpenRound(round_, nlohmann::json({{"unmasking_survivors", survivors}}).dump());
+        if (absl::Status s =
+                store_->NoteOpenRound(round_, nlohmann::json({{"unmasking_survivors", survivors}}).dump());
             !s.ok()) {
           messages = s;
         }
@@ -627,7 +629,8 @@ absl::StatusOr<RoundMachine::StageOutput> RoundMachine::FinishStage() {
   return out;
 }
 
-absl::StatusOr<RoundMachine::StageOutput> RoundMachine::CommitOrAbort(absl::StatusOr<std::vector<uint32_t>> ring_sum) {
+absl::StatusOr<RoundMachine::StageOutput> RoundMachine::CommitOrAbort(
+    absl::StatusOr<std::vector<uint32_t>> ring_sum) {
   absl::StatusOr<RoundSummary> summary =
       ring_sum.ok() ? Commit(std::move(*ring_sum)) : absl::StatusOr<RoundSummary>(ring_sum.status());
   if (!summary.ok()) {
@@ -709,7 +712,8 @@ absl::StatusOr<RoundSummary> RoundMachine::Commit(std::vector<uint32_t> ring_sum
     for (const auto& [id, name] : names_) {
       if (!std::binary_search(contributor_ids.begin(), contributor_ids.end(), id)) others.push_back(name);
     }
-    if (absl::Status s = ledger.RecordExposure(others, coordinator_noise_multiplier_); !s.ok()) return restore(s);
+    if (absl::Status s = ledger.RecordExposure(others, coordinator_noise_multiplier_); !s.ok())
+      return restore(s);
   }
   absl::StatusOr<std::string> global_bytes =
       layout_.ToSafetensors(std::span<const float>(next.data(), static_cast<size_t>(next.size())));

@@ -320,7 +320,8 @@ absl::Status StateStore::NoteOpenRound(int64_t round, const std::string& metrics
   Statement up(db_, "UPDATE rounds SET metrics_json = ? WHERE round = ? AND state = 'open'");
   if (absl::Status s = up.status(); !s.ok()) return s;
   if (absl::Status s = up.Bind(1, metrics_json).Bind(2, round).Run(); !s.ok()) return s;
-  if (sqlite3_changes(db_) == 0) return absl::FailedPreconditionError(absl::StrCat("round ", round, " is not open"));
+  if (sqlite3_changes(db_) == 0)
+    return absl::FailedPreconditionError(absl::StrCat("round ", round, " is not open"));
   return absl::OkStatus();
 }
 

@@ -740,8 +740,8 @@ TEST(RoundMachineTest, PlainRoundsCostEverySampledUserAgainstTheCoordinator) {
       const fedpers::v1::RoundInvitation& i = inv->at(sampled[k]);
       SecAggClientMessage input;
       input.mutable_plain_input()->set_client_id(i.secagg_id());
-      const std::vector<uint8_t> packed = secagg::PackBits(std::vector<uint32_t>(i.secagg().vector_length(), 1),
-                                                           static_cast<int>(i.ring().bits()));
+      const std::vector<uint8_t> packed = secagg::PackBits(
+          std::vector<uint32_t>(i.secagg().vector_length(), 1), static_cast<int>(i.ring().bits()));
       input.mutable_plain_input()->set_packed(std::string(packed.begin(), packed.end()));
       ASSERT_TRUE((*m)->Handle(sampled[k], input).ok());
     }
