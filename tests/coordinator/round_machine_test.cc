@@ -4,6 +4,7 @@
 #include <sqlite3.h>
 
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <random>
 
@@ -316,6 +317,28 @@ TEST(RoundMachineTest, ImpersonationStrangersAndPlainInputsAreRefused) {
   ASSERT_TRUE((*m)->Abort("operator").ok());
 }
 
+// Runs rounds 1, 2, ... until one is refused or fails (at most
+// `max_rounds`), calling `each` on every committed round's summary. Returns
+// how many committed and the status that ended the run.
+struct RunOutcome {
+  int committed = 0;
+  absl::Status last;
+};
+RunOutcome RunUntilRefused(RoundMachine& m, Fleet& fleet, int max_rounds,
+                           const std::function<void(const RoundSummary&)>& each) {
+  RunOutcome outcome;
+  for (int r = 1; r <= max_rounds; ++r) {
+    absl::StatusOr<RoundSummary> s = RunRound(m, fleet, r);
+    if (!s.ok()) {
+      outcome.last = s.status();
+      break;
+    }
+    ++outcome.committed;
+    each(*s);
+  }
+  return outcome;
+}
+
 TEST(RoundMachineTest, PrivacyBudgetStopsRounds) {
   auto store = StateStore::Open(FreshDir("budget"));
   RoundSettings settings;
@@ -326,17 +349,8 @@ TEST(RoundMachineTest, PrivacyBudgetStopsRounds) {
   auto m = RoundMachine::Create(store->get(), Layout(), settings);
   ASSERT_TRUE(m.ok()) << m.status();
   Fleet fleet(10, 68, 4);
-  int committed = 0;
-  absl::Status last;
-  for (int r = 1; r <= 20; ++r) {
-    auto s = RunRound(**m, fleet, r);
-    if (!s.ok()) {
-      last = s.status();
-      break;
-    }
-    ++committed;
-    EXPECT_LE(s->epsilon, 3.0);
-  }
+  const auto [committed, last] =
+      RunUntilRefused(**m, fleet, 20, [](const RoundSummary& s) { EXPECT_LE(s.epsilon, 3.0); });
   EXPECT_GT(committed, 0) << last;
   EXPECT_EQ(last.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(last.message().find("over the budget"), absl::string_view::npos) << last;
@@ -356,18 +370,10 @@ TEST(RoundMachineTest, BudgetAgainstTheCoordinatorStopsRounds) {
   auto m = RoundMachine::Create(store->get(), Layout(), settings);
   ASSERT_TRUE(m.ok()) << m.status();
   Fleet fleet(10, 68, 4);
-  int committed = 0;
-  absl::Status last;
-  for (int r = 1; r <= 200; ++r) {
-    auto s = RunRound(**m, fleet, r);
-    if (!s.ok()) {
-      last = s.status();
-      break;
-    }
-    ++committed;
-    ASSERT_TRUE(s->epsilon_against_coordinator.has_value());
-    EXPECT_LE(*s->epsilon_against_coordinator, 3.0);
-  }
+  const auto [committed, last] = RunUntilRefused(**m, fleet, 200, [](const RoundSummary& s) {
+    ASSERT_TRUE(s.epsilon_against_coordinator.has_value());
+    EXPECT_LE(*s.epsilon_against_coordinator, 3.0);
+  });
   EXPECT_GT(committed, 0) << last;
   EXPECT_EQ(last.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(last.message().find("epsilon against the coordinator"), absl::string_view::npos) << last;
@@ -411,8 +417,7 @@ TEST(RoundMachineTest, ARestartAppliesTheConfiguredBudgetAndDelta) {
   {
     auto m = RoundMachine::Create(store->get(), Layout(), settings);
     ASSERT_TRUE(m.ok()) << m.status();
-    for (int r = 1; r <= 20 && RunRound(**m, fleet, r).ok(); ++r) {
-    }
+    RunUntilRefused(**m, fleet, 20, [](const RoundSummary&) {});
     epsilon_at_stop = (*m)->ledger().epsilon();
     ASSERT_GT(epsilon_at_stop, 0);
   }
