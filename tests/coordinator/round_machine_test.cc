@@ -317,6 +317,16 @@ TEST(RoundMachineTest, ImpersonationStrangersAndPlainInputsAreRefused) {
   ASSERT_TRUE((*m)->Abort("operator").ok());
 }
 
+// Five clients per round, three needed, noise multiplier 5: a round costs
+// little, so budgets of a few epsilon last several rounds.
+RoundSettings FiveClientsWithNoise() {
+  RoundSettings settings;
+  settings.clients_per_round = 5;
+  settings.min_clients = 3;
+  settings.noise_multiplier = 5.0;
+  return settings;
+}
+
 // Runs rounds 1, 2, ... until one is refused or fails (at most
 // `max_rounds`), calling `each` on every committed round's summary. Returns
 // how many committed and the status that ended the run.
@@ -341,10 +351,7 @@ RunOutcome RunUntilRefused(RoundMachine& m, Fleet& fleet, int max_rounds,
 
 TEST(RoundMachineTest, PrivacyBudgetStopsRounds) {
   auto store = StateStore::Open(FreshDir("budget"));
-  RoundSettings settings;
-  settings.clients_per_round = 5;
-  settings.min_clients = 3;
-  settings.noise_multiplier = 5.0;
+  RoundSettings settings = FiveClientsWithNoise();
   settings.epsilon_budget = 3.0;
   auto m = RoundMachine::Create(store->get(), Layout(), settings);
   ASSERT_TRUE(m.ok()) << m.status();
@@ -362,10 +369,7 @@ TEST(RoundMachineTest, PrivacyBudgetStopsRounds) {
 // and is refused where nothing hides a user from the coordinator.
 TEST(RoundMachineTest, BudgetAgainstTheCoordinatorStopsRounds) {
   auto store = StateStore::Open(FreshDir("coordinator_budget"));
-  RoundSettings settings;
-  settings.clients_per_round = 5;
-  settings.min_clients = 3;
-  settings.noise_multiplier = 5.0;
+  RoundSettings settings = FiveClientsWithNoise();
   settings.epsilon_budget_against_coordinator = 3.0;
   auto m = RoundMachine::Create(store->get(), Layout(), settings);
   ASSERT_TRUE(m.ok()) << m.status();
@@ -407,10 +411,7 @@ TEST(RoundMachineTest, BudgetAgainstTheCoordinatorStopsRounds) {
 // recomputed at the configured delta from the same RDP sums.
 TEST(RoundMachineTest, ARestartAppliesTheConfiguredBudgetAndDelta) {
   auto store = StateStore::Open(FreshDir("budget_restart"));
-  RoundSettings settings;
-  settings.clients_per_round = 5;
-  settings.min_clients = 3;
-  settings.noise_multiplier = 5.0;
+  RoundSettings settings = FiveClientsWithNoise();
   settings.epsilon_budget = 3.0;
   Fleet fleet(10, 68, 4);
   double epsilon_at_stop = 0;
