@@ -371,7 +371,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
                         {"joined_users", r.joined_users()},
                         {"eligible_users", r.eligible_users()},
                         {"paused", r.paused()},
-                        {"epsilon", r.epsilon()},
+                        {"epsilon", EpsilonToJson(r.epsilon())},
                         {"delta", r.delta()},
                         // Budgets as epsilons: "inf" for none (JSON has no infinity).
                         {"epsilon_budget", EpsilonToJson(r.epsilon_budget())},
@@ -492,7 +492,9 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
                        {"closed_unix", x.closed_unix()}, {"metrics_json", x.metrics_json()}, {"abort_reason", x.abort_reason()}});
           const nlohmann::json m = nlohmann::json::parse(x.metrics_json(), nullptr, /*allow_exceptions=*/false);
           auto number = [&m](const char* key) -> std::string {
-            if (!m.is_object() || !m.contains(key) || !m[key].is_number()) return "-";
+            if (!m.is_object() || !m.contains(key)) return "-";
+            if (m[key].is_string() && m[key].get<std::string>() == "inf") return "inf";
+            if (!m[key].is_number()) return "-";
             return absl::StrFormat("%.4g", m[key].get<double>());
           };
           auto count = [&m](const char* key) -> std::string {
@@ -560,7 +562,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
                        {"residual_versions", x.residual_versions()},
                        {"sealed", x.sealed()},
                        {"bytes", x.bytes()},
-                       {"epsilon", x.epsilon()},
+                       {"epsilon", EpsilonToJson(x.epsilon())},
                        {"epsilon_against_coordinator", EpsilonToJson(against)}});
           const bool stored = x.residual_versions() > 0;  // sealing and size describe the latest version
           t.AddRow({x.user_id(), x.client_id().empty() ? "-" : x.client_id(),

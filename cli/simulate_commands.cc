@@ -28,12 +28,12 @@ absl::StatusOr<ExperimentConfig> LoadExperimentConfig(const std::string& path) {
 struct Overrides {
   std::string config, out, data, methods, schedule;
   int64_t users = 0, rounds = 0, clients_per_round = 0;
-  double noise_multiplier = 0;
+  double noise_multiplier = 0, epsilon_budget = 0;
   // Whether each numeric override was given (any value, so a bad one
   // reaches the config's validation instead of being taken for "unset").
   // clients_given and noise_given stay null for `sweep` (grid axes there).
   CLI::Option *users_given = nullptr, *rounds_given = nullptr, *clients_given = nullptr,
-              *noise_given = nullptr;
+              *noise_given = nullptr, *budget_given = nullptr;
   bool plain_aggregation = false;
   bool json = false;
   bool fresh = false;
@@ -55,6 +55,9 @@ void AddOverrides(CLI::App* cmd, Overrides& o, bool sweep_axes = false) {
     o.noise_given = cmd->add_option("--noise-multiplier", o.noise_multiplier,
                                     "DP noise multiplier z (overrides; 0: no noise)");
   }
+  o.budget_given = cmd->add_option(
+      "--epsilon-budget", o.epsilon_budget,
+      "Privacy budget (overrides \"epsilon_budget\"): a method's rounds stop before epsilon would exceed it");
   cmd->add_flag(
       "--no-secure-agg", o.plain_aggregation,
       "Plain aggregation instead of SecAgg+ (sets \"secure_agg\": false; the coordinator sees each update)");
@@ -75,6 +78,7 @@ ExperimentConfig Resolve(const Overrides& o) {
   if (*o.rounds_given) c->rounds = o.rounds;
   if (o.clients_given != nullptr && *o.clients_given) c->clients_per_round = o.clients_per_round;
   if (o.noise_given != nullptr && *o.noise_given) c->noise_multiplier = o.noise_multiplier;
+  if (*o.budget_given) c->epsilon_budget = o.epsilon_budget;
   if (o.plain_aggregation) c->secure_agg = false;
   if (!o.methods.empty()) {
     c->methods.clear();

@@ -4,6 +4,7 @@
 #include <limits>
 #include <map>
 #include <set>
+#include <stdexcept>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -57,10 +58,31 @@ constexpr char kAccountingBeforeNoise[] = "fixed-size sampling without replaceme
 // A round's noise in snapshots.
 constexpr char kGaussianNoise[] = "gaussian";
 constexpr char kGaussianDominatedNoise[] = "gaussian-dominated";
+
+// A snapshot's number (or "inf"), which must be >= 0; std::invalid_argument
+// otherwise (FromJson reports it as DataLoss).
+double NonNegative(const nlohmann::json& j, absl::string_view what) {
+  const std::optional<double> value = EpsilonFromJson(j);
+  if (!value.has_value() || !(*value >= 0)) {
+    throw std::invalid_argument(absl::StrCat(what, " must be a number >= 0 or \"inf\", not ", j.dump()));
+  }
+  return *value;
+}
+
+std::vector<double> RdpFromJson(const nlohmann::json& j) {
+  if (!j.is_array())
+    throw std::invalid_argument(absl::StrCat("an RDP account must be an array, not ", j.dump()));
+  std::vector<double> rdp;
+  for (const nlohmann::json& value : j) rdp.push_back(NonNegative(value, "an RDP value"));
+  return rdp;
+}
 }  // namespace
 
 absl::StatusOr<std::vector<double>> PrivacyLedger::RoundRdp(double q, double z,
                                                             dp::SampledNoise noise) const {
+  // A sum released without noise hides nobody it may hold, sampled or not.
+  if (z == 0 && q > 0 && q <= 1)
+    return std::vector<double>(orders_.size(), std::numeric_limits<double>::infinity());
   // Replacing one user's clipped update by another's moves the sum by up to
   // 2 S, so the noise is z / 2 replace-one sensitivities.
   return dp::ComputeRdpSampledWithoutReplacement(q, z / 2, noise, 1, orders_);
@@ -315,7 +337,11 @@ std::string PrivacyLedger::ToJson() const {
   j["accounting"] = kAccounting;
   j["orders"] = orders_;
   j["accounts"] = nlohmann::json::array();
-  for (const Account& a : accounts_) j["accounts"].push_back(a.rdp);
+  for (const Account& a : accounts_) {
+    nlohmann::json rdp = nlohmann::json::array();
+    for (double value : a.rdp) rdp.push_back(EpsilonToJson(value));  // infinite after a round without noise
+    j["accounts"].push_back(std::move(rdp));
+  }
   j["users"] = user_account_;
   if (coordinator_rho_known_) {
     nlohmann::json rho = nlohmann::json::object();
@@ -336,7 +362,7 @@ std::string PrivacyLedger::ToJson() const {
          {"noise", r.noise == dp::SampledNoise::kGaussian ? kGaussianNoise : kGaussianDominatedNoise},
          {"participants", r.participants},
          {"eligible", r.eligible_users},
-         {"epsilon_after", r.epsilon_after}});
+         {"epsilon_after", EpsilonToJson(r.epsilon_after)}});
   }
   return j.dump();
 }
@@ -351,7 +377,7 @@ absl::StatusOr<PrivacyLedger> PrivacyLedger::FromJson(const std::string& text) {
     const size_t n_orders = l->orders_.size();
     if (j.contains("accounts")) {
       for (const auto& a : j.at("accounts")) {
-        l->accounts_.push_back({a.get<std::vector<double>>(), 0});
+        l->accounts_.push_back({RdpFromJson(a), 0});
         if (l->accounts_.back().rdp.size() != n_orders) {
           return absl::DataLossError(absl::StrCat("ledger account ", l->accounts_.size() - 1, " has the wrong length"));
         }
@@ -368,7 +394,7 @@ absl::StatusOr<PrivacyLedger> PrivacyLedger::FromJson(const std::string& text) {
     } else {
       // One RDP vector per user, as written before accounts.
       for (const auto& [user, a] : j.at("users").items()) {
-        std::vector<double> rdp = a.get<std::vector<double>>();
+        std::vector<double> rdp = RdpFromJson(a);
         if (rdp.size() != n_orders) return absl::DataLossError(absl::StrCat("ledger entry of user '", user, "' has the wrong length"));
         l->user_account_.emplace(user, l->accounts_.size());
         l->accounts_.push_back({std::move(rdp), 1});
@@ -401,7 +427,8 @@ absl::StatusOr<PrivacyLedger> PrivacyLedger::FromJson(const std::string& text) {
       }
       l->rounds_.push_back({r.at("round").get<int64_t>(), r.at("q").get<double>(), r.at("z").get<double>(),
                             coordinator_z, noise, r.at("participants").get<int64_t>(),
-                            r.at("eligible").get<int64_t>(), r.at("epsilon_after").get<double>()});
+                            r.at("eligible").get<int64_t>(),
+                            NonNegative(r.at("epsilon_after"), "an epsilon")});
     }
     // Contributions against the coordinator: only the current accounting
     // keeps them (null: a ledger that had already lost them).

@@ -62,6 +62,10 @@ absl::Status RoundSettings::Validate() const {
   if (!(epsilon_budget_against_coordinator > 0)) {
     return absl::InvalidArgumentError("epsilon_budget_against_coordinator must be positive");
   }
+  if (std::isfinite(epsilon_budget) && noise_multiplier == 0) {
+    return absl::InvalidArgumentError(
+        "epsilon_budget needs noise (noise_multiplier > 0): a round without noise has an infinite epsilon");
+  }
   if (std::isfinite(epsilon_budget_against_coordinator) && (noise_multiplier == 0 || central_noise)) {
     return absl::InvalidArgumentError(
         "epsilon_budget_against_coordinator needs noise the clients add (noise_multiplier > 0, central_noise "
@@ -434,12 +438,12 @@ absl::StatusOr<std::map<std::string, fedpers::v1::RoundInvitation>> RoundMachine
       ChargedNoiseMultiplier(settings_, ring_, dp_, static_cast<size_t>(params.vector_length()), &discrete_tau);
   const double coordinator_z = CoordinatorNoiseMultiplier(
       settings_, ring_, dp_, static_cast<size_t>(params.vector_length()), accounted_z);
-  if (settings_.noise_multiplier > 0) {
-    if (absl::Status s =
-            ledger_->CheckCanOpen(round, q, accounted_z, LedgerNoise(settings_), coordinator_z, eligible);
-        !s.ok())
-      return s;
-  }
+  // A round without noise costs an infinite epsilon, which only infinite
+  // budgets allow.
+  if (absl::Status s =
+          ledger_->CheckCanOpen(round, q, accounted_z, LedgerNoise(settings_), coordinator_z, eligible);
+      !s.ok())
+    return s;
   std::optional<secagg::SecAggServer> server;
   if (secure) {
     absl::StatusOr<secagg::SecAggServer> created = secagg::SecAggServer::Create(params);
@@ -694,16 +698,12 @@ absl::StatusOr<RoundSummary> RoundMachine::Commit(std::vector<uint32_t> ring_sum
   const double q = static_cast<double>(ids_.size()) / static_cast<double>(eligible_.size());
   std::vector<std::string> contributors;  // whose inputs are in the sum
   for (uint32_t id : contributor_ids) contributors.push_back(names_.at(id));
-  if (settings_.noise_multiplier > 0) {
-    if (absl::Status s = ledger.RecordRound(round_, q, accounted_noise_multiplier_, LedgerNoise(settings_),
-                                            coordinator_noise_multiplier_, contributors, eligible_);
-        !s.ok()) {
-      return restore(s);
-    }
-  } else {
-    // Without noise nothing hid the contributors from the coordinator: their
-    // epsilon against it is infinite from now on (the snapshot keeps that).
-    if (absl::Status s = ledger.RecordExposure(contributors, 0); !s.ok()) return restore(s);
+  // Without noise (z and coordinator z both 0) the ledger's epsilon and the
+  // contributors' epsilon against the coordinator become infinite.
+  if (absl::Status s = ledger.RecordRound(round_, q, accounted_noise_multiplier_, LedgerNoise(settings_),
+                                          coordinator_noise_multiplier_, contributors, eligible_);
+      !s.ok()) {
+    return restore(s);
   }
   if (!server_) {
     // The sampled users of a plain round who are not in the sum may still
@@ -724,7 +724,7 @@ absl::StatusOr<RoundSummary> RoundMachine::Commit(std::vector<uint32_t> ring_sum
       {"sampled", summary.sampled},
       {"survivors", survivors},
       {"contributors", contributors},
-      {"epsilon", summary.epsilon},
+      {"epsilon", EpsilonToJson(summary.epsilon)},
       {"epsilon_against_coordinator", EpsilonToJson(summary.epsilon_against_coordinator)},
       {"delta", ledger.delta()},  // the epsilons' (a restart may change it)
       {"update_norm", summary.update_norm},

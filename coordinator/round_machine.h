@@ -61,6 +61,8 @@ struct RoundSettings {
   uint32_t threshold = 0;          // SecAgg t; 0: derived from the assumptions, or 2/3 of the sample when small
   StrategyConfig strategy;
   double delta = 1e-5;
+  // The ledger's epsilon may not exceed it (infinity: no limit). A finite
+  // one needs noise: a round without it costs an infinite epsilon.
   double epsilon_budget = std::numeric_limits<double>::infinity();
   // A second budget, on each user's epsilon against the coordinator itself
   // (PrivacyLedger::epsilon_against_coordinator: no amplification, since the

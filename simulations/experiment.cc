@@ -207,8 +207,8 @@ class Runner {
   absl::Status CloseRound(int64_t round, RoundRecord& rec,
                           const std::function<absl::StatusOr<std::vector<UserResult>>()>& evaluate,
                           absl::StatusOr<std::vector<UserResult>>& eval, MethodResult& r, ProgressBar& bar,
-                          bool shares_updates) {
-    if (EvaluatedAfter(round)) {
+                          bool shares_updates, bool last = false) {
+    if (last || EvaluatedAfter(round)) {
       eval = evaluate();
       if (!eval.ok()) return eval.status();
       rec.eval = Mean(*eval);
@@ -296,7 +296,16 @@ class Runner {
       absl::StatusOr<RoundRecord> rec = (*fed)->RunRound();
       if (!rec.ok()) return rec.status();
       rec->method = m;
-      if (absl::Status s = CloseRound(round, *rec, evaluate, eval, r, bar, true); !s.ok()) return s;
+      // A round that could not open (a privacy budget spent, too few users)
+      // ends the method: in a simulation nothing that decides it changes, so
+      // no later round would open either.
+      const bool stuck = !rec->committed && rec->sampled == 0 && round < c_.rounds;
+      if (stuck) {
+        r.stopped = absl::StrCat("stopped at round ", round, " of ", c_.rounds,
+                                 ", which could not open (nor could any later one): ", rec->abort_reason);
+      }
+      if (absl::Status s = CloseRound(round, *rec, evaluate, eval, r, bar, true, stuck); !s.ok()) return s;
+      if (stuck) break;
     }
     bar.Finish();
     r.users = *eval;

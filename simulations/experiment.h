@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -83,6 +84,10 @@ struct ExperimentConfig {
   double clip_norm = 2.0;
   double noise_multiplier = 0.1;  // z; 0 turns DP noise off
   double delta = 1e-5;
+  // The coordinator's budgets (RoundSettings): a method's rounds stop at the
+  // first round that would exceed one. Infinity ("inf" in JSON): none.
+  double epsilon_budget = std::numeric_limits<double>::infinity();
+  double epsilon_budget_against_coordinator = std::numeric_limits<double>::infinity();
   StrategyConfig strategy;
   double dropout = 0;  // probability that a sampled client drops out at each SecAgg+ stage
   // Evaluation and execution.
@@ -146,7 +151,7 @@ struct RoundRecord {
   double training_seconds = 0;     // the round's local training alone (critical path over workers)
   double coordinator_seconds = 0;  // the coordinator's own work in the round
   double wall_seconds = 0;         // the round from opening to commit or abort
-  double epsilon = 0;              // after the round (0 without noise)
+  double epsilon = 0;              // after the round (infinite once a round had no noise)
   // Against the coordinator, which knows the sample (no amplification);
   // nullopt when unknown.
   std::optional<double> epsilon_against_coordinator = 0.0;
@@ -179,6 +184,9 @@ struct MethodResult {
   double epsilon = 0;
   std::optional<double> epsilon_against_coordinator = 0.0;  // as in RoundRecord
   int64_t rounds_committed = 0, rounds_aborted = 0;
+  // Why the method ran fewer rounds than configured (a round could not
+  // open: a privacy budget spent, too few users); empty when it ran them all.
+  std::string stopped;
   double wall_seconds = 0;  // the method's whole run, evaluations included
 };
 

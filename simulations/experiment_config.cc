@@ -2,11 +2,15 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <limits>
+#include <optional>
+#include <stdexcept>
 
 #include "absl/strings/str_cat.h"
 #include "common/flat_layout.h"
 #include "common/host_memory.h"
 #include "common/json_fields.h"
+#include "coordinator/privacy_ledger.h"
 #include "nlohmann/json.hpp"
 #include "simulations/experiment.h"
 
@@ -98,6 +102,8 @@ RoundSettings ExperimentConfig::FederatedRoundSettings() const {
   rs.noise_multiplier = noise_multiplier;
   rs.secure_aggregation = secure_agg;
   rs.delta = delta;
+  rs.epsilon_budget = epsilon_budget;
+  rs.epsilon_budget_against_coordinator = epsilon_budget_against_coordinator;
   rs.strategy = strategy;
   return rs;
 }
@@ -138,6 +144,15 @@ absl::Status ExperimentConfig::Validate() const {
   }
   if (!(noise_multiplier >= 0) || !std::isfinite(noise_multiplier)) return bad("\"noise_multiplier\" must be >= 0");
   if (!(delta > 0 && delta < 1)) return bad("\"delta\" must be in (0, 1)");
+  if (!(epsilon_budget > 0) || !(epsilon_budget_against_coordinator > 0)) {
+    return bad("\"epsilon_budget\" and \"epsilon_budget_against_coordinator\" must be positive (or \"inf\")");
+  }
+  if (noise_multiplier == 0 &&
+      (std::isfinite(epsilon_budget) || std::isfinite(epsilon_budget_against_coordinator))) {
+    return bad(
+        "a finite epsilon budget needs noise (\"noise_multiplier\" > 0): without it a round's epsilon is "
+        "infinite");
+  }
   if (absl::Status s = strategy.Validate(); !s.ok()) return s;
   if (!(dropout >= 0 && dropout < 1)) return bad("\"dropout\" must be in [0, 1)");
   if (eval_every < 0 || eval_tokens < 0) return bad("\"eval_every\" and \"eval_tokens\" must be >= 0");
@@ -151,12 +166,37 @@ absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_t
   Json j;
   if (absl::Status s = ParseJsonObject(json_text, "the experiment config", j); !s.ok()) return s;
   const char* top = "the experiment config";
-  if (absl::Status s = CheckOnlyKeys(j, {"data", "skip_bad_records", "users", "min_user_bytes", "select", "train_fraction",
-                                    "base", "pretrain", "lora", "methods", "rounds", "clients_per_round",
-                                    "min_clients", "local", "secure_agg", "ring_bits", "clip_norm",
-                                    "noise_multiplier", "delta", "strategy", "dropout", "eval_every", "eval_tokens",
-                                    "workers", "seed", "out", "references"},
-                                top);
+  if (absl::Status s = CheckOnlyKeys(j,
+                                     {"data",
+                                      "skip_bad_records",
+                                      "users",
+                                      "min_user_bytes",
+                                      "select",
+                                      "train_fraction",
+                                      "base",
+                                      "pretrain",
+                                      "lora",
+                                      "methods",
+                                      "rounds",
+                                      "clients_per_round",
+                                      "min_clients",
+                                      "local",
+                                      "secure_agg",
+                                      "ring_bits",
+                                      "clip_norm",
+                                      "noise_multiplier",
+                                      "delta",
+                                      "epsilon_budget",
+                                      "epsilon_budget_against_coordinator",
+                                      "strategy",
+                                      "dropout",
+                                      "eval_every",
+                                      "eval_tokens",
+                                      "workers",
+                                      "seed",
+                                      "out",
+                                      "references"},
+                                     top);
       !s.ok()) {
     return s;
   }
@@ -228,6 +268,21 @@ absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_t
   FEDPERS_READ_JSON(j, "clip_norm", c.clip_norm, "");
   FEDPERS_READ_JSON(j, "noise_multiplier", c.noise_multiplier, "");
   FEDPERS_READ_JSON(j, "delta", c.delta, "");
+  for (const auto& [key, budget] :
+       {std::pair{"epsilon_budget", &c.epsilon_budget},
+        std::pair{"epsilon_budget_against_coordinator", &c.epsilon_budget_against_coordinator}}) {
+    if (!j.contains(key)) continue;
+    std::optional<double> parsed;
+    try {
+      parsed = EpsilonFromJson(j[key]);  // a number or "inf"
+    } catch (const std::invalid_argument&) {
+    }
+    if (!parsed.has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("\"", key, "\" must be a number or \"inf\", not ", j[key].dump()));
+    }
+    *budget = *parsed;
+  }
   if (j.contains("strategy")) {
     const Json& st = j["strategy"];
     if (absl::Status s = CheckOnlyKeys(st, {"name", "server_learning_rate", "beta1", "beta2", "tau"}, "\"strategy\"");
@@ -296,6 +351,8 @@ std::string ExperimentConfigToJson(const ExperimentConfig& c) {
   j["clip_norm"] = c.clip_norm;
   j["noise_multiplier"] = c.noise_multiplier;
   j["delta"] = c.delta;
+  j["epsilon_budget"] = EpsilonToJson(c.epsilon_budget);
+  j["epsilon_budget_against_coordinator"] = EpsilonToJson(c.epsilon_budget_against_coordinator);
   j["strategy"] = {{"name", c.strategy.name},
                    {"server_learning_rate", c.strategy.server_learning_rate},
                    {"beta1", c.strategy.beta1},

@@ -131,7 +131,7 @@ OJson RoundRecordToJson(const RoundRecord& r) {
   j["training_seconds"] = r.training_seconds;
   j["coordinator_seconds"] = r.coordinator_seconds;
   j["wall_seconds"] = r.wall_seconds;
-  j["epsilon"] = r.epsilon;
+  j["epsilon"] = EpsilonToJson(r.epsilon);
   j["epsilon_against_coordinator"] = EpsilonToJson(r.epsilon_against_coordinator);
   if (r.eval) {
     j["eval"] = {{"loss", r.eval->loss}, {"perplexity", r.eval->perplexity}, {"accuracy", r.eval->accuracy}};
@@ -155,10 +155,11 @@ OJson MethodResultToJson(const MethodResult& m) {
   j["bytes_down_per_client_round"] = m.bytes_down_per_client_round;
   j["client_seconds_per_round"] = m.client_seconds_per_round;
   j["coordinator_seconds_per_round"] = m.coordinator_seconds_per_round;
-  j["epsilon"] = m.epsilon;
+  j["epsilon"] = EpsilonToJson(m.epsilon);
   j["epsilon_against_coordinator"] = EpsilonToJson(m.epsilon_against_coordinator);
   j["rounds_committed"] = m.rounds_committed;
   j["rounds_aborted"] = m.rounds_aborted;
+  if (!m.stopped.empty()) j["stopped"] = m.stopped;
   j["wall_seconds"] = m.wall_seconds;
   return j;
 }
@@ -182,6 +183,15 @@ OJson MethodRecordJson(const MethodResult& m, const std::vector<RoundRecord>& ro
   return j;
 }
 
+namespace {
+// An epsilon that a record must give (a number or "inf").
+double KnownEpsilon(const nlohmann::json& j) {
+  const std::optional<double> epsilon = EpsilonFromJson(j);
+  if (!epsilon.has_value()) throw std::invalid_argument("an epsilon is missing (null)");
+  return *epsilon;
+}
+}  // namespace
+
 absl::Status MethodRecordFromJson(const nlohmann::json& j, MethodResult& m, std::vector<RoundRecord>& rounds) {
   auto method = [](const nlohmann::json& name) -> Method {
     absl::StatusOr<Method> parsed = ParseMethod(name.get<std::string>());
@@ -197,11 +207,12 @@ absl::Status MethodRecordFromJson(const nlohmann::json& j, MethodResult& m, std:
     out.bytes_down_per_client_round = j.at("bytes_down_per_client_round").get<double>();
     out.client_seconds_per_round = j.at("client_seconds_per_round").get<double>();
     out.coordinator_seconds_per_round = j.at("coordinator_seconds_per_round").get<double>();
-    out.epsilon = j.at("epsilon").get<double>();
+    out.epsilon = KnownEpsilon(j.at("epsilon"));
     out.epsilon_against_coordinator =
         EpsilonFromJson(j.value("epsilon_against_coordinator", nlohmann::json()));
     out.rounds_committed = j.at("rounds_committed").get<int64_t>();
     out.rounds_aborted = j.at("rounds_aborted").get<int64_t>();
+    out.stopped = j.value("stopped", std::string());
     out.wall_seconds = j.at("wall_seconds").get<double>();
     for (const nlohmann::json& u : j.at("users")) {
       out.users.push_back({u.at("user_id").get<std::string>(), u.at("train_bytes").get<int64_t>(),
@@ -224,7 +235,7 @@ absl::Status MethodRecordFromJson(const nlohmann::json& j, MethodResult& m, std:
       rec.training_seconds = r.at("training_seconds").get<double>();
       rec.coordinator_seconds = r.at("coordinator_seconds").get<double>();
       rec.wall_seconds = r.at("wall_seconds").get<double>();
-      rec.epsilon = r.at("epsilon").get<double>();
+      rec.epsilon = KnownEpsilon(r.at("epsilon"));
       rec.epsilon_against_coordinator =
           EpsilonFromJson(r.value("epsilon_against_coordinator", nlohmann::json()));
       if (r.contains("eval")) {
@@ -357,6 +368,10 @@ std::string ResultsTable(const ExperimentResult& r) {
 absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::string& run_dir) {
   ReportFiles files;
   files.warnings = r.warnings;
+  for (const MethodResult& m : r.methods) {
+    if (!m.stopped.empty())
+      files.warnings.push_back(absl::StrCat("`", MethodName(m.method), "`: ", m.stopped));
+  }
   std::error_code ec;
   fs::create_directories(fs::path(run_dir) / "plots", ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create '", run_dir, "/plots': ", ec.message()));

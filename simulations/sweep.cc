@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <limits>
 #include <optional>
+#include <stdexcept>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -35,8 +36,7 @@ nlohmann::ordered_json PointJson(const SweepPoint& p) {
       {"clients_per_round", p.clients_per_round},
       {"accuracy", p.accuracy},
       {"loss", p.loss},
-      {"epsilon",
-       std::isfinite(p.epsilon) ? nlohmann::ordered_json(p.epsilon) : nlohmann::ordered_json("inf")},
+      {"epsilon", nlohmann::ordered_json(EpsilonToJson(p.epsilon))},
       {"epsilon_against_coordinator", nlohmann::ordered_json(EpsilonToJson(p.epsilon_against_coordinator))},
       {"bytes_up_per_client_round", p.bytes_up},
       {"bytes_down_per_client_round", p.bytes_down},
@@ -56,9 +56,9 @@ absl::StatusOr<SweepPoint> PointFromJson(const nlohmann::json& j) {
     p.clients_per_round = j.at("clients_per_round").get<int64_t>();
     p.accuracy = j.at("accuracy").get<double>();
     p.loss = j.at("loss").get<double>();
-    const nlohmann::json& eps = j.at("epsilon");
-    p.epsilon = eps.is_string() && eps.get<std::string>() == "inf" ? std::numeric_limits<double>::infinity()
-                                                                    : eps.get<double>();
+    const std::optional<double> epsilon = EpsilonFromJson(j.at("epsilon"));
+    if (!epsilon.has_value()) throw std::invalid_argument("the point's epsilon is null");
+    p.epsilon = *epsilon;
     p.epsilon_against_coordinator = EpsilonFromJson(j.value("epsilon_against_coordinator", nlohmann::json()));
     p.bytes_up = j.at("bytes_up_per_client_round").get<double>();
     p.bytes_down = j.at("bytes_down_per_client_round").get<double>();
@@ -196,9 +196,8 @@ absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const Swee
     p.clients_per_round = c.clients_per_round;
     p.accuracy = m.final_eval.accuracy;
     p.loss = m.final_eval.loss;
-    p.epsilon = c.noise_multiplier > 0 ? m.epsilon : std::numeric_limits<double>::infinity();
-    p.epsilon_against_coordinator =
-        c.noise_multiplier > 0 ? m.epsilon_against_coordinator : std::numeric_limits<double>::infinity();
+    p.epsilon = m.epsilon;  // infinite without noise
+    p.epsilon_against_coordinator = m.epsilon_against_coordinator;
     p.bytes_up = m.bytes_up_per_client_round;
     p.bytes_down = m.bytes_down_per_client_round;
     p.client_seconds = m.client_seconds_per_round;

@@ -78,6 +78,34 @@ if os.path.exists("/usr/bin/gnuplot"):
 print("simulate: ok", {m: round(fed[m]["accuracy"], 4) for m in fed})
 PY
 
+# A privacy budget between what one round and two rounds cost: round 2 is
+# refused, which ends the method's rounds (nothing that decides it changes in
+# a simulation); the run evaluates there and the report says why it stopped.
+/usr/bin/python3 - "$work/run/metrics.jsonl" > "$work/budget" <<'PY'
+import json, sys
+eps = {l["round"]: l["epsilon"] for l in map(json.loads, open(sys.argv[1])) if l["method"] == "global+residual"}
+assert 0 < eps[1] < eps[2], eps
+print((eps[1] + eps[2]) / 2)
+PY
+"$fedpers" -q simulate --config "$work/sim.json" --out "$work/budgeted" --methods global+residual --rounds 4 \
+  --epsilon-budget "$(cat "$work/budget")" --json > "$work/budgeted.json"
+/usr/bin/python3 - "$work/budgeted.json" "$work/budgeted" "$work/run/metrics.jsonl" <<'PY'
+import json, os, sys
+m = json.load(open(sys.argv[1]))["methods"][0]
+run = sys.argv[2]
+assert m["rounds_committed"] == 1 and m["rounds_aborted"] == 1, m
+assert m["stopped"].startswith("stopped at round 2 of 4, which could not open"), m
+assert "round 2 refused: it would raise epsilon" in m["stopped"], m
+first = [l for l in map(json.loads, open(sys.argv[3])) if l["method"] == "global+residual" and l["round"] == 1][0]
+assert m["epsilon"] == first["epsilon"], (m, first)
+lines = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]
+assert [l["round"] for l in lines] == [0, 1, 2], lines
+assert "eval" in lines[-1] and lines[-1]["eval"]["accuracy"] == m["accuracy"], lines[-1]
+assert json.load(open(os.path.join(run, "config.json")))["epsilon_budget"] < m["epsilon"] * 2
+assert "`global+residual`: stopped at round 2 of 4" in open(os.path.join(run, "report.md")).read()
+print("epsilon budget: ok", m["epsilon"], m["stopped"])
+PY
+
 # Run again: each finished method comes from its record; the one whose record
 # is gone runs again, with the same figures (the run is seeded).
 rm "$work/run/methods/global.json"

@@ -266,6 +266,59 @@ TEST(PrivacyLedgerTest, EpsilonAgainstTheCoordinatorCountsContributedRounds) {
   EXPECT_EQ(EpsilonToJson(1.5), 1.5);
 }
 
+// A sum released without noise hides nobody who may be in it: every
+// eligible user's epsilon is infinite, and the contributors' against the
+// coordinator. Only an infinite budget allows such a round; snapshots keep
+// the infinities.
+TEST(PrivacyLedgerTest, ARoundWithoutNoiseMakesEveryEligibleUsersEpsilonInfinite) {
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  auto ledger = PrivacyLedger::Create(1e-5, kInf);
+  ASSERT_TRUE(ledger.ok());
+  const auto all = Users(0, 6), eligible = Users(0, 4);
+  ASSERT_TRUE(ledger->RecordRound(1, 0.5, 2.0, kDominated, 2.0, First(all, 3), all).ok());
+  const double before = ledger->epsilon();
+  ASSERT_TRUE(std::isfinite(before));
+  ASSERT_TRUE(ledger->RecordRound(2, 0.5, 0.0, kDominated, 0.0, First(eligible, 2), eligible).ok());
+  EXPECT_EQ(ledger->epsilon(), kInf);
+  EXPECT_EQ(ledger->rounds().back().epsilon_after, kInf);
+  EXPECT_EQ(*ledger->UserEpsilon("user3"), kInf) << "eligible: the sample is hidden, not its absence";
+  EXPECT_EQ(*ledger->UserEpsilon("user5"), before) << "not eligible in the round without noise";
+  EXPECT_EQ(*ledger->UserEpsilonAgainstCoordinator("user1"), kInf);
+  EXPECT_TRUE(std::isfinite(*ledger->UserEpsilonAgainstCoordinator("user2"))) << "not in the sum";
+
+  const std::string text = ledger->ToJson();
+  nlohmann::json snapshot = nlohmann::json::parse(text);
+  EXPECT_EQ(snapshot["rounds"][1]["epsilon_after"], "inf");
+  EXPECT_NE(text.find(R"("inf")"), std::string::npos);
+  EXPECT_EQ(text.find("null"), std::string::npos) << "JSON's null for an infinity would read back as unknown";
+  auto restored = PrivacyLedger::FromJson(text);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ(restored->epsilon(), kInf);
+  EXPECT_EQ(*restored->UserEpsilon("user3"), kInf);
+  EXPECT_EQ(*restored->UserEpsilon("user5"), before);
+  EXPECT_EQ(restored->rounds().back().epsilon_after, kInf);
+  for (const nlohmann::json& bad : {nlohmann::json(-1.0), nlohmann::json("lots"), nlohmann::json(nullptr)}) {
+    nlohmann::json damaged = snapshot;
+    damaged["accounts"][0][0] = bad;
+    EXPECT_EQ(PrivacyLedger::FromJson(damaged.dump()).status().code(), absl::StatusCode::kDataLoss) << bad;
+    damaged = snapshot;
+    damaged["rounds"][0]["epsilon_after"] = bad;
+    EXPECT_EQ(PrivacyLedger::FromJson(damaged.dump()).status().code(), absl::StatusCode::kDataLoss) << bad;
+  }
+
+  // Under a finite budget the round is refused and nothing changes.
+  auto budgeted = PrivacyLedger::Create(1e-5, 1000.0);
+  ASSERT_TRUE(budgeted.ok());
+  ASSERT_TRUE(budgeted->RecordRound(1, 0.5, 2.0, kDominated, 2.0, First(all, 3), all).ok());
+  const std::string kept = budgeted->ToJson();
+  absl::Status refused = budgeted->CheckCanOpen(2, 0.5, 0.0, kDominated, 0.0, eligible);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.message().find("to inf, over the budget 1000"), absl::string_view::npos) << refused;
+  EXPECT_EQ(budgeted->RecordRound(2, 0.5, 0.0, kDominated, 0.0, First(eligible, 2), eligible).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(budgeted->ToJson(), kept);
+}
+
 TEST(PrivacyLedgerTest, BadParametersAndSnapshots) {
   EXPECT_FALSE(PrivacyLedger::Create(1.0, 1.0).ok());
   EXPECT_FALSE(PrivacyLedger::Create(1e-5, 0).ok());

@@ -838,6 +838,19 @@ TEST(RoundMachineTest, NoiselessRoundsMakeTheEpsilonAgainstTheCoordinatorInfinit
   ASSERT_TRUE(summary.ok()) << summary.status();
   EXPECT_TRUE(std::isinf(*summary->epsilon_against_coordinator));
   EXPECT_TRUE(std::isinf(*(*m)->ledger().UserEpsilonAgainstCoordinator("client3")));
+  // Nor does anything hide the released sum: the ledger's epsilon too.
+  EXPECT_TRUE(std::isinf(summary->epsilon));
+  EXPECT_TRUE(std::isinf((*m)->ledger().epsilon()));
+  EXPECT_EQ((*m)->ledger().rounds().size(), 1u);
+  m->reset();
+  auto restarted = RoundMachine::Create(store->get(), Layout(), SixClients(32));
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  EXPECT_TRUE(std::isinf((*restarted)->ledger().epsilon())) << "the snapshot keeps it";
+  // A finite budget cannot be met without noise: refused before any round.
+  RoundSettings budgeted = SixClients(32);
+  budgeted.epsilon_budget = 10;
+  EXPECT_NE(budgeted.Validate().message().find("epsilon_budget needs noise"), absl::string_view::npos)
+      << budgeted.Validate();
 }
 
 // SecAgg+ needs t <= k + 1. The bounds give k = 76 for large samples, and

@@ -42,6 +42,42 @@ TEST(ExperimentConfigTest, ParsesNestedSectionsAndMethods) {
   EXPECT_EQ(c->EffectiveEvalEvery(), 1);
 }
 
+// The budgets: a number, or "inf" (no budget, the default), as the resolved
+// config writes them; they reach the coordinator's round settings.
+TEST(ExperimentConfigTest, BudgetsAreNumbersOrInfAndReachTheRoundSettings) {
+  ExperimentConfig defaults;
+  EXPECT_TRUE(std::isinf(defaults.epsilon_budget));
+  const std::string resolved = ExperimentConfigToJson(defaults);
+  EXPECT_NE(resolved.find(R"("epsilon_budget": "inf")"), std::string::npos) << resolved;
+  absl::StatusOr<ExperimentConfig> c =
+      ParseExperimentConfig(R"({"epsilon_budget": 8, "epsilon_budget_against_coordinator": "inf"})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->FederatedRoundSettings().epsilon_budget, 8);
+  EXPECT_TRUE(std::isinf(c->FederatedRoundSettings().epsilon_budget_against_coordinator));
+  c = ParseExperimentConfig(R"({"epsilon_budget_against_coordinator": 30})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->FederatedRoundSettings().epsilon_budget_against_coordinator, 30);
+  absl::StatusOr<ExperimentConfig> back = ParseExperimentConfig(ExperimentConfigToJson(*c));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->epsilon_budget_against_coordinator, 30);
+  EXPECT_TRUE(std::isinf(back->epsilon_budget));
+  for (const char* bad : {R"({"epsilon_budget": 0})", R"({"epsilon_budget": -3})",
+                          R"({"epsilon_budget_against_coordinator": 0})"}) {
+    c = ParseExperimentConfig(bad);
+    EXPECT_NE(c.status().message().find("must be positive"), absl::string_view::npos) << bad << c.status();
+  }
+  for (const char* bad : {R"({"epsilon_budget": "lots"})", R"({"epsilon_budget": null})",
+                          R"({"epsilon_budget_against_coordinator": [1]})"}) {
+    c = ParseExperimentConfig(bad);
+    EXPECT_NE(c.status().message().find("must be a number or \"inf\""), absl::string_view::npos)
+        << bad << c.status();
+  }
+  c = ParseExperimentConfig(R"({"epsilon_budget": 8, "noise_multiplier": 0})");
+  EXPECT_NE(c.status().message().find("a finite epsilon budget needs noise"), absl::string_view::npos)
+      << c.status();
+  EXPECT_TRUE(ParseExperimentConfig(R"({"epsilon_budget": "inf", "noise_multiplier": 0})").ok());
+}
+
 TEST(ExperimentConfigTest, BadConfigsAreNamedErrors) {
   auto error = [](const std::string& json) {
     absl::StatusOr<ExperimentConfig> c = ParseExperimentConfig(json);

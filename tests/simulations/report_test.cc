@@ -81,6 +81,7 @@ TEST(MethodRecordTest, RoundTripsEveryField) {
   m.epsilon_against_coordinator = std::numeric_limits<double>::infinity();
   m.rounds_committed = 23;
   m.rounds_aborted = 1;
+  m.stopped = "stopped at round 5 of 30, which could not open (nor could any later one): over the budget";
   m.wall_seconds = 645.78692466;
   m.over_global = PairedComparison{0.55, 0.0125, 0.002};
   m.users = {{"alice", 1000, 250, 4, 2.0, 7.389, 0.41, 250}, {"bob \"the\" bard", 3, 1, 0, 3.5, 33.1, 0.1, 1}};
@@ -99,6 +100,7 @@ TEST(MethodRecordTest, RoundTripsEveryField) {
   aborted.round = 5;
   aborted.committed = false;
   aborted.abort_reason = "fewer than 10 survivors";
+  aborted.epsilon = std::numeric_limits<double>::infinity();  // after a round without noise
   aborted.epsilon_against_coordinator = std::nullopt;
   MethodResult back;
   std::vector<RoundRecord> rounds;
@@ -114,6 +116,7 @@ TEST(MethodRecordTest, RoundTripsEveryField) {
   EXPECT_EQ(back.epsilon_against_coordinator, m.epsilon_against_coordinator) << "inf, written as \"inf\"";
   EXPECT_EQ(back.rounds_committed, 23);
   EXPECT_EQ(back.rounds_aborted, 1);
+  EXPECT_EQ(back.stopped, m.stopped);
   EXPECT_EQ(back.wall_seconds, m.wall_seconds);
   EXPECT_FALSE(back.over_global.has_value()) << "depends on the other methods: recomputed, not stored";
   ASSERT_EQ(back.users.size(), 2u);
@@ -126,6 +129,7 @@ TEST(MethodRecordTest, RoundTripsEveryField) {
   EXPECT_EQ(rounds[0].epsilon, 0.1 + 0.2);
   EXPECT_EQ(rounds[0].epsilon_against_coordinator, 1.0 / 3);
   EXPECT_EQ(rounds[1].epsilon_against_coordinator, std::nullopt);
+  EXPECT_EQ(rounds[1].epsilon, std::numeric_limits<double>::infinity()) << "written as \"inf\"";
   ASSERT_TRUE(rounds[0].eval.has_value());
   EXPECT_EQ(rounds[0].eval->accuracy, 0.3876);
   EXPECT_FALSE(rounds[1].committed);
@@ -165,6 +169,9 @@ TEST(MethodRecordTest, DamagedRecordsAreDataLossAndChangeNothing) {
   bad = good;
   bad["epsilon_against_coordinator"] = "lots";
   expect_data_loss(bad, "an epsilon that is not a number, \"inf\" or null");
+  bad = good;
+  bad["epsilon"] = nullptr;
+  expect_data_loss(bad, "the ledger's epsilon is always known");
   expect_data_loss(nlohmann::json::array(), "not an object");
   bad = good;
   bad.erase("epsilon_against_coordinator");
