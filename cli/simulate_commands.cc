@@ -28,12 +28,12 @@ absl::StatusOr<ExperimentConfig> LoadExperimentConfig(const std::string& path) {
 struct Overrides {
   std::string config, out, data, methods, schedule;
   int64_t users = 0, rounds = 0, clients_per_round = 0;
-  double noise_multiplier = 0, epsilon_budget = 0;
+  double noise_multiplier = 0, target_epsilon = 0, epsilon_budget = 0;
   // Whether each numeric override was given (any value, so a bad one
   // reaches the config's validation instead of being taken for "unset").
   // clients_given and noise_given stay null for `sweep` (grid axes there).
   CLI::Option *users_given = nullptr, *rounds_given = nullptr, *clients_given = nullptr,
-              *noise_given = nullptr, *budget_given = nullptr;
+              *noise_given = nullptr, *target_given = nullptr, *budget_given = nullptr;
   bool plain_aggregation = false;
   bool json = false;
   bool fresh = false;
@@ -54,6 +54,11 @@ void AddOverrides(CLI::App* cmd, Overrides& o, bool sweep_axes = false) {
                                       "Clients per round (overrides \"clients_per_round\")");
     o.noise_given = cmd->add_option("--noise-multiplier", o.noise_multiplier,
                                     "DP noise multiplier z (overrides; 0: no noise)");
+    o.target_given =
+        cmd->add_option("--target-epsilon", o.target_epsilon,
+                        "Set each federated method's noise multiplier so that epsilon ends at most "
+                        "this after the rounds (overrides \"target_epsilon\")")
+            ->excludes(o.noise_given);
   }
   o.budget_given = cmd->add_option(
       "--epsilon-budget", o.epsilon_budget,
@@ -77,7 +82,14 @@ ExperimentConfig Resolve(const Overrides& o) {
   if (*o.users_given) c->users = o.users;
   if (*o.rounds_given) c->rounds = o.rounds;
   if (o.clients_given != nullptr && *o.clients_given) c->clients_per_round = o.clients_per_round;
-  if (o.noise_given != nullptr && *o.noise_given) c->noise_multiplier = o.noise_multiplier;
+  if (o.noise_given != nullptr && *o.noise_given) {
+    c->noise_multiplier = o.noise_multiplier;
+    c->target_epsilon = 0;  // a multiplier given here replaces the config's target
+  }
+  if (o.target_given != nullptr && *o.target_given) {
+    if (!(o.target_epsilon > 0)) Fail("--target-epsilon must be positive");
+    c->target_epsilon = o.target_epsilon;
+  }
   if (*o.budget_given) c->epsilon_budget = o.epsilon_budget;
   if (o.plain_aggregation) c->secure_agg = false;
   if (!o.methods.empty()) {
@@ -149,6 +161,11 @@ void RegisterSimulate(CLI::App& app, const GlobalOptions& global) {
   sweep->add_option("--ring-bits", grid->ring_bits, "SecAgg ring bits to try (0: sized per round)")
       ->delimiter(',');
   sweep->add_option("--noise-multiplier", grid->noise_multiplier, "DP noise multipliers z to try")
+      ->delimiter(',');
+  sweep
+      ->add_option(
+          "--target-epsilon", grid->target_epsilon,
+          "Target epsilons to try, each point's noise multiplier set for it (instead of --noise-multiplier)")
       ->delimiter(',');
   sweep->add_option("--clients-per-round", grid->clients_per_round, "Clients per round to try")
       ->delimiter(',');

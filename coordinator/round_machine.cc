@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -252,6 +255,69 @@ absl::Status CheckRoundsCanOpen(const RoundSettings& settings, size_t layout_siz
     }
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<double> ProjectedEpsilon(const RoundSettings& settings, size_t layout_size, int64_t eligible,
+                                        int64_t rounds) {
+  if (absl::Status s = settings.Validate(); !s.ok()) return s;
+  if (eligible < settings.min_clients || rounds < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a projection needs at least min_clients (", settings.min_clients,
+                     ") eligible users and rounds >= 0, got ", eligible, " and ", rounds));
+  }
+  const int64_t n = std::min(settings.clients_per_round, eligible);
+  absl::StatusOr<RoundPlan> plan = PlanRound(settings, n, layout_size, /*rotation_seed=*/0);
+  if (!plan.ok()) return plan.status();
+  const double z = ChargedNoiseMultiplier(settings, plan->ring, plan->dp,
+                                          static_cast<size_t>(plan->params.vector_length()));
+  absl::StatusOr<PrivacyLedger> ledger =
+      PrivacyLedger::Create(settings.delta, std::numeric_limits<double>::infinity());
+  if (!ledger.ok()) return ledger.status();
+  // Every user is eligible in every round, so one user's account is the
+  // ledger's; nobody contributes (the figure against the coordinator is not
+  // projected).
+  const std::vector<std::string> one_user = {"user"};
+  const double q = static_cast<double>(n) / static_cast<double>(eligible);
+  for (int64_t r = 1; r <= rounds; ++r) {
+    if (absl::Status s = ledger->RecordRound(r, q, z, LedgerNoise(settings), 0, {}, one_user); !s.ok())
+      return s;
+  }
+  return ledger->epsilon();
+}
+
+absl::StatusOr<double> NoiseMultiplierForEpsilon(RoundSettings settings, size_t layout_size, int64_t eligible,
+                                                 int64_t rounds, double target_epsilon) {
+  if (!(target_epsilon > 0) || !std::isfinite(target_epsilon)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a target epsilon must be positive and finite, got ", target_epsilon));
+  }
+  auto epsilon_at = [&](double z) {
+    settings.noise_multiplier = z;
+    return ProjectedEpsilon(settings, layout_size, eligible, rounds);
+  };
+  // Epsilon falls as z grows: double z until the target holds, then bisect
+  // between the last z that missed it and the first that met it.
+  constexpr double kMaxNoiseMultiplier = 1e4;
+  double low = 0, high = 0.125;
+  while (true) {
+    absl::StatusOr<double> epsilon = epsilon_at(high);
+    if (!epsilon.ok()) return epsilon.status();
+    if (*epsilon <= target_epsilon) break;
+    low = high;
+    high *= 2;
+    if (high > kMaxNoiseMultiplier) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("no noise multiplier up to %g keeps epsilon (delta %g) within %g over %d rounds",
+                          kMaxNoiseMultiplier, settings.delta, target_epsilon, rounds));
+    }
+  }
+  while (high - low > 1e-3 * high) {
+    const double mid = 0.5 * (low + high);
+    absl::StatusOr<double> epsilon = epsilon_at(mid);
+    if (!epsilon.ok()) return epsilon.status();
+    (*epsilon <= target_epsilon ? high : low) = mid;
+  }
+  return high;
 }
 
 double ChargedNoiseMultiplier(const RoundSettings& settings, const secagg::RingConfig& ring,

@@ -85,6 +85,21 @@ struct RoundSettings {
 // than aborting every round.
 absl::Status CheckRoundsCanOpen(const RoundSettings& settings, size_t layout_size);
 
+// The ledger's epsilon (at settings.delta) after `rounds` rounds of
+// `settings` over `layout_size` values, each sampling clients_per_round of
+// `eligible` users who are eligible in every round: what such a federation
+// reports once they all committed (exactly: the same charges in the same
+// order). InvalidArgument for bad settings or counts, or when no round can be
+// planned.
+absl::StatusOr<double> ProjectedEpsilon(const RoundSettings& settings, size_t layout_size, int64_t eligible,
+                                        int64_t rounds);
+
+// The smallest noise multiplier, to 0.1%, whose ProjectedEpsilon is at most
+// `target_epsilon` (> 0); settings.noise_multiplier is ignored.
+// InvalidArgument when none up to 1e4 reaches it, or none can be planned.
+absl::StatusOr<double> NoiseMultiplierForEpsilon(RoundSettings settings, size_t layout_size, int64_t eligible,
+                                                 int64_t rounds, double target_epsilon);
+
 // The noise multiplier the ledger charges a round of `settings` in `ring`
 // over m ring values with the clients' noise `dp`: z lowered for the
 // rounding (dp::AccountedNoiseMultiplier) and, when the clients add the

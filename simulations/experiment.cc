@@ -261,8 +261,13 @@ class Runner {
     absl::StatusOr<std::unique_ptr<ModelPool>> pool = Pool(setup);
     if (!pool.ok()) return pool.status();
     FederationSettings fs;
-    fs.runtime.round = c_.FederatedRoundSettings();
+    absl::StatusOr<RoundSettings> settings = c_.FederatedRoundSettings(
+        static_cast<size_t>((*pool)->model(0)->BranchLayout(LoraBranch::kGlobal).total_size()),
+        static_cast<int64_t>(users_.size()));
+    if (!settings.ok()) return settings.status();
+    fs.runtime.round = std::move(*settings);
     RoundSettings& rs = fs.runtime.round;
+    r.noise_multiplier = rs.noise_multiplier;
     rs.seed = Derive(c_.seed, "rounds");
     if (setup.lora.train_global_a) {
       absl::StatusOr<std::vector<float>> initial = InitialGlobalAdapter(base_->config(), setup.lora);
@@ -586,7 +591,17 @@ absl::StatusOr<ExperimentResult> RunExperiment(const ExperimentConfig& config, c
     // fedavg-lora's rounds carry A_g too: a longer vector, its own ring.
     absl::StatusOr<FlatLayout> layout = GlobalAdapterLayout((*base)->config(), SetupFor(m, c.lora).lora);
     if (!layout.ok()) return layout.status();
-    std::string w = DiscreteNoiseWarning(c.FederatedRoundSettings(), static_cast<size_t>(layout->total_size()));
+    absl::StatusOr<RoundSettings> settings = c.FederatedRoundSettings(
+        static_cast<size_t>(layout->total_size()), static_cast<int64_t>(users->size()));
+    if (!settings.ok()) {
+      return absl::Status(settings.status().code(), absl::StrCat("experiment config (", MethodName(m),
+                                                                 "): ", settings.status().message()));
+    }
+    if (c.target_epsilon > 0 && hooks.progress) {
+      std::fprintf(stderr, "%s: noise multiplier %.4g keeps epsilon within %g after %ld rounds\n",
+                   MethodName(m), settings->noise_multiplier, c.target_epsilon, static_cast<long>(c.rounds));
+    }
+    std::string w = DiscreteNoiseWarning(*settings, static_cast<size_t>(layout->total_size()));
     if (w.empty()) continue;
     w = absl::StrCat(MethodName(m), ": ", w);
     if (hooks.progress) std::fprintf(stderr, "warning: %s\n", w.c_str());

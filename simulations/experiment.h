@@ -83,6 +83,10 @@ struct ExperimentConfig {
   uint32_t ring_bits = 0;  // 0: sized per round (the coordinator's ChooseRing); 8 to 32: fixed
   double clip_norm = 2.0;
   double noise_multiplier = 0.1;  // z; 0 turns DP noise off
+  // > 0: each federated method's noise multiplier is instead the smallest
+  // that keeps the ledger's epsilon after `rounds` full rounds within it
+  // (NoiseMultiplierForEpsilon), so the methods compare at one epsilon.
+  double target_epsilon = 0;
   double delta = 1e-5;
   // The coordinator's budgets (RoundSettings): a method's rounds stop at the
   // first round that would exceed one. Infinity ("inf" in JSON): none.
@@ -107,9 +111,13 @@ struct ExperimentConfig {
   // model is the base's config.json when EffectiveBase() holds a model, else
   // the one pretraining would build. Reads that file, nothing else.
   absl::Status ValidateForModel() const;
-  // The coordinator's round settings of the federated methods, but for the
-  // seed and the initial adapter, which depend on the run.
-  RoundSettings FederatedRoundSettings() const;
+  // The coordinator's round settings of a federated method whose global
+  // adapter has `layout_size` values, over `eligible` users, but for the
+  // seed and the initial adapter, which depend on the run. The noise
+  // multiplier is noise_multiplier, or the one target_epsilon calls for
+  // (InvalidArgument when none reaches it).
+  absl::StatusOr<RoundSettings> FederatedRoundSettings(size_t layout_size, int64_t eligible) const;
+  bool Noised() const { return noise_multiplier > 0 || target_epsilon > 0; }
   int64_t EffectiveMinClients() const;
   int64_t EffectiveEvalEvery() const;
   std::string EffectiveBase() const;  // `base`, or <out>/base
@@ -181,6 +189,7 @@ struct MethodResult {
   std::optional<PairedComparison> over_global, over_base;
   double bytes_up_per_client_round = 0, bytes_down_per_client_round = 0;
   double client_seconds_per_round = 0, coordinator_seconds_per_round = 0;
+  double noise_multiplier = 0;  // what its rounds used (federated methods)
   double epsilon = 0;
   std::optional<double> epsilon_against_coordinator = 0.0;  // as in RoundRecord
   int64_t rounds_committed = 0, rounds_aborted = 0;

@@ -78,22 +78,28 @@ absl::Status ExperimentConfig::ValidateForModel() const {
   if (absl::Status s = local.ValidateForModel(*model, AvailableMemoryBytes()); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("experiment config: \"local\": ", s.message()));
   }
-  // The global adapter is B_g, or A_g and B_g for fedavg-lora.
-  const RoundSettings rounds = FederatedRoundSettings();
+  // The global adapter is B_g, or A_g and B_g for fedavg-lora. With "users"
+  // 0 the count is not known yet: every user sampled calls for the most
+  // noise a target epsilon can.
   for (Method m : methods) {
     if (m != Method::kGlobal && m != Method::kGlobalResidual && m != Method::kFedAvgLora) continue;
     LoraConfig shared = lora;
     shared.train_global_a = m == Method::kFedAvgLora;
     absl::StatusOr<FlatLayout> layout = GlobalAdapterLayout(*model, shared);
     if (!layout.ok()) return layout.status();
-    if (absl::Status s = CheckRoundsCanOpen(rounds, static_cast<size_t>(layout->total_size())); !s.ok()) {
+    const size_t size = static_cast<size_t>(layout->total_size());
+    absl::StatusOr<RoundSettings> rounds =
+        FederatedRoundSettings(size, users > 0 ? users : clients_per_round);
+    absl::Status s = rounds.ok() ? CheckRoundsCanOpen(*rounds, size) : rounds.status();
+    if (!s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("experiment config (", MethodName(m), "): ", s.message()));
     }
   }
   return absl::OkStatus();
 }
 
-RoundSettings ExperimentConfig::FederatedRoundSettings() const {
+absl::StatusOr<RoundSettings> ExperimentConfig::FederatedRoundSettings(size_t layout_size,
+                                                                       int64_t eligible) const {
   RoundSettings rs;
   rs.clients_per_round = clients_per_round;
   rs.min_clients = EffectiveMinClients();
@@ -105,6 +111,12 @@ RoundSettings ExperimentConfig::FederatedRoundSettings() const {
   rs.epsilon_budget = epsilon_budget;
   rs.epsilon_budget_against_coordinator = epsilon_budget_against_coordinator;
   rs.strategy = strategy;
+  if (target_epsilon > 0) {
+    absl::StatusOr<double> z = NoiseMultiplierForEpsilon(rs, layout_size, eligible, rounds, target_epsilon);
+    if (!z.ok())
+      return absl::Status(z.status().code(), absl::StrCat("\"target_epsilon\": ", z.status().message()));
+    rs.noise_multiplier = *z;
+  }
   return rs;
 }
 
@@ -147,8 +159,8 @@ absl::Status ExperimentConfig::Validate() const {
   if (!(epsilon_budget > 0) || !(epsilon_budget_against_coordinator > 0)) {
     return bad("\"epsilon_budget\" and \"epsilon_budget_against_coordinator\" must be positive (or \"inf\")");
   }
-  if (noise_multiplier == 0 &&
-      (std::isfinite(epsilon_budget) || std::isfinite(epsilon_budget_against_coordinator))) {
+  if (!(target_epsilon >= 0) || !std::isfinite(target_epsilon)) return bad("\"target_epsilon\" must be >= 0");
+  if (!Noised() && (std::isfinite(epsilon_budget) || std::isfinite(epsilon_budget_against_coordinator))) {
     return bad(
         "a finite epsilon budget needs noise (\"noise_multiplier\" > 0): without it a round's epsilon is "
         "infinite");
@@ -185,6 +197,7 @@ absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_t
                                       "ring_bits",
                                       "clip_norm",
                                       "noise_multiplier",
+                                      "target_epsilon",
                                       "delta",
                                       "epsilon_budget",
                                       "epsilon_budget_against_coordinator",
@@ -267,6 +280,12 @@ absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_t
   FEDPERS_READ_JSON(j, "ring_bits", c.ring_bits, "");
   FEDPERS_READ_JSON(j, "clip_norm", c.clip_norm, "");
   FEDPERS_READ_JSON(j, "noise_multiplier", c.noise_multiplier, "");
+  FEDPERS_READ_JSON(j, "target_epsilon", c.target_epsilon, "");
+  if (c.target_epsilon > 0 && j.contains("noise_multiplier")) {
+    return absl::InvalidArgumentError(
+        "the experiment config gives both \"noise_multiplier\" and \"target_epsilon\": the target sets the "
+        "noise");
+  }
   FEDPERS_READ_JSON(j, "delta", c.delta, "");
   for (const auto& [key, budget] :
        {std::pair{"epsilon_budget", &c.epsilon_budget},
@@ -349,7 +368,11 @@ std::string ExperimentConfigToJson(const ExperimentConfig& c) {
   j["secure_agg"] = c.secure_agg;
   j["ring_bits"] = c.ring_bits;
   j["clip_norm"] = c.clip_norm;
-  j["noise_multiplier"] = c.noise_multiplier;
+  if (c.target_epsilon > 0) {
+    j["target_epsilon"] = c.target_epsilon;  // each method's noise multiplier is in summary.json
+  } else {
+    j["noise_multiplier"] = c.noise_multiplier;
+  }
   j["delta"] = c.delta;
   j["epsilon_budget"] = EpsilonToJson(c.epsilon_budget);
   j["epsilon_budget_against_coordinator"] = EpsilonToJson(c.epsilon_budget_against_coordinator);

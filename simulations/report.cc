@@ -49,10 +49,23 @@ double MeanTrainBytes(const MethodResult& m) {
   return m.users.empty() ? 0 : s / static_cast<double>(m.users.size());
 }
 
+// The noise multiplier, or each federated method's for a target epsilon.
+std::string NoiseText(const ExperimentResult& r) {
+  if (r.config.target_epsilon == 0) return absl::StrCat("noise multiplier ", r.config.noise_multiplier);
+  std::string per_method;
+  for (const MethodResult& m : r.methods) {
+    if (m.noise_multiplier == 0) continue;
+    absl::StrAppend(&per_method, per_method.empty() ? "" : ", ", MethodName(m.method), " ",
+                    absl::StrFormat("%.4g", m.noise_multiplier));
+  }
+  return absl::StrCat("noise multiplier set for epsilon ", r.config.target_epsilon, " after ",
+                      r.config.rounds, " rounds (", per_method, ")");
+}
+
 std::string EpsilonText(const ExperimentResult& r, const MethodResult& m) {
   if (SharesNothing(m.method)) return "0 (nothing shared)";
   if (m.method == Method::kCentralized) return "inf (raw data pooled)";
-  if (r.config.noise_multiplier == 0) return "inf (no noise)";
+  if (!r.config.Noised()) return "inf (no noise)";
   // Without SecAgg+ the coordinator sees each update with one client's
   // share of the noise: epsilon covers the released adapter only.
   return absl::StrFormat(r.config.secure_agg ? "%.3g" : "%.3g (adapter only)", m.epsilon);
@@ -62,7 +75,7 @@ std::string EpsilonText(const ExperimentResult& r, const MethodResult& m) {
 // amplification by sampling.
 std::string EpsilonAgainstCoordinatorText(const ExperimentResult& r, const MethodResult& m) {
   if (SharesNothing(m.method)) return "0";
-  if (m.method == Method::kCentralized || r.config.noise_multiplier == 0) return "inf";
+  if (m.method == Method::kCentralized || !r.config.Noised()) return "inf";
   if (!m.epsilon_against_coordinator.has_value()) return "-";
   if (std::isinf(*m.epsilon_against_coordinator)) return "inf (central noise)";
   return absl::StrFormat("%.3g", *m.epsilon_against_coordinator);
@@ -155,6 +168,7 @@ OJson MethodResultToJson(const MethodResult& m) {
   j["bytes_down_per_client_round"] = m.bytes_down_per_client_round;
   j["client_seconds_per_round"] = m.client_seconds_per_round;
   j["coordinator_seconds_per_round"] = m.coordinator_seconds_per_round;
+  j["noise_multiplier"] = m.noise_multiplier;
   j["epsilon"] = EpsilonToJson(m.epsilon);
   j["epsilon_against_coordinator"] = EpsilonToJson(m.epsilon_against_coordinator);
   j["rounds_committed"] = m.rounds_committed;
@@ -207,6 +221,7 @@ absl::Status MethodRecordFromJson(const nlohmann::json& j, MethodResult& m, std:
     out.bytes_down_per_client_round = j.at("bytes_down_per_client_round").get<double>();
     out.client_seconds_per_round = j.at("client_seconds_per_round").get<double>();
     out.coordinator_seconds_per_round = j.at("coordinator_seconds_per_round").get<double>();
+    out.noise_multiplier = j.at("noise_multiplier").get<double>();
     out.epsilon = KnownEpsilon(j.at("epsilon"));
     out.epsilon_against_coordinator =
         EpsilonFromJson(j.value("epsilon_against_coordinator", nlohmann::json()));
@@ -266,7 +281,9 @@ OJson ExperimentSummaryJson(const ExperimentResult& r) {
   j["rounds"] = r.config.rounds;
   j["clients_per_round"] = r.config.clients_per_round;
   j["schedule"] = TrainingScheduleName(r.config.local.schedule);
-  j["noise_multiplier"] = r.config.noise_multiplier;
+  // With a target epsilon each federated method has its own (in "methods").
+  j["noise_multiplier"] = r.config.target_epsilon > 0 ? OJson(nullptr) : OJson(r.config.noise_multiplier);
+  j["target_epsilon"] = r.config.target_epsilon;
   j["clip_norm"] = r.config.clip_norm;
   j["delta"] = r.config.delta;
   j["wall_seconds"] = r.wall_seconds;
@@ -419,7 +436,7 @@ absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::st
   for (const MethodResult& m : r.methods) {
     double eps_x = SharesNothing(m.method) ? 0 : m.epsilon;
     std::string eps_label = MethodName(m.method), bytes_label = MethodName(m.method);
-    if (m.method == Method::kCentralized || (!SharesNothing(m.method) && r.config.noise_multiplier == 0)) {
+    if (m.method == Method::kCentralized || (!SharesNothing(m.method) && !r.config.Noised())) {
       eps_x = inf_x;
       eps_label += m.method == Method::kCentralized ? " (raw data: no privacy)" : " (no noise)";
     }
@@ -491,17 +508,20 @@ absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::st
   // report.md
   const ExperimentConfig& c = r.config;
   std::string md = absl::StrCat("# fedpers simulation: ", c.data, "\n\n");
-  absl::StrAppend(&md, r.users.size(), " users (of ", r.corpus_users, " in the corpus, ", c.select, ", at least ",
-                  c.min_user_bytes, " bytes each), ", c.rounds, " rounds of ", c.clients_per_round,
-                  " clients; local budget ", c.local.global_steps + c.local.residual_steps, " steps per round (",
-                  TrainingScheduleName(c.local.schedule), ": ", c.local.global_steps, " global + ",
-                  c.local.residual_steps, " residual), batch ", c.local.batch_size, ". ", c.secure_agg ? "SecAgg+" : "Plain aggregation (no SecAgg+)", " in a ",
-                  c.ring_bits == 0 ? "ring sized per round" : absl::StrCat(c.ring_bits, "-bit ring"), "; clip ", c.clip_norm, ", noise multiplier ", c.noise_multiplier, ", delta ", c.delta,
-                  "; server strategy ", c.strategy.name, ". Base model `", r.base_model, "`",
-                  !r.pretrained_here                ? ""
-                  : c.pretrain.corpus.empty() ? " (pretrained for this run on the users that do not federate)"
-                                              : absl::StrCat(" (pretrained for this run on `", c.pretrain.corpus, "`)"),
-                  ". Global adapter ", r.global_values, " values, residual ", r.residual_values, " values per user.\n\n");
+  absl::StrAppend(
+      &md, r.users.size(), " users (of ", r.corpus_users, " in the corpus, ", c.select, ", at least ",
+      c.min_user_bytes, " bytes each), ", c.rounds, " rounds of ", c.clients_per_round,
+      " clients; local budget ", c.local.global_steps + c.local.residual_steps, " steps per round (",
+      TrainingScheduleName(c.local.schedule), ": ", c.local.global_steps, " global + ",
+      c.local.residual_steps, " residual), batch ", c.local.batch_size, ". ",
+      c.secure_agg ? "SecAgg+" : "Plain aggregation (no SecAgg+)", " in a ",
+      c.ring_bits == 0 ? "ring sized per round" : absl::StrCat(c.ring_bits, "-bit ring"), "; clip ",
+      c.clip_norm, ", ", NoiseText(r), ", delta ", c.delta, "; server strategy ", c.strategy.name,
+      ". Base model `", r.base_model, "`",
+      !r.pretrained_here          ? ""
+      : c.pretrain.corpus.empty() ? " (pretrained for this run on the users that do not federate)"
+                                  : absl::StrCat(" (pretrained for this run on `", c.pretrain.corpus, "`)"),
+      ". Global adapter ", r.global_values, " values, residual ", r.residual_values, " values per user.\n\n");
   absl::StrAppend(&md,
                   "## Results\n\n| method | accuracy | loss | perplexity | gain over global (SE) | users "
                   "better than global | "

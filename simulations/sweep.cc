@@ -33,6 +33,7 @@ nlohmann::ordered_json PointJson(const SweepPoint& p) {
       {"residual_rank", p.residual_rank},
       {"ring_bits", p.ring_bits},
       {"noise_multiplier", p.noise_multiplier},
+      {"target_epsilon", p.target_epsilon},
       {"clients_per_round", p.clients_per_round},
       {"accuracy", p.accuracy},
       {"loss", p.loss},
@@ -53,6 +54,7 @@ absl::StatusOr<SweepPoint> PointFromJson(const nlohmann::json& j) {
     p.residual_rank = j.at("residual_rank").get<int64_t>();
     p.ring_bits = j.at("ring_bits").get<uint32_t>();
     p.noise_multiplier = j.at("noise_multiplier").get<double>();
+    p.target_epsilon = j.at("target_epsilon").get<double>();
     p.clients_per_round = j.at("clients_per_round").get<int64_t>();
     p.accuracy = j.at("accuracy").get<double>();
     p.loss = j.at("loss").get<double>();
@@ -110,11 +112,22 @@ std::string SweepRunDirectory(const std::string& experiment_out) {
 
 absl::StatusOr<std::vector<ExperimentConfig>> SweepPointConfigs(const ExperimentConfig& base,
                                                                 const SweepGrid& grid) {
+  if (!grid.noise_multiplier.empty() && !grid.target_epsilon.empty()) {
+    return absl::InvalidArgumentError(
+        "a sweep varies the noise multiplier or the target epsilon, not both (the target sets the "
+        "multiplier)");
+  }
+  // (noise multiplier, target epsilon) pairs: a given multiplier drops the
+  // config's target.
+  std::vector<std::pair<double, double>> noise;
+  for (double z : grid.noise_multiplier) noise.emplace_back(z, 0.0);
+  for (double target : grid.target_epsilon) noise.emplace_back(base.noise_multiplier, target);
+  if (noise.empty()) noise.emplace_back(base.noise_multiplier, base.target_epsilon);
   std::vector<ExperimentConfig> configs;
   for (int64_t gr : AxisOr(grid.global_rank, base.lora.global_rank)) {
     for (int64_t rr : AxisOr(grid.residual_rank, base.lora.residual_rank)) {
       for (uint32_t bits : AxisOr(grid.ring_bits, base.ring_bits)) {
-        for (double z : AxisOr(grid.noise_multiplier, base.noise_multiplier)) {
+        for (const auto& [z, target] : noise) {
           for (int64_t n : AxisOr(grid.clients_per_round, base.clients_per_round)) {
             ExperimentConfig c = base;
             // A rank keeps the config's scale alpha / r, so that points
@@ -129,6 +142,7 @@ absl::StatusOr<std::vector<ExperimentConfig>> SweepPointConfigs(const Experiment
             }
             c.ring_bits = bits;
             c.noise_multiplier = z;
+            c.target_epsilon = target;
             c.clients_per_round = n;
             c.min_clients = 0;
             c.out = (fs::path(base.out) / "points" / absl::StrCat(configs.size())).string();
@@ -179,9 +193,13 @@ absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const Swee
       continue;
     }
     if (progress) {
-      std::fprintf(stderr, "sweep point %zu/%zu: global rank %ld, residual rank %ld, ring bits %s, z %g, %ld clients\n",
-                   i + 1, configs.size(), static_cast<long>(c.lora.global_rank), static_cast<long>(c.lora.residual_rank),
-                   RingBitsName(c.ring_bits).c_str(), c.noise_multiplier, static_cast<long>(c.clients_per_round));
+      const std::string noise = c.target_epsilon > 0 ? absl::StrCat("target epsilon ", c.target_epsilon)
+                                                     : absl::StrCat("z ", c.noise_multiplier);
+      std::fprintf(stderr,
+                   "sweep point %zu/%zu: global rank %ld, residual rank %ld, ring bits %s, %s, %ld clients\n",
+                   i + 1, configs.size(), static_cast<long>(c.lora.global_rank),
+                   static_cast<long>(c.lora.residual_rank), RingBitsName(c.ring_bits).c_str(), noise.c_str(),
+                   static_cast<long>(c.clients_per_round));
     }
     ExperimentHooks hooks;
     hooks.progress = progress;
@@ -192,7 +210,8 @@ absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const Swee
     p.global_rank = c.lora.global_rank;
     p.residual_rank = c.lora.residual_rank;
     p.ring_bits = c.ring_bits;
-    p.noise_multiplier = c.noise_multiplier;
+    p.noise_multiplier = m.noise_multiplier;
+    p.target_epsilon = c.target_epsilon;
     p.clients_per_round = c.clients_per_round;
     p.accuracy = m.final_eval.accuracy;
     p.loss = m.final_eval.loss;
@@ -232,6 +251,14 @@ absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const Swee
   return result;
 }
 
+namespace {
+// The point's noise multiplier, and the target it was set for.
+std::string NoiseText(const SweepPoint& p) {
+  return p.target_epsilon > 0 ? absl::StrFormat("%.4g (eps %g)", p.noise_multiplier, p.target_epsilon)
+                              : absl::StrFormat("%g", p.noise_multiplier);
+}
+}  // namespace
+
 nlohmann::ordered_json SweepJson(const SweepResult& r) {
   nlohmann::ordered_json points = nlohmann::ordered_json::array();
   for (const SweepPoint& p : r.points) {
@@ -248,10 +275,9 @@ std::string SweepTable(const SweepResult& r) {
   for (size_t i = 0; i < r.points.size(); ++i) {
     const SweepPoint& p = r.points[i];
     t.AddRow({absl::StrCat(i), absl::StrCat(p.global_rank), absl::StrCat(p.residual_rank),
-              RingBitsName(p.ring_bits), absl::StrFormat("%g", p.noise_multiplier),
-              absl::StrCat(p.clients_per_round), absl::StrFormat("%.4f", p.accuracy), EpsText(p.epsilon),
-              EpsText(p.epsilon_against_coordinator), HumanBytes(p.bytes_up), p.pareto ? "*" : "",
-              p.note.substr(0, 60)});
+              RingBitsName(p.ring_bits), NoiseText(p), absl::StrCat(p.clients_per_round),
+              absl::StrFormat("%.4f", p.accuracy), EpsText(p.epsilon), EpsText(p.epsilon_against_coordinator),
+              HumanBytes(p.bytes_up), p.pareto ? "*" : "", p.note.substr(0, 60)});
   }
   return t.Render();
 }
@@ -265,14 +291,15 @@ absl::StatusOr<ReportFiles> WriteSweepReport(const SweepResult& r, const std::st
     return absl::OkStatus();
   };
   std::string csv =
-      "global_rank,residual_rank,ring_bits,noise_multiplier,clients_per_round,accuracy,loss,epsilon,"
+      "global_rank,residual_rank,ring_bits,noise_multiplier,target_epsilon,clients_per_round,accuracy,loss,"
+      "epsilon,"
       "epsilon_against_coordinator,bytes_up_per_client_round,bytes_down_per_client_round,"
       "client_seconds_per_round,pareto\n";
   double max_eps = 0;
   for (const SweepPoint& p : r.points) {
     absl::StrAppend(&csv, p.global_rank, ",", p.residual_rank, ",", p.ring_bits, ",", p.noise_multiplier, ",",
-                    p.clients_per_round, ",", absl::StrFormat("%.6f,%.6f", p.accuracy, p.loss), ",",
-                    EpsText(p.epsilon), ",",
+                    p.target_epsilon, ",", p.clients_per_round, ",",
+                    absl::StrFormat("%.6f,%.6f", p.accuracy, p.loss), ",", EpsText(p.epsilon), ",",
                     p.epsilon_against_coordinator ? EpsText(*p.epsilon_against_coordinator) : "", ",",
                     p.bytes_up, ",", p.bytes_down, ",", p.client_seconds, ",", p.pareto ? 1 : 0, "\n");
     for (const std::optional<double> eps :
@@ -334,10 +361,10 @@ absl::StatusOr<ReportFiles> WriteSweepReport(const SweepResult& r, const std::st
   for (size_t i = 0; i < r.points.size(); ++i) {
     const SweepPoint& p = r.points[i];
     absl::StrAppend(&md, "| ", i, " | ", p.global_rank, " | ", p.residual_rank, " | ",
-                    RingBitsName(p.ring_bits), " | ", absl::StrFormat("%g", p.noise_multiplier), " | ",
-                    p.clients_per_round, " | ", absl::StrFormat("%.4f", p.accuracy), " | ",
-                    EpsText(p.epsilon), " | ", EpsText(p.epsilon_against_coordinator), " | ",
-                    HumanBytes(p.bytes_up), " | ", p.pareto ? "*" : "", " | ", p.note, " |\n");
+                    RingBitsName(p.ring_bits), " | ", NoiseText(p), " | ", p.clients_per_round, " | ",
+                    absl::StrFormat("%.4f", p.accuracy), " | ", EpsText(p.epsilon), " | ",
+                    EpsText(p.epsilon_against_coordinator), " | ", HumanBytes(p.bytes_up), " | ",
+                    p.pareto ? "*" : "", " | ", p.note, " |\n");
   }
   if (!files.plots.empty()) absl::StrAppend(&md, "\n![sweep](plots/sweep.png) ([SVG](plots/sweep.svg))\n");
   for (const std::string& w : files.warnings) absl::StrAppend(&md, "\nNote: ", w, "\n");

@@ -20,14 +20,17 @@ namespace fedpers {
 struct SweepGrid {
   std::vector<int64_t> global_rank, residual_rank;
   std::vector<uint32_t> ring_bits;
-  std::vector<double> noise_multiplier;
+  // One noise axis at most: multipliers, or target epsilons (each point's
+  // multiplier set for it; ExperimentConfig::target_epsilon).
+  std::vector<double> noise_multiplier, target_epsilon;
   std::vector<int64_t> clients_per_round;
 };
 
 struct SweepPoint {
   int64_t global_rank = 0, residual_rank = 0;
   uint32_t ring_bits = 0;
-  double noise_multiplier = 0;
+  double noise_multiplier = 0;  // what the rounds used
+  double target_epsilon = 0;    // 0: the multiplier was given
   int64_t clients_per_round = 0;
   double accuracy = 0, loss = 0;
   double epsilon = 0;  // infinity without noise

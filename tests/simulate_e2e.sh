@@ -106,6 +106,23 @@ assert "`global+residual`: stopped at round 2 of 4" in open(os.path.join(run, "r
 print("epsilon budget: ok", m["epsilon"], m["stopped"])
 PY
 
+# A target epsilon: the noise multiplier is the smallest (to 0.1%) that keeps
+# epsilon within it after the rounds, so the run ends just under it.
+"$fedpers" -q simulate --config "$work/sim.json" --out "$work/target" --methods global+residual \
+  --target-epsilon 40 --json > "$work/target.json"
+/usr/bin/python3 - "$work/target.json" "$work/target/config.json" "$work/target/report.md" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+m = s["methods"][0]
+assert s["target_epsilon"] == 40 and s["noise_multiplier"] is None, s
+assert m["rounds_committed"] == 2 and 39.5 < m["epsilon"] <= 40, m
+assert m["noise_multiplier"] > 0, m
+config = json.load(open(sys.argv[2]))
+assert config["target_epsilon"] == 40 and "noise_multiplier" not in config, config
+assert "noise multiplier set for epsilon 40 after 2 rounds (global+residual " in open(sys.argv[3]).read()
+print("target epsilon: ok", m["noise_multiplier"], m["epsilon"])
+PY
+
 # Run again: each finished method comes from its record; the one whose record
 # is gone runs again, with the same figures (the run is seeded).
 rm "$work/run/methods/global.json"

@@ -349,6 +349,49 @@ RunOutcome RunUntilRefused(RoundMachine& m, Fleet& fleet, int max_rounds,
   return outcome;
 }
 
+// ProjectedEpsilon is what a federation of always-eligible users reports
+// once its rounds committed, exactly; NoiseMultiplierForEpsilon finds the
+// smallest multiplier (to 0.1%) that keeps the projection within a target.
+TEST(RoundMachineTest, ProjectedEpsilonIsTheLedgersAndSetsTheNoiseForATarget) {
+  auto store = StateStore::Open(FreshDir("projected"));
+  const RoundSettings settings = FiveClientsWithNoise();
+  auto m = RoundMachine::Create(store->get(), Layout(), settings);
+  ASSERT_TRUE(m.ok()) << m.status();
+  Fleet fleet(10, 68, 4);
+  const size_t size = static_cast<size_t>(Layout().total_size());
+  std::vector<double> reported;
+  const auto [committed, last] =
+      RunUntilRefused(**m, fleet, 4, [&](const RoundSummary& s) { reported.push_back(s.epsilon); });
+  ASSERT_EQ(committed, 4) << last;
+  for (int r = 1; r <= 4; ++r) {
+    absl::StatusOr<double> projected = ProjectedEpsilon(settings, size, 10, r);
+    ASSERT_TRUE(projected.ok()) << projected.status();
+    EXPECT_EQ(*projected, reported[static_cast<size_t>(r - 1)]) << "round " << r;
+  }
+  EXPECT_EQ(*ProjectedEpsilon(settings, size, 10, 0), 0);
+
+  const double target = reported[3];  // four rounds at z = 5
+  absl::StatusOr<double> z = NoiseMultiplierForEpsilon(settings, size, 10, 4, target);
+  ASSERT_TRUE(z.ok()) << z.status();
+  EXPECT_NEAR(*z, 5.0, 5e-3) << "the multiplier that spent it";
+  RoundSettings at = settings;
+  at.noise_multiplier = *z;
+  EXPECT_LE(*ProjectedEpsilon(at, size, 10, 4), target);
+  at.noise_multiplier = *z * (1 - 1e-3);
+  EXPECT_GT(*ProjectedEpsilon(at, size, 10, 4), target) << "not the smallest to 0.1%";
+  // Twice the rounds in the same epsilon need more noise; fewer users
+  // (a larger share sampled) too.
+  EXPECT_GT(*NoiseMultiplierForEpsilon(settings, size, 10, 8, target), *z);
+  EXPECT_GT(*NoiseMultiplierForEpsilon(settings, size, 5, 4, target), *z);
+
+  absl::Status unreachable = NoiseMultiplierForEpsilon(settings, size, 10, 4, 1e-9).status();
+  EXPECT_NE(unreachable.message().find("no noise multiplier up to 10000"), absl::string_view::npos)
+      << unreachable;
+  EXPECT_FALSE(NoiseMultiplierForEpsilon(settings, size, 10, 4, 0).ok());
+  EXPECT_FALSE(ProjectedEpsilon(settings, size, 2, 4).ok()) << "fewer eligible users than min_clients";
+  EXPECT_FALSE(ProjectedEpsilon(settings, size, 10, -1).ok());
+}
+
 TEST(RoundMachineTest, PrivacyBudgetStopsRounds) {
   auto store = StateStore::Open(FreshDir("budget"));
   RoundSettings settings = FiveClientsWithNoise();

@@ -52,11 +52,11 @@ TEST(ExperimentConfigTest, BudgetsAreNumbersOrInfAndReachTheRoundSettings) {
   absl::StatusOr<ExperimentConfig> c =
       ParseExperimentConfig(R"({"epsilon_budget": 8, "epsilon_budget_against_coordinator": "inf"})");
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->FederatedRoundSettings().epsilon_budget, 8);
-  EXPECT_TRUE(std::isinf(c->FederatedRoundSettings().epsilon_budget_against_coordinator));
+  EXPECT_EQ(c->FederatedRoundSettings(1000, 100)->epsilon_budget, 8);
+  EXPECT_TRUE(std::isinf(c->FederatedRoundSettings(1000, 100)->epsilon_budget_against_coordinator));
   c = ParseExperimentConfig(R"({"epsilon_budget_against_coordinator": 30})");
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->FederatedRoundSettings().epsilon_budget_against_coordinator, 30);
+  EXPECT_EQ(c->FederatedRoundSettings(1000, 100)->epsilon_budget_against_coordinator, 30);
   absl::StatusOr<ExperimentConfig> back = ParseExperimentConfig(ExperimentConfigToJson(*c));
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->epsilon_budget_against_coordinator, 30);
@@ -76,6 +76,47 @@ TEST(ExperimentConfigTest, BudgetsAreNumbersOrInfAndReachTheRoundSettings) {
   EXPECT_NE(c.status().message().find("a finite epsilon budget needs noise"), absl::string_view::npos)
       << c.status();
   EXPECT_TRUE(ParseExperimentConfig(R"({"epsilon_budget": "inf", "noise_multiplier": 0})").ok());
+}
+
+// A target epsilon sets each method's noise multiplier: the smallest whose
+// projected epsilon after the rounds is within it (for the method's layout
+// and users); the resolved config keeps the target, not a multiplier.
+TEST(ExperimentConfigTest, TargetEpsilonSetsTheNoiseMultiplier) {
+  absl::StatusOr<ExperimentConfig> c = ParseExperimentConfig(
+      R"({"target_epsilon": 8, "rounds": 12, "clients_per_round": 10, "epsilon_budget": 9})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  absl::StatusOr<RoundSettings> settings = c->FederatedRoundSettings(73728, 100);
+  ASSERT_TRUE(settings.ok()) << settings.status();
+  EXPECT_EQ(*NoiseMultiplierForEpsilon(*settings, 73728, 100, 12, 8), settings->noise_multiplier);
+  absl::StatusOr<double> projected = ProjectedEpsilon(*settings, 73728, 100, 12);
+  ASSERT_TRUE(projected.ok()) << projected.status();
+  EXPECT_LE(*projected, 8);
+  EXPECT_GT(*projected, 7.9) << "no more noise than the target needs";
+  EXPECT_GT(c->FederatedRoundSettings(73728, 20)->noise_multiplier, settings->noise_multiplier)
+      << "fewer users: a larger share sampled each round";
+
+  const std::string resolved = ExperimentConfigToJson(*c);
+  EXPECT_EQ(resolved.find("\"noise_multiplier\""), std::string::npos) << resolved;
+  absl::StatusOr<ExperimentConfig> back = ParseExperimentConfig(resolved);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->target_epsilon, 8);
+  EXPECT_EQ(ExperimentConfigToJson(*back), resolved);
+
+  c = ParseExperimentConfig(R"({"target_epsilon": 8, "noise_multiplier": 0.5})");
+  EXPECT_NE(c.status().message().find("both \"noise_multiplier\" and \"target_epsilon\""),
+            absl::string_view::npos)
+      << c.status();
+  c = ParseExperimentConfig(R"({"target_epsilon": -1})");
+  EXPECT_NE(c.status().message().find("\"target_epsilon\" must be >= 0"), absl::string_view::npos)
+      << c.status();
+  c = ParseExperimentConfig(R"({"target_epsilon": 1e-12})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_NE(c->FederatedRoundSettings(73728, 100)
+                .status()
+                .message()
+                .find("\"target_epsilon\": no noise multiplier"),
+            absl::string_view::npos)
+      << c->FederatedRoundSettings(73728, 100).status();
 }
 
 TEST(ExperimentConfigTest, BadConfigsAreNamedErrors) {
@@ -237,6 +278,26 @@ TEST(SweepTest, PointsCrossTheAxesAndKeepTheScaleOfEachRank) {
   absl::Status s = SweepPointConfigs(base, grid).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("sweep point 2: "), absl::string_view::npos) << s;
+
+  // The noise axis is multipliers or target epsilons; a multiplier given
+  // drops the config's target.
+  grid = SweepGrid();
+  grid.target_epsilon = {4, 16};
+  points = SweepPointConfigs(base, grid);
+  ASSERT_TRUE(points.ok()) << points.status();
+  ASSERT_EQ(points->size(), 2u);
+  EXPECT_EQ((*points)[0].target_epsilon, 4);
+  EXPECT_EQ((*points)[1].target_epsilon, 16);
+  base.target_epsilon = 4;
+  grid = SweepGrid();
+  grid.noise_multiplier = {0.5};
+  points = SweepPointConfigs(base, grid);
+  ASSERT_TRUE(points.ok()) << points.status();
+  EXPECT_EQ((*points)[0].target_epsilon, 0);
+  EXPECT_EQ((*points)[0].noise_multiplier, 0.5);
+  grid.target_epsilon = {4};
+  s = SweepPointConfigs(base, grid).status();
+  EXPECT_NE(s.message().find("not both"), absl::string_view::npos) << s;
 }
 
 TEST(SweepTest, RunsBesideTheExperimentNotInsideIt) {
