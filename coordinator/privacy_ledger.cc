@@ -287,6 +287,13 @@ std::optional<double> EpsilonFromJson(const nlohmann::json& j) {
   throw std::invalid_argument(absl::StrCat("an epsilon must be a number, \"inf\" or null, not ", j.dump()));
 }
 
+absl::StatusOr<double> BudgetFromJson(const nlohmann::json& value, absl::string_view key) {
+  if (value.is_number()) return value.get<double>();
+  if (value.is_string() && value.get<std::string>() == "inf") return std::numeric_limits<double>::infinity();
+  return absl::InvalidArgumentError(
+      absl::StrCat("\"", key, "\" must be a number or \"inf\", not ", value.dump()));
+}
+
 std::optional<double> PrivacyLedger::epsilon_against_coordinator() const {
   if (!coordinator_rho_known_) return std::nullopt;
   return EpsilonOfRho(max_coordinator_rho_, orders_, delta_);
@@ -459,7 +466,10 @@ absl::StatusOr<PrivacyLedger> PrivacyLedger::FromJson(const std::string& text) {
         if (!charged.ok())
           return absl::DataLossError(
               absl::StrCat("ledger round ", r.round, ": ", charged.status().message()));
-        for (size_t i = 0; i < n_orders; ++i) extra[i] += std::max(0.0, (*rdp)[i] - (*charged)[i]);
+        for (size_t i = 0; i < n_orders; ++i) {
+          // inf - inf is NaN: a round without noise stays infinite.
+          extra[i] += std::isinf((*rdp)[i]) ? (*rdp)[i] : std::max(0.0, (*rdp)[i] - (*charged)[i]);
+        }
       }
       for (Account& a : l->accounts_) {
         if (from_zero) a.rdp.assign(n_orders, 0.0);

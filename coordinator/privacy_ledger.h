@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "nlohmann/json_fwd.hpp"
 #include "secure_agg/dp_accountant.h"
 
@@ -60,6 +61,9 @@ struct LedgerRound {
 nlohmann::json EpsilonToJson(std::optional<double> epsilon);
 // The inverse; std::invalid_argument for anything else.
 std::optional<double> EpsilonFromJson(const nlohmann::json& j);
+// A budget as configs give it: a number, or "inf" (none). InvalidArgument
+// naming `key` for anything else (the range is the config's to check).
+absl::StatusOr<double> BudgetFromJson(const nlohmann::json& value, absl::string_view key);
 
 class PrivacyLedger {
  public:

@@ -10,6 +10,7 @@
 #include "common/host_port.h"
 #include "common/json_fields.h"
 #include "common/model_config.h"
+#include "coordinator/privacy_ledger.h"
 #include "nlohmann/json.hpp"
 
 namespace fedpers {
@@ -95,9 +96,14 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::string& text, const std:
     FEDPERS_READ_JSON(rj, "strategy", r.strategy.name, "round: ");
     FEDPERS_READ_JSON(rj, "server_learning_rate", r.strategy.server_learning_rate, "round: ");
     FEDPERS_READ_JSON(rj, "delta", r.delta, "round: ");
-    FEDPERS_READ_JSON(rj, "epsilon_budget", r.epsilon_budget, "round: ");
-    FEDPERS_READ_JSON(rj, "epsilon_budget_against_coordinator", r.epsilon_budget_against_coordinator,
-                      "round: ");
+    for (const auto& [key, budget] :
+         {std::pair{"epsilon_budget", &r.epsilon_budget},
+          std::pair{"epsilon_budget_against_coordinator", &r.epsilon_budget_against_coordinator}}) {
+      if (!rj.contains(key)) continue;
+      absl::StatusOr<double> parsed = BudgetFromJson(rj[key], key);
+      if (!parsed.ok()) return absl::InvalidArgumentError(absl::StrCat("round: ", parsed.status().message()));
+      *budget = *parsed;
+    }
     FEDPERS_READ_JSON(rj, "seed", r.seed, "round: ");
   }
   if (!j.contains("base")) return absl::InvalidArgumentError("serve config needs \"base\" (the base model directory)");

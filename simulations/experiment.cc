@@ -304,10 +304,11 @@ class Runner {
       // A round that could not open (a privacy budget spent, too few users)
       // ends the method: in a simulation nothing that decides it changes, so
       // no later round would open either.
-      const bool stuck = !rec->committed && rec->sampled == 0 && round < c_.rounds;
+      const bool stuck = !rec->committed && rec->sampled == 0;
       if (stuck) {
-        r.stopped = absl::StrCat("stopped at round ", round, " of ", c_.rounds,
-                                 ", which could not open (nor could any later one): ", rec->abort_reason);
+        r.stopped =
+            absl::StrCat("stopped at round ", round, " of ", c_.rounds, ", which could not open",
+                         round < c_.rounds ? " (nor could any later one)" : "", ": ", rec->abort_reason);
       }
       if (absl::Status s = CloseRound(round, *rec, evaluate, eval, r, bar, true, stuck); !s.ok()) return s;
       if (stuck) break;

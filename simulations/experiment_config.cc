@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/flat_layout.h"
 #include "common/host_memory.h"
 #include "common/json_fields.h"
@@ -91,6 +92,18 @@ absl::Status ExperimentConfig::ValidateForModel() const {
     absl::StatusOr<RoundSettings> rounds =
         FederatedRoundSettings(size, users > 0 ? users : clients_per_round);
     absl::Status s = rounds.ok() ? CheckRoundsCanOpen(*rounds, size) : rounds.status();
+    if (s.ok() && users > 0 && std::isfinite(epsilon_budget)) {
+      // A budget below one round's cost would refuse every round, after
+      // the pretraining.
+      absl::StatusOr<double> one_round = ProjectedEpsilon(*rounds, size, users, 1);
+      s = one_round.status();
+      if (s.ok() && *one_round > epsilon_budget) {
+        s = absl::InvalidArgumentError(absl::StrFormat(
+            "\"epsilon_budget\" %g is below what one round costs (epsilon %.4g with %d of %d users sampled): "
+            "raise it or the noise",
+            epsilon_budget, *one_round, clients_per_round, users));
+      }
+    }
     if (!s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("experiment config (", MethodName(m), "): ", s.message()));
     }
@@ -291,15 +304,8 @@ absl::StatusOr<ExperimentConfig> ParseExperimentConfig(const std::string& json_t
        {std::pair{"epsilon_budget", &c.epsilon_budget},
         std::pair{"epsilon_budget_against_coordinator", &c.epsilon_budget_against_coordinator}}) {
     if (!j.contains(key)) continue;
-    std::optional<double> parsed;
-    try {
-      parsed = EpsilonFromJson(j[key]);  // a number or "inf"
-    } catch (const std::invalid_argument&) {
-    }
-    if (!parsed.has_value()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("\"", key, "\" must be a number or \"inf\", not ", j[key].dump()));
-    }
+    absl::StatusOr<double> parsed = BudgetFromJson(j[key], key);
+    if (!parsed.ok()) return parsed.status();
     *budget = *parsed;
   }
   if (j.contains("strategy")) {

@@ -386,8 +386,7 @@ absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::st
   ReportFiles files;
   files.warnings = r.warnings;
   for (const MethodResult& m : r.methods) {
-    if (!m.stopped.empty())
-      files.warnings.push_back(absl::StrCat("`", MethodName(m.method), "`: ", m.stopped));
+    if (!m.stopped.empty()) files.warnings.push_back(absl::StrCat(MethodName(m.method), ": ", m.stopped));
   }
   std::error_code ec;
   fs::create_directories(fs::path(run_dir) / "plots", ec);

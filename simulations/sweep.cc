@@ -143,6 +143,12 @@ absl::StatusOr<std::vector<ExperimentConfig>> SweepPointConfigs(const Experiment
             c.ring_bits = bits;
             c.noise_multiplier = z;
             c.target_epsilon = target;
+            if (!c.Noised()) {
+              // Without noise epsilon is infinite: a budget would refuse
+              // the point; it runs as the no-privacy reference instead.
+              c.epsilon_budget = c.epsilon_budget_against_coordinator =
+                  std::numeric_limits<double>::infinity();
+            }
             c.clients_per_round = n;
             c.min_clients = 0;
             c.out = (fs::path(base.out) / "points" / absl::StrCat(configs.size())).string();

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -65,6 +66,18 @@ TEST(ServeConfigTest, BadValuesAreErrorsNamingTheKey) {
   EXPECT_TRUE(has(error(Config(R"({"clients_per_round": 4, "min_clients": 3, "central_noise": true,
                                    "noise_multiplier": 1, "epsilon_budget_against_coordinator": 8})")),
                   "epsilon_budget_against_coordinator needs noise the clients add"));
+  EXPECT_TRUE(has(error(Config(R"({"clients_per_round": 4, "min_clients": 3, "epsilon_budget": 8})")),
+                  "epsilon_budget needs noise"));
+  EXPECT_TRUE(has(error(Config(R"({"clients_per_round": 4, "min_clients": 3, "epsilon_budget": "lots"})")),
+                  "round: \"epsilon_budget\" must be a number or \"inf\""));
+  // "inf" (no budget), as `admin status --json` and simulation configs write it.
+  absl::StatusOr<ServeConfig> no_budget = ParseServeConfig(
+      Config(R"({"clients_per_round": 4, "min_clients": 3, "noise_multiplier": 1, "epsilon_budget": "inf",
+                 "epsilon_budget_against_coordinator": 20})"),
+      dir);
+  ASSERT_TRUE(no_budget.ok()) << no_budget.status();
+  EXPECT_TRUE(std::isinf(no_budget->runtime.round.epsilon_budget));
+  EXPECT_EQ(no_budget->runtime.round.epsilon_budget_against_coordinator, 20);
   EXPECT_TRUE(has(error(Config(R"({"clients_per_round": 4, "min_clients": 3, "clip_norm": 1e-308})")),
                   "clip_norm must be in [1e-06, 1e+06], got 1e-308"));
   EXPECT_TRUE(has(error(Config(R"({"rotate": "yes"})")), "\"rotate\" must be true or false"));

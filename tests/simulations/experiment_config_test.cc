@@ -190,6 +190,16 @@ TEST(ExperimentConfigTest, ChecksRanksAndWindowAgainstTheModelBeforeRunning) {
   s = c.ValidateForModel();
   EXPECT_NE(s.message().find("residual_rank 100000 exceeds 256"), absl::string_view::npos) << s;
   c.lora.residual_rank = 4;
+  // A ledger budget below one round's cost (known once "users" is): every
+  // round would be refused, after the pretraining.
+  c.epsilon_budget = 1e-3;
+  s = c.ValidateForModel();
+  EXPECT_NE(s.message().find("\"epsilon_budget\" 0.001 is below what one round costs"),
+            absl::string_view::npos)
+      << s;
+  c.epsilon_budget = 1e6;
+  EXPECT_TRUE(c.ValidateForModel().ok()) << c.ValidateForModel();
+  c.epsilon_budget = std::numeric_limits<double>::infinity();
   c.pretrain.config = "enormous";
   EXPECT_NE(c.ValidateForModel().message().find("\"pretrain\" config: unknown model config 'enormous'"),
             absl::string_view::npos) << c.ValidateForModel();
