@@ -50,6 +50,12 @@ namespace {
 // Names the accounting in snapshots, so that a ledger written under another
 // one is not silently continued (a build that predates a name refuses it).
 constexpr char kAccounting[] =
+    "fixed-size sampling without replacement, replace-one neighbours, each round's noise bound, rounds "
+    "without "
+    "noise charged";
+// Before rounds without noise reached the ledger (they were skipped: such
+// snapshots may miss them, PrivacyLedger::MayMissRoundsWithoutNoise).
+constexpr char kAccountingBeforeRoundsWithoutNoise[] =
     "fixed-size sampling without replacement, replace-one neighbours, each round's noise bound";
 // Before rounds recorded their noise, every round was charged with the
 // Gaussian's bound (Theorems 9 and 27).
@@ -183,6 +189,25 @@ absl::Status PrivacyLedger::RecordExposure(std::span<const std::string> users, d
     max_coordinator_rho_ = std::max(max_coordinator_rho_, rho);
   }
   return absl::OkStatus();
+}
+
+void PrivacyLedger::ChargeUnrecordedRoundWithoutNoise(std::span<const std::string> eligible,
+                                                      std::span<const std::string> contributors) {
+  const double inf = std::numeric_limits<double>::infinity();
+  const size_t spent = accounts_.size();
+  accounts_.push_back({std::vector<double>(orders_.size(), inf), 0});
+  for (const std::string& user : std::set<std::string>(eligible.begin(), eligible.end())) {
+    auto [it, added] = user_account_.emplace(user, spent);
+    if (!added) {
+      --accounts_[it->second].users;
+      it->second = spent;
+    }
+    ++accounts_[spent].users;
+  }
+  for (const std::string& user : contributors) coordinator_rho_[user] = inf;
+  if (!contributors.empty()) max_coordinator_rho_ = inf;
+  epsilon_ = inf;
+  Compact();
 }
 
 absl::Status PrivacyLedger::RecordRound(int64_t round, double q, double z, dp::SampledNoise noise,
@@ -408,13 +433,16 @@ absl::StatusOr<PrivacyLedger> PrivacyLedger::FromJson(const std::string& text) {
       }
     }
     const std::string accounting = j.value("accounting", std::string());
-    if (!accounting.empty() && accounting != kAccounting && accounting != kAccountingBeforeNoise) {
-      return absl::DataLossError(absl::StrCat("privacy ledger snapshot uses accounting '", accounting,
-                                              "', this build knows '", kAccounting, "' and '",
-                                              kAccountingBeforeNoise, "'"));
+    if (!accounting.empty() && accounting != kAccounting &&
+        accounting != kAccountingBeforeRoundsWithoutNoise && accounting != kAccountingBeforeNoise) {
+      return absl::DataLossError(absl::StrCat(
+          "privacy ledger snapshot uses accounting '", accounting, "', this build knows '", kAccounting,
+          "', '", kAccountingBeforeRoundsWithoutNoise, "' and '", kAccountingBeforeNoise, "'"));
     }
-    // Only snapshots under the current accounting record each round's noise.
-    const bool noise_recorded = accounting == kAccounting;
+    // Only snapshots under the last two accountings record each round's noise.
+    const bool noise_recorded =
+        accounting == kAccounting || accounting == kAccountingBeforeRoundsWithoutNoise;
+    l->may_miss_rounds_without_noise_ = accounting != kAccounting;
     for (const auto& r : j.at("rounds")) {
       dp::SampledNoise noise = dp::SampledNoise::kGaussianDominated;
       if (noise_recorded) {

@@ -110,6 +110,17 @@ class PrivacyLedger {
   // InvalidArgument for a negative or non-finite multiplier.
   absl::Status RecordExposure(std::span<const std::string> users, double coordinator_z);
 
+  // True when restored from a snapshot whose builds did not record rounds
+  // without noise (they skipped the ledger there): the caller charges those
+  // rounds from its own records (ChargeUnrecordedRoundWithoutNoise).
+  bool MayMissRoundsWithoutNoise() const { return may_miss_rounds_without_noise_; }
+  // Charges a committed round without noise that the snapshot did not
+  // record: `eligible` (an upper bound will do) get an infinite epsilon, and
+  // `contributors` an infinite one against the coordinator; the ledger's
+  // epsilon becomes infinite. Never refused (the release has happened).
+  void ChargeUnrecordedRoundWithoutNoise(std::span<const std::string> eligible,
+                                         std::span<const std::string> contributors);
+
   double epsilon() const { return epsilon_; }
   // The largest user epsilon against the coordinator (no amplification, over
   // the rounds the user contributed to): infinite when some contributor was
@@ -141,7 +152,8 @@ class PrivacyLedger {
   // - fixed-size sampling before rounds recorded their noise (every round
   //   charged with the Gaussian's bound): the difference is added.
   // Snapshots with one RDP vector per user (before accounts) restore to the
-  // same epsilons.
+  // same epsilons. Snapshots under any earlier accounting may miss rounds
+  // without noise (MayMissRoundsWithoutNoise).
   std::string ToJson() const;
   static absl::StatusOr<PrivacyLedger> FromJson(const std::string& json);
 
@@ -169,6 +181,7 @@ class PrivacyLedger {
   std::map<std::string, double> coordinator_rho_;
   double max_coordinator_rho_ = 0;
   bool coordinator_rho_known_ = true;
+  bool may_miss_rounds_without_noise_ = false;
 };
 
 }  // namespace fedpers

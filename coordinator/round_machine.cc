@@ -404,6 +404,9 @@ absl::StatusOr<std::unique_ptr<RoundMachine>> RoundMachine::Create(StateStore* s
     if (absl::Status s = m->strategy_->LoadState(*state); !s.ok())
       return in_committed("server optimizer state", s);
     m->last_committed_ = c.round;
+    if (m->ledger_->MayMissRoundsWithoutNoise()) {
+      if (absl::Status s = m->ChargeRoundsWithoutNoise(); !s.ok()) return s;
+    }
   }
   if (absl::Status s = m->ReplayExposures(); !s.ok()) return s;
   // A restored snapshot keeps the delta and budget of its time; the
@@ -418,6 +421,43 @@ absl::StatusOr<std::unique_ptr<RoundMachine>> RoundMachine::Create(StateStore* s
   if (!rounds.ok()) return rounds.status();
   m->round_ = rounds->empty() ? 0 : (*rounds)[0].round;
   return m;
+}
+
+absl::Status RoundMachine::ChargeRoundsWithoutNoise() {
+  absl::StatusOr<std::vector<UserRow>> users = store_->Users();
+  if (!users.ok()) return users.status();
+  std::vector<std::string> everyone;
+  for (const UserRow& u : *users) everyone.push_back(u.user_id);
+  int64_t before = 0;
+  while (true) {
+    absl::StatusOr<std::vector<RoundRow>> page = store_->Rounds(100, before);
+    if (!page.ok()) return page.status();
+    for (const RoundRow& r : *page) {
+      if (r.state != "committed" || r.round > last_committed_) continue;
+      const nlohmann::json config = nlohmann::json::parse(r.config_json, nullptr, /*allow_exceptions=*/false);
+      const nlohmann::json metrics =
+          nlohmann::json::parse(r.metrics_json, nullptr, /*allow_exceptions=*/false);
+      try {
+        if (!config.is_object() || !config.contains("noise_multiplier") ||
+            config.at("noise_multiplier").get<double>() != 0) {
+          continue;
+        }
+        std::vector<std::string> contributors = everyone;
+        if (metrics.is_object() && metrics.contains("contributors")) {
+          contributors = metrics.at("contributors").get<std::vector<std::string>>();
+        }
+        std::vector<std::string> eligible = everyone;
+        eligible.insert(eligible.end(), contributors.begin(), contributors.end());
+        ledger_->ChargeUnrecordedRoundWithoutNoise(eligible, contributors);
+      } catch (const std::exception& e) {
+        return absl::DataLossError(
+            absl::StrCat("round ", r.round, " in ", store_->dir(),
+                         ": its stored config or metrics cannot say whether it had noise: ", e.what()));
+      }
+    }
+    if (page->size() < 100) return absl::OkStatus();
+    before = page->back().round;
+  }
 }
 
 absl::Status RoundMachine::ReplayExposures() {

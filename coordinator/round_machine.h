@@ -212,6 +212,12 @@ class RoundMachine {
   // since the last commit (their exposure is in no snapshot): ExposedUsers
   // as the store recorded them, at the round's coordinator-facing multiplier.
   absl::Status ReplayExposures();
+  // A ledger restored from a snapshot that may miss rounds without noise
+  // (PrivacyLedger::MayMissRoundsWithoutNoise): charges every committed
+  // round whose stored config says noise_multiplier 0, for every stored user
+  // (who was eligible is not stored) and its recorded contributors (every
+  // stored user where the metrics do not list them).
+  absl::Status ChargeRoundsWithoutNoise();
 
   StateStore* store_ = nullptr;
   FlatLayout layout_;

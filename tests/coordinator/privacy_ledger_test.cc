@@ -306,6 +306,16 @@ TEST(PrivacyLedgerTest, ARoundWithoutNoiseMakesEveryEligibleUsersEpsilonInfinite
     EXPECT_EQ(PrivacyLedger::FromJson(damaged.dump()).status().code(), absl::StatusCode::kDataLoss) << bad;
   }
 
+  // A round the snapshot missed (an older build skipped the ledger without
+  // noise) is charged afterwards: user4 joins the infinite account, user5
+  // keeps its own.
+  ledger->ChargeUnrecordedRoundWithoutNoise(Users(4, 5), Users(4, 5));
+  EXPECT_EQ(*ledger->UserEpsilon("user4"), kInf);
+  EXPECT_EQ(*ledger->UserEpsilonAgainstCoordinator("user4"), kInf);
+  EXPECT_EQ(*ledger->UserEpsilon("user5"), before);
+  EXPECT_EQ(ledger->num_accounts(), 2u) << "the infinite accounts merged";
+  EXPECT_FALSE(ledger->MayMissRoundsWithoutNoise());
+
   // Under a finite budget the round is refused and nothing changes.
   auto budgeted = PrivacyLedger::Create(1e-5, 1000.0);
   ASSERT_TRUE(budgeted.ok());

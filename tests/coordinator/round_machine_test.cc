@@ -896,6 +896,49 @@ TEST(RoundMachineTest, NoiselessRoundsMakeTheEpsilonAgainstTheCoordinatorInfinit
       << budgeted.Validate();
 }
 
+// Builds before rounds without noise reached the ledger left them out of its
+// snapshot (epsilon 0). A restart from such a snapshot charges them from the
+// stored rounds: the ledger's epsilon and the contributors' are infinite.
+TEST(RoundMachineTest, RoundsWithoutNoiseThatOlderSnapshotsMissAreChargedAtRestart) {
+  const std::string dir = FreshDir("legacy_noiseless");
+  auto store = StateStore::Open(dir);
+  std::set<std::string> participants;
+  {
+    auto m = RoundMachine::Create(store->get(), Layout(), SixClients(32));
+    ASSERT_TRUE(m.ok()) << m.status();
+    Fleet fleet(6, 68, 2);
+    ASSERT_TRUE(RunRound(**m, fleet, 1, {}, &participants).ok());
+  }
+  // The snapshot as such a build wrote it: nothing recorded, older name.
+  nlohmann::json legacy =
+      nlohmann::json::parse(PrivacyLedger::Create(1e-5, std::numeric_limits<double>::infinity())->ToJson());
+  legacy["accounting"] =
+      "fixed-size sampling without replacement, replace-one neighbours, each round's noise bound";
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir + "/state.sqlite3").c_str(), &db), SQLITE_OK);
+  std::string quoted = legacy.dump();  // SQL doubles the apostrophe in "round's"
+  for (size_t at = quoted.find('\''); at != std::string::npos; at = quoted.find('\'', at + 2))
+    quoted.insert(at, 1, '\'');
+  const std::string sql = "UPDATE global_versions SET ledger_json = '" + quoted + "'";
+  ASSERT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  sqlite3_close(db);
+  ASSERT_TRUE(PrivacyLedger::FromJson(legacy.dump())->MayMissRoundsWithoutNoise());
+  EXPECT_EQ(PrivacyLedger::FromJson(legacy.dump())->epsilon(), 0) << "what that build reported";
+
+  auto restarted = RoundMachine::Create(store->get(), Layout(), SixClients(32));
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  const PrivacyLedger& ledger = (*restarted)->ledger();
+  EXPECT_TRUE(std::isinf(ledger.epsilon()));
+  ASSERT_FALSE(participants.empty());
+  for (const std::string& user : participants) {
+    EXPECT_TRUE(std::isinf(*ledger.UserEpsilon(user))) << user;
+    EXPECT_TRUE(std::isinf(*ledger.UserEpsilonAgainstCoordinator(user))) << user;
+  }
+  // Written again under the current accounting, it misses nothing.
+  EXPECT_FALSE(PrivacyLedger::FromJson(ledger.ToJson())->MayMissRoundsWithoutNoise());
+  EXPECT_TRUE(std::isinf(PrivacyLedger::FromJson(ledger.ToJson())->epsilon()));
+}
+
 // SecAgg+ needs t <= k + 1. The bounds give k = 76 for large samples, and
 // min_clients raises t to 80 of 100: the graph widens instead of every round
 // failing to open. CheckRoundsCanOpen runs the protocol's own checks.
