@@ -140,6 +140,18 @@ absl::StatusOr<double> PrivacyLedger::ProjectedEpsilon(double q, double z, dp::S
   return worst;
 }
 
+absl::StatusOr<double> PrivacyLedger::EpsilonAfterRounds(double q, double z, dp::SampledNoise noise,
+                                                         int64_t rounds) const {
+  if (rounds < 0) return absl::InvalidArgumentError(absl::StrCat("rounds must be >= 0, got ", rounds));
+  absl::StatusOr<std::vector<double>> round = RoundRdp(q, z, noise);
+  if (!round.ok()) return round.status();
+  std::vector<double> sum(orders_.size(), 0.0);
+  for (int64_t r = 0; r < rounds; ++r) {
+    for (size_t i = 0; i < sum.size(); ++i) sum[i] += (*round)[i];
+  }
+  return rounds == 0 ? 0.0 : EpsilonOf(sum);
+}
+
 absl::Status PrivacyLedger::CheckCanOpen(int64_t round, double q, double z, dp::SampledNoise noise,
                                          double coordinator_z, std::span<const std::string> eligible) const {
   absl::StatusOr<double> projected = ProjectedEpsilon(q, z, noise, eligible);
@@ -192,7 +204,7 @@ absl::Status PrivacyLedger::RecordExposure(std::span<const std::string> users, d
 }
 
 void PrivacyLedger::ChargeUnrecordedRoundWithoutNoise(std::span<const std::string> eligible,
-                                                      std::span<const std::string> contributors) {
+                                                      std::span<const std::string> seen) {
   const double inf = std::numeric_limits<double>::infinity();
   const size_t spent = accounts_.size();
   accounts_.push_back({std::vector<double>(orders_.size(), inf), 0});
@@ -204,8 +216,8 @@ void PrivacyLedger::ChargeUnrecordedRoundWithoutNoise(std::span<const std::strin
     }
     ++accounts_[spent].users;
   }
-  for (const std::string& user : contributors) coordinator_rho_[user] = inf;
-  if (!contributors.empty()) max_coordinator_rho_ = inf;
+  for (const std::string& user : seen) coordinator_rho_[user] = inf;
+  if (!seen.empty()) max_coordinator_rho_ = inf;
   epsilon_ = inf;
   Compact();
 }

@@ -72,6 +72,10 @@ class PrivacyLedger {
   static absl::StatusOr<PrivacyLedger> Create(double delta, double epsilon_budget,
                                               std::vector<double> orders = {});
 
+  // The epsilon of a user eligible in `rounds` rounds of (q, z, noise) who
+  // was never eligible before: what RecordRound gives such a user (the same
+  // sums, added in the same order). InvalidArgument for bad parameters.
+  absl::StatusOr<double> EpsilonAfterRounds(double q, double z, dp::SampledNoise noise, int64_t rounds) const;
   // Ledger epsilon if a round with (q, z, noise) over `eligible` ran now.
   absl::StatusOr<double> ProjectedEpsilon(double q, double z, dp::SampledNoise noise,
                                           std::span<const std::string> eligible) const;
@@ -116,10 +120,11 @@ class PrivacyLedger {
   bool MayMissRoundsWithoutNoise() const { return may_miss_rounds_without_noise_; }
   // Charges a committed round without noise that the snapshot did not
   // record: `eligible` (an upper bound will do) get an infinite epsilon, and
-  // `contributors` an infinite one against the coordinator; the ledger's
-  // epsilon becomes infinite. Never refused (the release has happened).
+  // `seen` (whose inputs the coordinator saw) an infinite one against the
+  // coordinator; the ledger's epsilon becomes infinite. Never refused (the
+  // release has happened).
   void ChargeUnrecordedRoundWithoutNoise(std::span<const std::string> eligible,
-                                         std::span<const std::string> contributors);
+                                         std::span<const std::string> seen);
 
   double epsilon() const { return epsilon_; }
   // The largest user epsilon against the coordinator (no amplification, over

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -273,16 +274,10 @@ absl::StatusOr<double> ProjectedEpsilon(const RoundSettings& settings, size_t la
   absl::StatusOr<PrivacyLedger> ledger =
       PrivacyLedger::Create(settings.delta, std::numeric_limits<double>::infinity());
   if (!ledger.ok()) return ledger.status();
-  // Every user is eligible in every round, so one user's account is the
-  // ledger's; nobody contributes (the figure against the coordinator is not
-  // projected).
-  const std::vector<std::string> one_user = {"user"};
-  const double q = static_cast<double>(n) / static_cast<double>(eligible);
-  for (int64_t r = 1; r <= rounds; ++r) {
-    if (absl::Status s = ledger->RecordRound(r, q, z, LedgerNoise(settings), 0, {}, one_user); !s.ok())
-      return s;
-  }
-  return ledger->epsilon();
+  // Every user is eligible in every round: the ledger's epsilon is one
+  // user's, charged from the first round.
+  return ledger->EpsilonAfterRounds(static_cast<double>(n) / static_cast<double>(eligible), z,
+                                    LedgerNoise(settings), rounds);
 }
 
 absl::StatusOr<double> NoiseMultiplierForEpsilon(RoundSettings settings, size_t layout_size, int64_t eligible,
@@ -291,25 +286,50 @@ absl::StatusOr<double> NoiseMultiplierForEpsilon(RoundSettings settings, size_t 
     return absl::InvalidArgumentError(
         absl::StrCat("a target epsilon must be positive and finite, got ", target_epsilon));
   }
+  if (rounds < 1)
+    return absl::InvalidArgumentError(absl::StrCat("a target epsilon needs rounds >= 1, got ", rounds));
   auto epsilon_at = [&](double z) {
     settings.noise_multiplier = z;
     return ProjectedEpsilon(settings, layout_size, eligible, rounds);
   };
   // Epsilon falls as z grows: double z until the target holds, then bisect
-  // between the last z that missed it and the first that met it.
+  // between the last z that missed it (low; 0 at first) and the first that
+  // met it (high).
   constexpr double kMaxNoiseMultiplier = 1e4;
   double low = 0, high = 0.125;
   while (true) {
     absl::StatusOr<double> epsilon = epsilon_at(high);
-    if (!epsilon.ok()) return epsilon.status();
+    if (!epsilon.ok()) {
+      // More noise than the ring can carry (a fixed ring_bits): the target
+      // must hold at the largest z that still plans, found between low and
+      // high.
+      const absl::Status unplannable = epsilon.status();
+      double fits = low;
+      for (double too_much = high; too_much - fits > 1e-3 * too_much;) {
+        const double mid = 0.5 * (fits + too_much);
+        (epsilon_at(mid).ok() ? fits : too_much) = mid;
+      }
+      if (fits == 0) return unplannable;
+      absl::StatusOr<double> at_most = epsilon_at(fits);
+      if (!at_most.ok()) return at_most.status();
+      if (*at_most > target_epsilon) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("no noise multiplier the ring can carry keeps epsilon (delta %g) within %g over "
+                            "%d rounds: at z %.4g "
+                            "it is %.4g, and more noise fails (%s)",
+                            settings.delta, target_epsilon, rounds, fits, *at_most, unplannable.message()));
+      }
+      high = fits;
+      break;
+    }
     if (*epsilon <= target_epsilon) break;
-    low = high;
-    high *= 2;
-    if (high > kMaxNoiseMultiplier) {
+    if (high >= kMaxNoiseMultiplier) {
       return absl::InvalidArgumentError(
           absl::StrFormat("no noise multiplier up to %g keeps epsilon (delta %g) within %g over %d rounds",
                           kMaxNoiseMultiplier, settings.delta, target_epsilon, rounds));
     }
+    low = high;
+    high = std::min(2 * high, kMaxNoiseMultiplier);
   }
   while (high - low > 1e-3 * high) {
     const double mid = 0.5 * (low + high);
@@ -428,27 +448,39 @@ absl::Status RoundMachine::ChargeRoundsWithoutNoise() {
   if (!users.ok()) return users.status();
   std::vector<std::string> everyone;
   for (const UserRow& u : *users) everyone.push_back(u.user_id);
+  // Builds of the previous accounting name that already recorded such
+  // rounds: those are in the snapshot, exactly.
+  std::set<int64_t> recorded;
+  for (const LedgerRound& r : ledger_->rounds()) recorded.insert(r.round);
   int64_t before = 0;
   while (true) {
     absl::StatusOr<std::vector<RoundRow>> page = store_->Rounds(100, before);
     if (!page.ok()) return page.status();
     for (const RoundRow& r : *page) {
-      if (r.state != "committed" || r.round > last_committed_) continue;
+      if (r.state != "committed" || r.round > last_committed_ || recorded.contains(r.round)) continue;
       const nlohmann::json config = nlohmann::json::parse(r.config_json, nullptr, /*allow_exceptions=*/false);
       const nlohmann::json metrics =
           nlohmann::json::parse(r.metrics_json, nullptr, /*allow_exceptions=*/false);
       try {
-        if (!config.is_object() || !config.contains("noise_multiplier") ||
-            config.at("noise_multiplier").get<double>() != 0) {
-          continue;
-        }
-        std::vector<std::string> contributors = everyone;
+        if (!config.is_object()) throw std::invalid_argument("the config is not a JSON object");
+        if (config.at("noise_multiplier").get<double>() != 0) continue;
+        // Whom the coordinator saw: the contributors, and in a plain round
+        // every sampled user (as ExposedUsers); everyone where not stored.
+        std::vector<std::string> seen = everyone;
         if (metrics.is_object() && metrics.contains("contributors")) {
-          contributors = metrics.at("contributors").get<std::vector<std::string>>();
+          seen = metrics.at("contributors").get<std::vector<std::string>>();
+          if (config.value("aggregation", "") == "plain") {
+            if (!config.contains("sampled")) {
+              seen = everyone;
+            } else {
+              for (const std::string& user : config.at("sampled").get<std::vector<std::string>>())
+                seen.push_back(user);
+            }
+          }
         }
         std::vector<std::string> eligible = everyone;
-        eligible.insert(eligible.end(), contributors.begin(), contributors.end());
-        ledger_->ChargeUnrecordedRoundWithoutNoise(eligible, contributors);
+        eligible.insert(eligible.end(), seen.begin(), seen.end());
+        ledger_->ChargeUnrecordedRoundWithoutNoise(eligible, seen);
       } catch (const std::exception& e) {
         return absl::DataLossError(
             absl::StrCat("round ", r.round, " in ", store_->dir(),

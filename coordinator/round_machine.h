@@ -94,9 +94,12 @@ absl::Status CheckRoundsCanOpen(const RoundSettings& settings, size_t layout_siz
 absl::StatusOr<double> ProjectedEpsilon(const RoundSettings& settings, size_t layout_size, int64_t eligible,
                                         int64_t rounds);
 
-// The smallest noise multiplier, to 0.1%, whose ProjectedEpsilon is at most
-// `target_epsilon` (> 0); settings.noise_multiplier is ignored.
-// InvalidArgument when none up to 1e4 reaches it, or none can be planned.
+// A noise multiplier whose ProjectedEpsilon after `rounds` (>= 1) is at
+// most `target_epsilon` (> 0), and 0.1% less would exceed it: the smallest,
+// but where the ring sized per round changes with z (epsilon may then dip
+// by up to 1/256 of z's share), only locally. settings.noise_multiplier is
+// ignored. InvalidArgument when none up to 1e4 reaches the target, or none
+// that the settings' ring can carry (a fixed ring_bits caps the noise).
 absl::StatusOr<double> NoiseMultiplierForEpsilon(RoundSettings settings, size_t layout_size, int64_t eligible,
                                                  int64_t rounds, double target_epsilon);
 

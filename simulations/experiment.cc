@@ -563,6 +563,9 @@ absl::StatusOr<ExperimentResult> RunExperiment(const ExperimentConfig& config, c
   absl::StatusOr<std::vector<SimUser>> users = SelectUsers(*corpus, c);
   if (!users.ok()) return users.status();
   for (const SimUser& u : *users) result.users.push_back(u.id);
+  // Now that the users are known (with "users": 0 they were not), before
+  // the pretraining.
+  if (absl::Status s = c.ValidateForModel(static_cast<int64_t>(users->size())); !s.ok()) return s;
   // The base model: reuse, or pretrain on every user that does not federate.
   result.base_model = c.base;
   if (!std::filesystem::exists(std::filesystem::path(c.base) / "model.safetensors")) {

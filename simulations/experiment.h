@@ -110,7 +110,11 @@ struct ExperimentConfig {
   // for each federated method's adapter) before anything long runs: the
   // model is the base's config.json when EffectiveBase() holds a model, else
   // the one pretraining would build. Reads that file, nothing else.
-  absl::Status ValidateForModel() const;
+  // `eligible`: the federated users once selected (0: "users"). With
+  // neither known, the checks that need the user count (the noise a target
+  // epsilon sets, a ledger budget below one round) wait for the run, which
+  // calls again with the count before pretraining.
+  absl::Status ValidateForModel(int64_t eligible = 0) const;
   // The coordinator's round settings of a federated method whose global
   // adapter has `layout_size` values, over `eligible` users, but for the
   // seed and the initial adapter, which depend on the run. The noise

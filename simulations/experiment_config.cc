@@ -63,7 +63,7 @@ std::string ExperimentConfig::EffectiveBase() const {
   return base.empty() ? (std::filesystem::path(out) / "base").string() : base;
 }
 
-absl::Status ExperimentConfig::ValidateForModel() const {
+absl::Status ExperimentConfig::ValidateForModel(int64_t eligible) const {
   const std::filesystem::path dir = EffectiveBase();
   std::error_code ec;
   const bool have_base = std::filesystem::exists(dir / "model.safetensors", ec);
@@ -79,9 +79,9 @@ absl::Status ExperimentConfig::ValidateForModel() const {
   if (absl::Status s = local.ValidateForModel(*model, AvailableMemoryBytes()); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("experiment config: \"local\": ", s.message()));
   }
-  // The global adapter is B_g, or A_g and B_g for fedavg-lora. With "users"
-  // 0 the count is not known yet: every user sampled calls for the most
-  // noise a target epsilon can.
+  // The global adapter is B_g, or A_g and B_g for fedavg-lora.
+  if (eligible == 0) eligible = users;
+  if (eligible == 0 && target_epsilon > 0) return absl::OkStatus();  // the noise depends on the count
   for (Method m : methods) {
     if (m != Method::kGlobal && m != Method::kGlobalResidual && m != Method::kFedAvgLora) continue;
     LoraConfig shared = lora;
@@ -89,19 +89,20 @@ absl::Status ExperimentConfig::ValidateForModel() const {
     absl::StatusOr<FlatLayout> layout = GlobalAdapterLayout(*model, shared);
     if (!layout.ok()) return layout.status();
     const size_t size = static_cast<size_t>(layout->total_size());
+    // Without a target the count only matters to the budget check below.
     absl::StatusOr<RoundSettings> rounds =
-        FederatedRoundSettings(size, users > 0 ? users : clients_per_round);
+        FederatedRoundSettings(size, eligible > 0 ? eligible : clients_per_round);
     absl::Status s = rounds.ok() ? CheckRoundsCanOpen(*rounds, size) : rounds.status();
-    if (s.ok() && users > 0 && std::isfinite(epsilon_budget)) {
+    if (s.ok() && eligible > 0 && std::isfinite(epsilon_budget)) {
       // A budget below one round's cost would refuse every round, after
       // the pretraining.
-      absl::StatusOr<double> one_round = ProjectedEpsilon(*rounds, size, users, 1);
+      absl::StatusOr<double> one_round = ProjectedEpsilon(*rounds, size, eligible, 1);
       s = one_round.status();
       if (s.ok() && *one_round > epsilon_budget) {
         s = absl::InvalidArgumentError(absl::StrFormat(
             "\"epsilon_budget\" %g is below what one round costs (epsilon %.4g with %d of %d users sampled): "
             "raise it or the noise",
-            epsilon_budget, *one_round, clients_per_round, users));
+            epsilon_budget, *one_round, std::min(clients_per_round, eligible), eligible));
       }
     }
     if (!s.ok()) {

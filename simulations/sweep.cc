@@ -121,7 +121,12 @@ absl::StatusOr<std::vector<ExperimentConfig>> SweepPointConfigs(const Experiment
   // config's target.
   std::vector<std::pair<double, double>> noise;
   for (double z : grid.noise_multiplier) noise.emplace_back(z, 0.0);
-  for (double target : grid.target_epsilon) noise.emplace_back(base.noise_multiplier, target);
+  for (double target : grid.target_epsilon) {
+    if (!(target > 0) || !std::isfinite(target)) {
+      return absl::InvalidArgumentError(absl::StrCat("a target epsilon must be positive, got ", target));
+    }
+    noise.emplace_back(base.noise_multiplier, target);
+  }
   if (noise.empty()) noise.emplace_back(base.noise_multiplier, base.target_epsilon);
   std::vector<ExperimentConfig> configs;
   for (int64_t gr : AxisOr(grid.global_rank, base.lora.global_rank)) {

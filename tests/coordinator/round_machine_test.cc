@@ -384,6 +384,34 @@ TEST(RoundMachineTest, ProjectedEpsilonIsTheLedgersAndSetsTheNoiseForATarget) {
   EXPECT_GT(*NoiseMultiplierForEpsilon(settings, size, 10, 8, target), *z);
   EXPECT_GT(*NoiseMultiplierForEpsilon(settings, size, 5, 4, target), *z);
 
+  // A fixed narrow ring caps the noise: a target that only z near the cap
+  // meets is found there, even where doubling z would jump past the cap.
+  RoundSettings narrow = settings;
+  narrow.ring_bits = 8;
+  auto plans = [&](double z) {
+    RoundSettings at_z = narrow;
+    at_z.noise_multiplier = z;
+    return ProjectedEpsilon(at_z, size, 10, 4).ok();
+  };
+  double cap = 0;  // the largest z that plans, on a grid of 1/64
+  while (plans(cap + 1.0 / 64)) cap += 1.0 / 64;
+  ASSERT_GT(cap, 0.125);
+  double doubled = 0.125;
+  while (doubled < cap) doubled *= 2;
+  narrow.noise_multiplier = doubled;
+  ASSERT_FALSE(ProjectedEpsilon(narrow, size, 10, 4).ok()) << "doubling alone would fail at z " << doubled;
+  narrow.noise_multiplier = cap;
+  const double near_cap = *ProjectedEpsilon(narrow, size, 10, 4);
+  absl::StatusOr<double> capped = NoiseMultiplierForEpsilon(narrow, size, 10, 4, near_cap);
+  ASSERT_TRUE(capped.ok()) << capped.status() << " (cap " << cap << ")";
+  EXPECT_LE(*capped, cap * (1 + 1e-3));
+  narrow.noise_multiplier = *capped;
+  EXPECT_LE(*ProjectedEpsilon(narrow, size, 10, 4), near_cap);
+  absl::Status beyond = NoiseMultiplierForEpsilon(narrow, size, 10, 4, 0.5 * near_cap).status();
+  EXPECT_NE(beyond.message().find("no noise multiplier the ring can carry"), absl::string_view::npos)
+      << beyond;
+  EXPECT_FALSE(NoiseMultiplierForEpsilon(settings, size, 10, 0, target).ok()) << "no rounds";
+
   absl::Status unreachable = NoiseMultiplierForEpsilon(settings, size, 10, 4, 1e-9).status();
   EXPECT_NE(unreachable.message().find("no noise multiplier up to 10000"), absl::string_view::npos)
       << unreachable;
@@ -898,7 +926,9 @@ TEST(RoundMachineTest, NoiselessRoundsMakeTheEpsilonAgainstTheCoordinatorInfinit
 
 // Builds before rounds without noise reached the ledger left them out of its
 // snapshot (epsilon 0). A restart from such a snapshot charges them from the
-// stored rounds: the ledger's epsilon and the contributors' are infinite.
+// stored rounds: every stored user's epsilon (who was eligible is not
+// stored), and the contributors' against the coordinator. Snapshots that
+// recorded the round under the same older name are not charged twice.
 TEST(RoundMachineTest, RoundsWithoutNoiseThatOlderSnapshotsMissAreChargedAtRestart) {
   const std::string dir = FreshDir("legacy_noiseless");
   auto store = StateStore::Open(dir);
@@ -909,34 +939,57 @@ TEST(RoundMachineTest, RoundsWithoutNoiseThatOlderSnapshotsMissAreChargedAtResta
     Fleet fleet(6, 68, 2);
     ASSERT_TRUE(RunRound(**m, fleet, 1, {}, &participants).ok());
   }
-  // The snapshot as such a build wrote it: nothing recorded, older name.
-  nlohmann::json legacy =
-      nlohmann::json::parse(PrivacyLedger::Create(1e-5, std::numeric_limits<double>::infinity())->ToJson());
-  legacy["accounting"] =
+  ASSERT_EQ(participants.size(), 6u);
+  ASSERT_TRUE((*store)->RecordJoin("late-client", "fingerprint", {"bystander"}).ok());  // never sampled
+  const std::string older =
       "fixed-size sampling without replacement, replace-one neighbours, each round's noise bound";
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open((dir + "/state.sqlite3").c_str(), &db), SQLITE_OK);
-  std::string quoted = legacy.dump();  // SQL doubles the apostrophe in "round's"
-  for (size_t at = quoted.find('\''); at != std::string::npos; at = quoted.find('\'', at + 2))
-    quoted.insert(at, 1, '\'');
-  const std::string sql = "UPDATE global_versions SET ledger_json = '" + quoted + "'";
-  ASSERT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
-  sqlite3_close(db);
-  ASSERT_TRUE(PrivacyLedger::FromJson(legacy.dump())->MayMissRoundsWithoutNoise());
-  EXPECT_EQ(PrivacyLedger::FromJson(legacy.dump())->epsilon(), 0) << "what that build reported";
+  auto restart_from = [&](nlohmann::json snapshot) -> absl::StatusOr<std::unique_ptr<RoundMachine>> {
+    snapshot["accounting"] = older;
+    std::string quoted = snapshot.dump();  // SQL doubles the apostrophe in "round's"
+    for (size_t at = quoted.find('\''); at != std::string::npos; at = quoted.find('\'', at + 2))
+      quoted.insert(at, 1, '\'');
+    sqlite3* db = nullptr;
+    EXPECT_EQ(sqlite3_open((dir + "/state.sqlite3").c_str(), &db), SQLITE_OK);
+    const std::string sql = "UPDATE global_versions SET ledger_json = '" + quoted + "'";
+    EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+    sqlite3_close(db);
+    return RoundMachine::Create(store->get(), Layout(), SixClients(32));
+  };
+  constexpr double kInf = std::numeric_limits<double>::infinity();
 
-  auto restarted = RoundMachine::Create(store->get(), Layout(), SixClients(32));
-  ASSERT_TRUE(restarted.ok()) << restarted.status();
-  const PrivacyLedger& ledger = (*restarted)->ledger();
-  EXPECT_TRUE(std::isinf(ledger.epsilon()));
-  ASSERT_FALSE(participants.empty());
-  for (const std::string& user : participants) {
-    EXPECT_TRUE(std::isinf(*ledger.UserEpsilon(user))) << user;
-    EXPECT_TRUE(std::isinf(*ledger.UserEpsilonAgainstCoordinator(user))) << user;
+  // As the builds that skipped the ledger wrote it: nothing recorded.
+  const nlohmann::json skipped = nlohmann::json::parse(PrivacyLedger::Create(1e-5, kInf)->ToJson());
+  nlohmann::json named = skipped;
+  named["accounting"] = older;
+  ASSERT_TRUE(PrivacyLedger::FromJson(named.dump())->MayMissRoundsWithoutNoise());
+  EXPECT_EQ(PrivacyLedger::FromJson(named.dump())->epsilon(), 0) << "what those builds reported";
+  for (int restart = 0; restart < 2; ++restart) {  // before the next commit, the same charge again
+    SCOPED_TRACE(restart);
+    auto restarted = restart_from(skipped);
+    ASSERT_TRUE(restarted.ok()) << restarted.status();
+    const PrivacyLedger& ledger = (*restarted)->ledger();
+    EXPECT_EQ(ledger.epsilon(), kInf);
+    for (const std::string& user : participants) {
+      EXPECT_EQ(*ledger.UserEpsilon(user), kInf) << user;
+      EXPECT_EQ(*ledger.UserEpsilonAgainstCoordinator(user), kInf) << user;
+    }
+    EXPECT_EQ(*ledger.UserEpsilon("bystander"), kInf) << "stored: may have been eligible";
+    EXPECT_EQ(*ledger.UserEpsilonAgainstCoordinator("bystander"), 0) << "not in the sum";
+    // Written again under the current accounting, it misses nothing.
+    EXPECT_FALSE(PrivacyLedger::FromJson(ledger.ToJson())->MayMissRoundsWithoutNoise());
+    EXPECT_EQ(PrivacyLedger::FromJson(ledger.ToJson())->epsilon(), kInf);
   }
-  // Written again under the current accounting, it misses nothing.
-  EXPECT_FALSE(PrivacyLedger::FromJson(ledger.ToJson())->MayMissRoundsWithoutNoise());
-  EXPECT_TRUE(std::isinf(PrivacyLedger::FromJson(ledger.ToJson())->epsilon()));
+
+  // As the first builds that recorded such rounds wrote it (the same older
+  // name): round 1 is in the snapshot with who was eligible, exactly.
+  auto recorded = PrivacyLedger::Create(1e-5, kInf);
+  const std::vector<std::string> sampled(participants.begin(), participants.end());
+  ASSERT_TRUE(
+      recorded->RecordRound(1, 1.0, 0, dp::SampledNoise::kGaussianDominated, 0, sampled, sampled).ok());
+  auto exact = restart_from(nlohmann::json::parse(recorded->ToJson()));
+  ASSERT_TRUE(exact.ok()) << exact.status();
+  EXPECT_EQ((*exact)->ledger().epsilon(), kInf);
+  EXPECT_EQ(*(*exact)->ledger().UserEpsilon("bystander"), 0) << "not charged again as an upper bound";
 }
 
 // SecAgg+ needs t <= k + 1. The bounds give k = 76 for large samples, and

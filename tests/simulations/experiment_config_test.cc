@@ -308,6 +308,19 @@ TEST(SweepTest, PointsCrossTheAxesAndKeepTheScaleOfEachRank) {
   grid.target_epsilon = {4};
   s = SweepPointConfigs(base, grid).status();
   EXPECT_NE(s.message().find("not both"), absl::string_view::npos) << s;
+  grid.noise_multiplier.clear();
+  grid.target_epsilon = {4, 0};
+  s = SweepPointConfigs(base, grid).status();
+  EXPECT_NE(s.message().find("a target epsilon must be positive, got 0"), absl::string_view::npos) << s;
+  // A point without noise runs without the budgets (its epsilon is infinite).
+  base.target_epsilon = 0;
+  base.epsilon_budget = 50;
+  grid = SweepGrid();
+  grid.noise_multiplier = {0, 0.5};
+  points = SweepPointConfigs(base, grid);
+  ASSERT_TRUE(points.ok()) << points.status();
+  EXPECT_TRUE(std::isinf((*points)[0].epsilon_budget));
+  EXPECT_EQ((*points)[1].epsilon_budget, 50);
 }
 
 TEST(SweepTest, RunsBesideTheExperimentNotInsideIt) {
