@@ -304,12 +304,12 @@ absl::StatusOr<double> NoiseMultiplierForEpsilon(RoundSettings settings, size_t 
       // must hold at the largest z that still plans, found between low and
       // high.
       const absl::Status unplannable = epsilon.status();
-      double fits = low;
+      if (low == 0 && !epsilon_at(1e-6).ok()) return unplannable;  // not the noise: nothing plans
+      double fits = low > 0 ? low : 1e-6;
       for (double too_much = high; too_much - fits > 1e-3 * too_much;) {
         const double mid = 0.5 * (fits + too_much);
         (epsilon_at(mid).ok() ? fits : too_much) = mid;
       }
-      if (fits == 0) return unplannable;
       absl::StatusOr<double> at_most = epsilon_at(fits);
       if (!at_most.ok()) return at_most.status();
       if (*at_most > target_epsilon) {

@@ -95,9 +95,11 @@ absl::StatusOr<double> ProjectedEpsilon(const RoundSettings& settings, size_t la
                                         int64_t rounds);
 
 // A noise multiplier whose ProjectedEpsilon after `rounds` (>= 1) is at
-// most `target_epsilon` (> 0), and 0.1% less would exceed it: the smallest,
-// but where the ring sized per round changes with z (epsilon may then dip
-// by up to 1/256 of z's share), only locally. settings.noise_multiplier is
+// most `target_epsilon` (> 0), found by doubling and bisecting to 0.1%: the
+// smallest where epsilon falls as z grows. It need not everywhere: the ring
+// changes with z (sized per round, the charged z may dip by up to 1/256; in
+// a fixed ring_bits the scale halves in steps, and the charged z with it),
+// so the result is the smallest only locally. settings.noise_multiplier is
 // ignored. InvalidArgument when none up to 1e4 reaches the target, or none
 // that the settings' ring can carry (a fixed ring_bits caps the noise).
 absl::StatusOr<double> NoiseMultiplierForEpsilon(RoundSettings settings, size_t layout_size, int64_t eligible,

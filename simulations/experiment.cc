@@ -543,6 +543,16 @@ absl::StatusOr<PairedComparison> CompareUsers(const std::vector<UserResult>& met
   return c;
 }
 
+absl::StatusOr<int64_t> CountFederatedUsers(const ExperimentConfig& config) {
+  CorpusOptions corpus_options;
+  corpus_options.skip_bad_records = config.skip_bad_records;
+  absl::StatusOr<Corpus> corpus = LoadCorpus(config.data, corpus_options);
+  if (!corpus.ok()) return corpus.status();
+  absl::StatusOr<std::vector<SimUser>> users = SelectUsers(*corpus, config);
+  if (!users.ok()) return users.status();
+  return static_cast<int64_t>(users->size());
+}
+
 absl::StatusOr<ExperimentResult> RunExperiment(const ExperimentConfig& config, const ExperimentHooks& hooks) {
   if (absl::Status s = config.Validate(); !s.ok()) return s;
   if (absl::Status s = config.ValidateForModel(); !s.ok()) return s;

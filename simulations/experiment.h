@@ -111,9 +111,10 @@ struct ExperimentConfig {
   // model is the base's config.json when EffectiveBase() holds a model, else
   // the one pretraining would build. Reads that file, nothing else.
   // `eligible`: the federated users once selected (0: "users"). With
-  // neither known, the checks that need the user count (the noise a target
-  // epsilon sets, a ledger budget below one round) wait for the run, which
-  // calls again with the count before pretraining.
+  // neither known, a target epsilon's noise is unknown, and every check of
+  // the rounds (ring, threshold, budgets) waits for the run, which calls
+  // again with the count before pretraining; without a target only the
+  // check of a ledger budget against one round waits.
   absl::Status ValidateForModel(int64_t eligible = 0) const;
   // The coordinator's round settings of a federated method whose global
   // adapter has `layout_size` values, over `eligible` users, but for the
@@ -232,6 +233,10 @@ struct ExperimentHooks {
   // cannot be read is ignored (with a note on stderr under `progress`).
   bool reuse_finished = false;
 };
+
+// How many users a run of `config` federates: its corpus loaded and its
+// users chosen as RunExperiment does. Errors as RunExperiment's for them.
+absl::StatusOr<int64_t> CountFederatedUsers(const ExperimentConfig& config);
 
 // Runs the experiment. The run directory (config.out) receives the base
 // model when pretrained there, and the coordinator state of each federated

@@ -111,7 +111,7 @@ std::string SweepRunDirectory(const std::string& experiment_out) {
 }
 
 absl::StatusOr<std::vector<ExperimentConfig>> SweepPointConfigs(const ExperimentConfig& base,
-                                                                const SweepGrid& grid) {
+                                                                const SweepGrid& grid, int64_t eligible) {
   if (!grid.noise_multiplier.empty() && !grid.target_epsilon.empty()) {
     return absl::InvalidArgumentError(
         "a sweep varies the noise multiplier or the target epsilon, not both (the target sets the "
@@ -123,7 +123,8 @@ absl::StatusOr<std::vector<ExperimentConfig>> SweepPointConfigs(const Experiment
   for (double z : grid.noise_multiplier) noise.emplace_back(z, 0.0);
   for (double target : grid.target_epsilon) {
     if (!(target > 0) || !std::isfinite(target)) {
-      return absl::InvalidArgumentError(absl::StrCat("a target epsilon must be positive, got ", target));
+      return absl::InvalidArgumentError(
+          absl::StrCat("a target epsilon must be positive and finite, got ", target));
     }
     noise.emplace_back(base.noise_multiplier, target);
   }
@@ -158,7 +159,7 @@ absl::StatusOr<std::vector<ExperimentConfig>> SweepPointConfigs(const Experiment
             c.min_clients = 0;
             c.out = (fs::path(base.out) / "points" / absl::StrCat(configs.size())).string();
             absl::Status s = c.Validate();
-            if (s.ok()) s = c.ValidateForModel();
+            if (s.ok()) s = c.ValidateForModel(eligible);
             if (!s.ok()) {
               return absl::InvalidArgumentError(absl::StrCat("sweep point ", configs.size(), ": ", s.message()));
             }
@@ -178,7 +179,15 @@ absl::StatusOr<SweepResult> RunSweep(const ExperimentConfig& base_in, const Swee
   ExperimentConfig& base = result.base;
   base.methods = {Method::kGlobalResidual};
   base.base = base.EffectiveBase();
-  absl::StatusOr<std::vector<ExperimentConfig>> planned = SweepPointConfigs(base, grid);
+  // With "users": 0 and target epsilons, the points' noise (and the checks
+  // that depend on it) needs the user count before any point runs.
+  int64_t eligible = 0;
+  if (base.users == 0 && (base.target_epsilon > 0 || !grid.target_epsilon.empty())) {
+    absl::StatusOr<int64_t> counted = CountFederatedUsers(base);
+    if (!counted.ok()) return counted.status();
+    eligible = *counted;
+  }
+  absl::StatusOr<std::vector<ExperimentConfig>> planned = SweepPointConfigs(base, grid, eligible);
   if (!planned.ok()) return planned.status();
   const std::vector<ExperimentConfig>& configs = *planned;
   for (size_t i = 0; i < configs.size(); ++i) {

@@ -70,9 +70,10 @@ std::string SweepRunDirectory(const std::string& experiment_out);
 // A rank that differs from the base's keeps the base's scale alpha / r
 // (alpha moves with it), so points differ in capacity, not in step size.
 // InvalidArgument naming the first point that fails validation (the model
-// is read as ExperimentConfig::ValidateForModel does).
+// is read as ExperimentConfig::ValidateForModel does, with `eligible`
+// federated users when known: CountFederatedUsers).
 absl::StatusOr<std::vector<ExperimentConfig>> SweepPointConfigs(const ExperimentConfig& base,
-                                                                const SweepGrid& grid);
+                                                                const SweepGrid& grid, int64_t eligible = 0);
 
 // Marks the points no other point beats: one at least as accurate, with
 // epsilon and bytes up no more than kParetoCostTolerance (relative) above,

@@ -924,6 +924,24 @@ TEST(RoundMachineTest, NoiselessRoundsMakeTheEpsilonAgainstTheCoordinatorInfinit
       << budgeted.Validate();
 }
 
+// The accounting name of the builds whose ledger skipped rounds without noise.
+constexpr char kOlderAccounting[] =
+    "fixed-size sampling without replacement, replace-one neighbours, each round's noise bound";
+
+// Replaces the stored ledger snapshots of the store in `dir` with `snapshot`
+// under kOlderAccounting, as those builds wrote them.
+void WriteOlderLedgerSnapshot(const std::string& dir, nlohmann::json snapshot) {
+  snapshot["accounting"] = kOlderAccounting;
+  std::string quoted = snapshot.dump();  // SQL doubles the apostrophe in "round's"
+  for (size_t at = quoted.find('\''); at != std::string::npos; at = quoted.find('\'', at + 2))
+    quoted.insert(at, 1, '\'');
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir + "/state.sqlite3").c_str(), &db), SQLITE_OK);
+  const std::string sql = "UPDATE global_versions SET ledger_json = '" + quoted + "'";
+  EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  sqlite3_close(db);
+}
+
 // Builds before rounds without noise reached the ledger left them out of its
 // snapshot (epsilon 0). A restart from such a snapshot charges them from the
 // stored rounds: every stored user's epsilon (who was eligible is not
@@ -941,18 +959,8 @@ TEST(RoundMachineTest, RoundsWithoutNoiseThatOlderSnapshotsMissAreChargedAtResta
   }
   ASSERT_EQ(participants.size(), 6u);
   ASSERT_TRUE((*store)->RecordJoin("late-client", "fingerprint", {"bystander"}).ok());  // never sampled
-  const std::string older =
-      "fixed-size sampling without replacement, replace-one neighbours, each round's noise bound";
-  auto restart_from = [&](nlohmann::json snapshot) -> absl::StatusOr<std::unique_ptr<RoundMachine>> {
-    snapshot["accounting"] = older;
-    std::string quoted = snapshot.dump();  // SQL doubles the apostrophe in "round's"
-    for (size_t at = quoted.find('\''); at != std::string::npos; at = quoted.find('\'', at + 2))
-      quoted.insert(at, 1, '\'');
-    sqlite3* db = nullptr;
-    EXPECT_EQ(sqlite3_open((dir + "/state.sqlite3").c_str(), &db), SQLITE_OK);
-    const std::string sql = "UPDATE global_versions SET ledger_json = '" + quoted + "'";
-    EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
-    sqlite3_close(db);
+  auto restart_from = [&](const nlohmann::json& snapshot) {
+    WriteOlderLedgerSnapshot(dir, snapshot);
     return RoundMachine::Create(store->get(), Layout(), SixClients(32));
   };
   constexpr double kInf = std::numeric_limits<double>::infinity();
@@ -960,14 +968,10 @@ TEST(RoundMachineTest, RoundsWithoutNoiseThatOlderSnapshotsMissAreChargedAtResta
   // As the builds that skipped the ledger wrote it: nothing recorded.
   const nlohmann::json skipped = nlohmann::json::parse(PrivacyLedger::Create(1e-5, kInf)->ToJson());
   nlohmann::json named = skipped;
-  named["accounting"] = older;
+  named["accounting"] = kOlderAccounting;
   ASSERT_TRUE(PrivacyLedger::FromJson(named.dump())->MayMissRoundsWithoutNoise());
   EXPECT_EQ(PrivacyLedger::FromJson(named.dump())->epsilon(), 0) << "what those builds reported";
-  for (int restart = 0; restart < 2; ++restart) {  // before the next commit, the same charge again
-    SCOPED_TRACE(restart);
-    auto restarted = restart_from(skipped);
-    ASSERT_TRUE(restarted.ok()) << restarted.status();
-    const PrivacyLedger& ledger = (*restarted)->ledger();
+  auto expect_charged = [&](const PrivacyLedger& ledger) {
     EXPECT_EQ(ledger.epsilon(), kInf);
     for (const std::string& user : participants) {
       EXPECT_EQ(*ledger.UserEpsilon(user), kInf) << user;
@@ -975,9 +979,21 @@ TEST(RoundMachineTest, RoundsWithoutNoiseThatOlderSnapshotsMissAreChargedAtResta
     }
     EXPECT_EQ(*ledger.UserEpsilon("bystander"), kInf) << "stored: may have been eligible";
     EXPECT_EQ(*ledger.UserEpsilonAgainstCoordinator("bystander"), 0) << "not in the sum";
+  };
+  {
+    auto restarted = restart_from(skipped);
+    ASSERT_TRUE(restarted.ok()) << restarted.status();
+    expect_charged((*restarted)->ledger());
     // Written again under the current accounting, it misses nothing.
-    EXPECT_FALSE(PrivacyLedger::FromJson(ledger.ToJson())->MayMissRoundsWithoutNoise());
-    EXPECT_EQ(PrivacyLedger::FromJson(ledger.ToJson())->epsilon(), kInf);
+    const std::string again = (*restarted)->ledger().ToJson();
+    EXPECT_FALSE(PrivacyLedger::FromJson(again)->MayMissRoundsWithoutNoise());
+    EXPECT_EQ(PrivacyLedger::FromJson(again)->epsilon(), kInf);
+  }
+  {
+    // A second restart before the next commit: the same snapshot, the same charge.
+    auto second = RoundMachine::Create(store->get(), Layout(), SixClients(32));
+    ASSERT_TRUE(second.ok()) << second.status();
+    expect_charged((*second)->ledger());
   }
 
   // As the first builds that recorded such rounds wrote it (the same older
@@ -990,6 +1006,38 @@ TEST(RoundMachineTest, RoundsWithoutNoiseThatOlderSnapshotsMissAreChargedAtResta
   ASSERT_TRUE(exact.ok()) << exact.status();
   EXPECT_EQ((*exact)->ledger().epsilon(), kInf);
   EXPECT_EQ(*(*exact)->ledger().UserEpsilon("bystander"), 0) << "not charged again as an upper bound";
+
+  // A stored round config that does not say its noise cannot be charged.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir + "/state.sqlite3").c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "UPDATE rounds SET config_json = '{}'", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  absl::Status unknown = restart_from(skipped).status();
+  EXPECT_EQ(unknown.code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(unknown.message().find("cannot say whether it had noise"), absl::string_view::npos) << unknown;
+}
+
+// The same for a plain round: the coordinator saw every sampled user's
+// input, also one it did not sum.
+TEST(RoundMachineTest, PlainRoundsWithoutNoiseThatOlderSnapshotsMissChargeEverySampledUser) {
+  const std::string dir = FreshDir("legacy_noiseless_plain");
+  auto store = StateStore::Open(dir);
+  RoundSettings plain = SixClients(32);
+  plain.secure_aggregation = false;
+  {
+    auto m = RoundMachine::Create(store->get(), Layout(), plain);
+    ASSERT_TRUE(m.ok()) << m.status();
+    Fleet fleet(6, 68, 2);
+    ASSERT_TRUE(RunPlainRound(**m, fleet, 1, {"client5"}).ok());
+  }
+  WriteOlderLedgerSnapshot(
+      dir,
+      nlohmann::json::parse(PrivacyLedger::Create(1e-5, std::numeric_limits<double>::infinity())->ToJson()));
+  auto restarted = RoundMachine::Create(store->get(), Layout(), plain);
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  EXPECT_TRUE(std::isinf(*(*restarted)->ledger().UserEpsilonAgainstCoordinator("client5")))
+      << "sampled, not summed, but seen";
+  EXPECT_TRUE(std::isinf(*(*restarted)->ledger().UserEpsilonAgainstCoordinator("client0")));
 }
 
 // SecAgg+ needs t <= k + 1. The bounds give k = 76 for large samples, and

@@ -199,7 +199,20 @@ TEST(ExperimentConfigTest, ChecksRanksAndWindowAgainstTheModelBeforeRunning) {
       << s;
   c.epsilon_budget = 1e6;
   EXPECT_TRUE(c.ValidateForModel().ok()) << c.ValidateForModel();
+  // With "users": 0 the checks that need the count wait for it (the run
+  // passes it once the users are chosen).
+  c.users = 0;
+  c.epsilon_budget = 1e-3;
+  EXPECT_TRUE(c.ValidateForModel().ok()) << c.ValidateForModel();
+  EXPECT_NE(c.ValidateForModel(20).message().find("is below what one round costs"), absl::string_view::npos);
   c.epsilon_budget = std::numeric_limits<double>::infinity();
+  c.target_epsilon = 1e-12;
+  EXPECT_TRUE(c.ValidateForModel().ok()) << c.ValidateForModel();
+  EXPECT_NE(c.ValidateForModel(20).message().find("\"target_epsilon\": no noise multiplier"),
+            absl::string_view::npos)
+      << c.ValidateForModel(20);
+  c.target_epsilon = 0;
+  c.users = 20;
   c.pretrain.config = "enormous";
   EXPECT_NE(c.ValidateForModel().message().find("\"pretrain\" config: unknown model config 'enormous'"),
             absl::string_view::npos) << c.ValidateForModel();
@@ -311,7 +324,8 @@ TEST(SweepTest, PointsCrossTheAxesAndKeepTheScaleOfEachRank) {
   grid.noise_multiplier.clear();
   grid.target_epsilon = {4, 0};
   s = SweepPointConfigs(base, grid).status();
-  EXPECT_NE(s.message().find("a target epsilon must be positive, got 0"), absl::string_view::npos) << s;
+  EXPECT_NE(s.message().find("a target epsilon must be positive and finite, got 0"), absl::string_view::npos)
+      << s;
   // A point without noise runs without the budgets (its epsilon is infinite).
   base.target_epsilon = 0;
   base.epsilon_budget = 50;
