@@ -58,6 +58,7 @@ struct ReferenceResult {
 // Each worker holds a model and trains one client at a time; far more than
 // the cores only multiplies memory.
 inline constexpr int kMaxWorkers = 256;
+inline constexpr int64_t kMaxRounds = 1000000;
 
 struct ExperimentConfig {
   // Users.

@@ -155,7 +155,9 @@ absl::Status ExperimentConfig::Validate() const {
       return bad(absl::StrCat("method '", MethodName(methods[i]), "' is listed twice"));
     }
   }
-  if (rounds < 1) return bad("\"rounds\" must be at least 1");
+  // Far beyond what two cores simulate; the bound keeps a typo from hanging
+  // the accounting (a target epsilon's search sums every round's RDP).
+  if (rounds < 1 || rounds > kMaxRounds) return bad(absl::StrCat("\"rounds\" must be 1 to ", kMaxRounds));
   if (clients_per_round < 2) return bad("\"clients_per_round\" must be at least 2");
   if (users != 0 && clients_per_round > users) return bad("\"clients_per_round\" exceeds \"users\"");
   const int64_t mc = EffectiveMinClients();

@@ -137,6 +137,7 @@ TEST(ExperimentConfigTest, BadConfigsAreNamedErrors) {
   EXPECT_NE(error(R"({"local": {"global_steps": 0, "residual_steps": 0}})").find("not both 0"), std::string::npos);
   EXPECT_NE(error(R"({"users": 4, "clients_per_round": 10})").find("clients_per_round"), std::string::npos);
   EXPECT_NE(error(R"({"dropout": 1.5})").find("dropout"), std::string::npos);
+  EXPECT_NE(error(R"({"rounds": 1000000000})").find("\"rounds\" must be 1 to 1000000"), std::string::npos);
   EXPECT_NE(error(R"({"workers": 40000})").find("\"workers\" must be 0 to 256"), std::string::npos);
   EXPECT_NE(error(R"({"methods": ["local", "base", "local"]})").find("method 'local' is listed twice"),
             std::string::npos);
