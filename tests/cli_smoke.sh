@@ -66,6 +66,10 @@ expect_error() {
   if "$@" > /dev/null 2> "$work/err.txt"; then echo "expected failure: $*"; exit 1; fi
   grep -q -e "$pattern" "$work/err.txt" || { echo "wrong error for $*:"; cat "$work/err.txt"; exit 1; }
 }
+expect_error "excludes" "$fedpers" -q simulate --target-epsilon 5 --noise-multiplier 1 --out "$work/x"
+expect_error "a sweep varies the noise multiplier or the target epsilon, not both" \
+  "$fedpers" -q sweep --data "$corpus" --users 4 --clients-per-round 2 --target-epsilon 5 --noise-multiplier 1 \
+  --out "$work/x"
 expect_error "is not in corpus" "$fedpers" -q finetune --base "$work/base" --data "$corpus" --user nobody --out "$work/x"
 expect_error "model directory" "$fedpers" -q finetune --base "$work/none" --data "$corpus" --user user0001 --out "$work/x"
 expect_error "unknown corpus spec" "$fedpers" -q pretrain --corpus "ftp://x" --out "$work/x"

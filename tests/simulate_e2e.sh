@@ -220,4 +220,19 @@ echo '{"config": {' > "$work/sweep/points/2/sweep_point.json"
 "$fedpers" sweep --config "$work/sim.json" --out "$work/sweep" --noise-multiplier 0,0.5,1 > /dev/null 2> "$work/sweep3.err"
 grep -q "sweep point 2: .* is not a record of finished work; running it again" "$work/sweep3.err"
 /usr/bin/python3 -c 'import json, sys; json.load(open(sys.argv[1]))["result"]' "$work/sweep/points/2/sweep_point.json"
+
+# Target epsilons as the sweep's noise axis: each point's multiplier is set
+# for its target, and the table shows both.
+"$fedpers" -q sweep --config "$work/sim.json" --out "$work/target-sweep" --target-epsilon 40,400 --json \
+  > "$work/target-sweep.json"
+/usr/bin/python3 - "$work/target-sweep.json" "$work/target-sweep/sweep.md" <<'PY'
+import json, sys
+pts = json.load(open(sys.argv[1]))["points"]
+assert [p["target_epsilon"] for p in pts] == [40, 400], pts
+for p in pts:
+    assert 0.99 * p["target_epsilon"] < p["epsilon"] <= p["target_epsilon"], p
+assert pts[0]["noise_multiplier"] > pts[1]["noise_multiplier"] > 0, pts
+assert "(eps 40)" in open(sys.argv[2]).read()
+print("sweep over target epsilons: ok", [round(p["noise_multiplier"], 4) for p in pts])
+PY
 echo "simulate e2e: ok"
