@@ -443,6 +443,31 @@ absl::StatusOr<std::unique_ptr<RoundMachine>> RoundMachine::Create(StateStore* s
   return m;
 }
 
+absl::Status RoundMachine::ForEachStoredRound(absl::string_view cannot_say, const StoredRoundVisitor& visit) {
+  int64_t before = 0;
+  while (true) {
+    absl::StatusOr<std::vector<RoundRow>> page = store_->Rounds(100, before);
+    if (!page.ok()) return page.status();
+    for (const RoundRow& r : *page) {
+      const nlohmann::json config = nlohmann::json::parse(r.config_json, nullptr, /*allow_exceptions=*/false);
+      const nlohmann::json metrics =
+          nlohmann::json::parse(r.metrics_json, nullptr, /*allow_exceptions=*/false);
+      absl::StatusOr<bool> more;
+      try {
+        more = visit(r, config, metrics);
+      } catch (const std::exception& e) {
+        return absl::DataLossError(absl::StrCat("round ", r.round, " in ", store_->dir(),
+                                                ": its stored config or metrics cannot say ", cannot_say,
+                                                ": ", e.what()));
+      }
+      if (!more.ok()) return more.status();
+      if (!*more) return absl::OkStatus();
+    }
+    if (page->size() < 100) return absl::OkStatus();
+    before = page->back().round;
+  }
+}
+
 absl::Status RoundMachine::ChargeRoundsWithoutNoise() {
   absl::StatusOr<std::vector<UserRow>> users = store_->Users();
   if (!users.ok()) return users.status();
@@ -452,18 +477,13 @@ absl::Status RoundMachine::ChargeRoundsWithoutNoise() {
   // rounds: those are in the snapshot, exactly.
   std::set<int64_t> recorded;
   for (const LedgerRound& r : ledger_->rounds()) recorded.insert(r.round);
-  int64_t before = 0;
-  while (true) {
-    absl::StatusOr<std::vector<RoundRow>> page = store_->Rounds(100, before);
-    if (!page.ok()) return page.status();
-    for (const RoundRow& r : *page) {
-      if (r.state != "committed" || r.round > last_committed_ || recorded.contains(r.round)) continue;
-      const nlohmann::json config = nlohmann::json::parse(r.config_json, nullptr, /*allow_exceptions=*/false);
-      const nlohmann::json metrics =
-          nlohmann::json::parse(r.metrics_json, nullptr, /*allow_exceptions=*/false);
-      try {
+  return ForEachStoredRound(
+      "whether it had noise",
+      [&](const RoundRow& r, const nlohmann::json& config,
+          const nlohmann::json& metrics) -> absl::StatusOr<bool> {
+        if (r.state != "committed" || r.round > last_committed_ || recorded.contains(r.round)) return true;
         if (!config.is_object()) throw std::invalid_argument("the config is not a JSON object");
-        if (config.at("noise_multiplier").get<double>() != 0) continue;
+        if (config.at("noise_multiplier").get<double>() != 0) return true;
         // Whom the coordinator saw: the contributors, and in a plain round
         // every sampled user (as ExposedUsers); everyone where not stored.
         std::vector<std::string> seen = everyone;
@@ -481,53 +501,33 @@ absl::Status RoundMachine::ChargeRoundsWithoutNoise() {
         std::vector<std::string> eligible = everyone;
         eligible.insert(eligible.end(), seen.begin(), seen.end());
         ledger_->ChargeUnrecordedRoundWithoutNoise(eligible, seen);
-      } catch (const std::exception& e) {
-        return absl::DataLossError(
-            absl::StrCat("round ", r.round, " in ", store_->dir(),
-                         ": its stored config or metrics cannot say whether it had noise: ", e.what()));
-      }
-    }
-    if (page->size() < 100) return absl::OkStatus();
-    before = page->back().round;
-  }
+        return true;
+      });
 }
 
 absl::Status RoundMachine::ReplayExposures() {
   // Newest first, down to the last commit, whose snapshot has the rest.
-  int64_t before = 0;
-  while (true) {
-    absl::StatusOr<std::vector<RoundRow>> page = store_->Rounds(100, before);
-    if (!page.ok()) return page.status();
-    for (const RoundRow& r : *page) {
-      if (r.round <= last_committed_) return absl::OkStatus();
-      if (r.state != "aborted") continue;
-      // As ExposedUsers: a plain round's sampled users; a SecAgg+ round's
-      // survivors once it asked for unmasking. Rounds stored before the
-      // coordinator-facing multiplier was recorded count as hiding nothing.
-      const nlohmann::json config = nlohmann::json::parse(r.config_json, nullptr, /*allow_exceptions=*/false);
-      const nlohmann::json noted = nlohmann::json::parse(r.metrics_json, nullptr, /*allow_exceptions=*/false);
-      try {
-        if (!config.is_object()) throw std::invalid_argument("not a JSON object");
-        std::vector<std::string> exposed;
-        if (config.value("aggregation", "") == "plain") {
-          exposed = config.at("sampled").get<std::vector<std::string>>();
-        } else if (noted.is_object() && noted.contains("unmasking_survivors")) {
-          exposed = noted.at("unmasking_survivors").get<std::vector<std::string>>();
-        }
-        if (absl::Status s =
-                ledger_->RecordExposure(exposed, config.value("coordinator_noise_multiplier", 0.0));
-            !s.ok()) {
-          return s;
-        }
-      } catch (const std::exception& e) {
-        return absl::DataLossError(
-            absl::StrCat("round ", r.round, " in ", store_->dir(),
-                         ": its stored config or metrics cannot say whom it exposed: ", e.what()));
-      }
-    }
-    if (page->size() < 100) return absl::OkStatus();
-    before = page->back().round;
-  }
+  return ForEachStoredRound("whom it exposed",
+                            [&](const RoundRow& r, const nlohmann::json& config,
+                                const nlohmann::json& noted) -> absl::StatusOr<bool> {
+                              if (r.round <= last_committed_) return false;
+                              if (r.state != "aborted") return true;
+                              // As ExposedUsers: a plain round's sampled users; a SecAgg+ round's
+                              // survivors once it asked for unmasking. Rounds stored before the
+                              // coordinator-facing multiplier was recorded count as hiding nothing.
+                              if (!config.is_object()) throw std::invalid_argument("not a JSON object");
+                              std::vector<std::string> exposed;
+                              if (config.value("aggregation", "") == "plain") {
+                                exposed = config.at("sampled").get<std::vector<std::string>>();
+                              } else if (noted.is_object() && noted.contains("unmasking_survivors")) {
+                                exposed = noted.at("unmasking_survivors").get<std::vector<std::string>>();
+                              }
+                              if (absl::Status s = ledger_->RecordExposure(
+                                      exposed, config.value("coordinator_noise_multiplier", 0.0));
+                                  !s.ok())
+                                return s;
+                              return true;
+                            });
 }
 
 std::vector<std::string> RoundMachine::expected() const {

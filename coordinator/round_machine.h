@@ -15,6 +15,7 @@
 #define FEDPERS_COORDINATOR_ROUND_MACHINE_H_
 
 #include <Eigen/Core>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -24,12 +25,14 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "common/flat_layout.h"
 #include "coordinator/privacy_ledger.h"
 #include "coordinator/state_store.h"
 #include "coordinator/strategy.h"
 #include "fedpers/v1/round.pb.h"
 #include "fedpers/v1/secagg.pb.h"
+#include "nlohmann/json_fwd.hpp"
 #include "secure_agg/dp_mechanisms.h"
 #include "secure_agg/secagg_server.h"
 
@@ -223,6 +226,13 @@ class RoundMachine {
   // (who was eligible is not stored) and its recorded contributors (every
   // stored user where the metrics do not list them).
   absl::Status ChargeRoundsWithoutNoise();
+  // Calls `visit` with the stored rounds, newest first, and their config
+  // and metrics (null where not JSON) until it returns false or an error.
+  // A stored value of the wrong shape (an exception from `visit`) is
+  // DataLoss naming the round and what the value `cannot_say`.
+  using StoredRoundVisitor = std::function<absl::StatusOr<bool>(const RoundRow&, const nlohmann::json& config,
+                                                                const nlohmann::json& metrics)>;
+  absl::Status ForEachStoredRound(absl::string_view cannot_say, const StoredRoundVisitor& visit);
 
   StateStore* store_ = nullptr;
   FlatLayout layout_;
