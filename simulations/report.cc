@@ -49,6 +49,16 @@ double MeanTrainBytes(const MethodResult& m) {
   return m.users.empty() ? 0 : s / static_cast<double>(m.users.size());
 }
 
+// The finite privacy budgets, as a clause of the report's first paragraph.
+std::string BudgetText(const ExperimentConfig& c) {
+  std::string out;
+  if (std::isfinite(c.epsilon_budget)) absl::StrAppend(&out, ", epsilon budget ", c.epsilon_budget);
+  if (std::isfinite(c.epsilon_budget_against_coordinator)) {
+    absl::StrAppend(&out, ", budget against the coordinator ", c.epsilon_budget_against_coordinator);
+  }
+  return out;
+}
+
 // The noise multiplier, or each federated method's for a target epsilon.
 std::string NoiseText(const ExperimentResult& r) {
   if (r.config.target_epsilon == 0) return absl::StrCat("noise multiplier ", r.config.noise_multiplier);
@@ -284,6 +294,8 @@ OJson ExperimentSummaryJson(const ExperimentResult& r) {
   // With a target epsilon each federated method has its own (in "methods").
   j["noise_multiplier"] = r.config.target_epsilon > 0 ? OJson(nullptr) : OJson(r.config.noise_multiplier);
   j["target_epsilon"] = r.config.target_epsilon;
+  j["epsilon_budget"] = EpsilonToJson(r.config.epsilon_budget);
+  j["epsilon_budget_against_coordinator"] = EpsilonToJson(r.config.epsilon_budget_against_coordinator);
   j["clip_norm"] = r.config.clip_norm;
   j["delta"] = r.config.delta;
   j["wall_seconds"] = r.wall_seconds;
@@ -515,8 +527,8 @@ absl::StatusOr<ReportFiles> WriteReport(const ExperimentResult& r, const std::st
       c.local.residual_steps, " residual), batch ", c.local.batch_size, ". ",
       c.secure_agg ? "SecAgg+" : "Plain aggregation (no SecAgg+)", " in a ",
       c.ring_bits == 0 ? "ring sized per round" : absl::StrCat(c.ring_bits, "-bit ring"), "; clip ",
-      c.clip_norm, ", ", NoiseText(r), ", delta ", c.delta, "; server strategy ", c.strategy.name,
-      ". Base model `", r.base_model, "`",
+      c.clip_norm, ", ", NoiseText(r), ", delta ", c.delta, BudgetText(c), "; server strategy ",
+      c.strategy.name, ". Base model `", r.base_model, "`",
       !r.pretrained_here          ? ""
       : c.pretrain.corpus.empty() ? " (pretrained for this run on the users that do not federate)"
                                   : absl::StrCat(" (pretrained for this run on `", c.pretrain.corpus, "`)"),

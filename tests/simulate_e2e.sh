@@ -103,7 +103,9 @@ assert [l["round"] for l in lines] == [0, 1, 2], lines
 assert "eval" in lines[-1] and lines[-1]["eval"]["accuracy"] == m["accuracy"], lines[-1]
 eps2 = [l for l in map(json.loads, open(sys.argv[3])) if l["method"] == "global+residual" and l["round"] == 2][0]
 assert m["epsilon"] <= json.load(open(os.path.join(run, "config.json")))["epsilon_budget"] < eps2["epsilon"], m
-assert "global+residual: stopped at round 2 of 4" in open(os.path.join(run, "report.md")).read()
+report = open(os.path.join(run, "report.md")).read()
+assert "global+residual: stopped at round 2 of 4" in report and ", epsilon budget " in report, report
+assert json.load(open(sys.argv[1]))["epsilon_budget_against_coordinator"] == "inf"
 print("epsilon budget: ok", m["epsilon"], m["stopped"])
 PY
 
