@@ -37,6 +37,31 @@ namespace {
 std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop.store(true); }
 
+// Whether the coordinator opens new rounds: "open", "paused", "max_rounds"
+// (this process committed them), "refused" (open_refused says why) or
+// "waiting_for_users" (fewer eligible than min_clients).
+std::string NewRoundsState(const fedpers::v1::StatusResponse& r) {
+  if (r.paused()) return "paused";
+  if (r.max_rounds_reached()) return "max_rounds";
+  if (r.stage() != "idle") return "open";
+  if (!r.open_refused().empty()) return "refused";
+  if (r.eligible_users() < r.min_clients()) return "waiting_for_users";
+  return "open";
+}
+
+// NewRoundsState in words, with the reason.
+std::string NewRoundsText(const fedpers::v1::StatusResponse& r) {
+  const std::string state = NewRoundsState(r);
+  if (state == "paused") return "paused (admin resume opens them again)";
+  if (state == "max_rounds") return "none: this process committed the serve config's max_rounds";
+  if (state == "refused") return absl::StrCat("refused: ", r.open_refused());
+  if (state == "waiting_for_users") {
+    return absl::StrFormat("waiting for users (%d eligible, min_clients %d)", r.eligible_users(),
+                           r.min_clients());
+  }
+  return state;
+}
+
 // LocalTrainingOptions' checks name the options as an experiment config
 // spells them; `client run` users set them with flags.
 std::string InClientRunFlags(absl::string_view message) {
@@ -131,10 +156,11 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
             : "";
     std::fprintf(
         stderr,
-        "coordinator listening on port %d (state in %s, last committed round %ld, epsilon %.4f of the "
+        "coordinator listening on port %d of %s (state in %s, last committed round %ld, epsilon %.4f of the "
         "budget %g at delta %g%s)\n",
-        (*server)->port(), config->state_dir.c_str(), static_cast<long>(status.last_committed_round()),
-        status.epsilon(), status.epsilon_budget(), status.delta(), against_coordinator.c_str());
+        (*server)->port(), config->serve.listen.substr(0, config->serve.listen.rfind(':')).c_str(),
+        config->state_dir.c_str(), static_cast<long>(status.last_committed_round()), status.epsilon(),
+        status.epsilon_budget(), status.delta(), against_coordinator.c_str());
     // Serves until SIGINT/SIGTERM; after max_rounds it keeps answering polls
     // and admin calls but opens no more rounds.
     while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -162,7 +188,9 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
   run->add_option("--user", f->users, "A user this client hosts (repeatable)")->required();
   run->add_option("--base", f->base, "Base model directory (same as the coordinator's)")->required();
   run->add_option("--state-dir", f->state_dir, "Where the residual key lives")->capture_default_str();
-  run->add_option("--rounds", f->rounds, "Stop after this many rounds per user (0: until stopped)")->capture_default_str();
+  run->add_option("--rounds", f->rounds, "Stop after this many rounds per user (0: until stopped)")
+      ->capture_default_str()
+      ->check(NonNegative());
   // The local training flags mirror an experiment config's "local" section,
   // so a deployment can train as a simulation found best.
   run->add_option("--global-steps", f->local.global_steps, "Local steps on B_g per round")
@@ -230,6 +258,12 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
       if (!s.ok()) Fail(std::string(s.status().message()));
       sessions[user] = &owned.emplace(user, std::move(*s)).first->second;
     }
+    // Two processes for the same users would split the coordinator's
+    // messages between them (rounds abort) and fork the residual history.
+    absl::StatusOr<ExclusiveFileLock> lock = ExclusiveFileLock::Acquire(
+        f->state_dir + "/client.lock",
+        absl::StrCat("another `fedpers client run` uses --state-dir ", f->state_dir, "; stop it first"));
+    if (!lock.ok()) Fail(std::string(lock.status().message()));
     absl::StatusOr<ResidualVault> vault = ResidualVault::Open(f->state_dir + "/residual.key");
     if (!vault.ok()) Fail(std::string(vault.status().message()));
     ClientRunOptions o;
@@ -358,8 +392,10 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     if (a->tls.insecure) c->AddMetadata("x-fedpers-identity", "admin:" + a->tls.identity);
     return c;
   };
-  auto check = [](const grpc::Status& s) {
-    if (!s.ok()) Fail(absl::StrCat("coordinator: ", s.error_message()));
+  auto check = [a](const grpc::Status& s) {
+    if (!s.ok())
+      Fail(absl::StrCat("coordinator: ", s.error_message(),
+                        TlsFailureHint(s.error_message(), a->tls.insecure)));
   };
   auto print_status = [a](const fedpers::v1::StatusResponse& r) {
     if (a->json) {
@@ -371,6 +407,11 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
                         {"joined_users", r.joined_users()},
                         {"eligible_users", r.eligible_users()},
                         {"paused", r.paused()},
+                        {"new_rounds", NewRoundsState(r)},
+                        {"open_refused", r.open_refused().empty() ? nlohmann::json(nullptr)
+                                                                  : nlohmann::json(r.open_refused())},
+                        {"max_rounds_reached", r.max_rounds_reached()},
+                        {"min_clients", r.min_clients()},
                         {"epsilon", EpsilonToJson(r.epsilon())},
                         {"delta", r.delta()},
                         // Budgets as epsilons: "inf" for none (JSON has no infinity).
@@ -394,7 +435,7 @@ void RegisterFederation(CLI::App& app, const GlobalOptions& global) {
     t.AddRow({"clients joined", absl::StrFormat("%d", r.connected_clients())});
     t.AddRow({"users joined", absl::StrFormat("%d", r.joined_users())});
     t.AddRow({"users eligible now", absl::StrFormat("%d", r.eligible_users())});
-    t.AddRow({"new rounds", r.paused() ? "paused" : "open"});
+    t.AddRow({"new rounds", EscapeForTerminal(NewRoundsText(r))});
     t.AddRow({"epsilon", absl::StrFormat("%.4f (delta %g, budget %g)", r.epsilon(), r.delta(), r.epsilon_budget())});
     const std::string coordinator_budget =
         r.has_epsilon_budget_against_coordinator() && std::isfinite(r.epsilon_budget_against_coordinator())

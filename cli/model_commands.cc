@@ -1,4 +1,5 @@
 // `fedpers pretrain` and `fedpers finetune`.
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 
@@ -27,7 +28,9 @@ void RegisterPretrain(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--corpus", o->corpus,
                   absl::StrCat("Corpus spec: ", kCorpusSpecForms))
       ->capture_default_str();
-  cmd->add_option("--config", o->config, "Model config: tiny, small, or a config.json path")->capture_default_str();
+  cmd->add_option("--config", o->config,
+                  "Model config: tiny, small, or a config.json path (with \"fedpers_tokenizer\": \"byte\")")
+      ->capture_default_str();
   cmd->add_option("--out", o->out, "Output model directory (checkpoints go here too)")->required();
   cmd->add_option("--steps", o->steps, "Optimizer steps")->capture_default_str()->check(Positive());
   cmd->add_option("--batch-size", o->batch_size, "Windows per step")->capture_default_str()->check(Positive());
@@ -46,11 +49,22 @@ void RegisterPretrain(CLI::App& app, const GlobalOptions& global) {
     absl::StatusOr<PretrainResult> r = RunPretrain(*o);
     if (!r.ok()) Fail(std::string(r.status().message()));
     if (*json) {
-      nlohmann::json j = {{"model_dir", r->model_dir}, {"steps", r->steps},
-                          {"resumed_at_step", r->resumed_at_step}, {"users", r->users},
-                          {"train_tokens", r->train_tokens}, {"parameters", r->parameters},
-                          {"final_train_loss", r->final_train_loss}, {"eval", MetricsJson(r->eval)},
-                          {"seconds", r->seconds}, {"tokens_per_second", r->tokens_per_second}};
+      // A finished run that is only evaluated trained nothing here.
+      auto number_or_null = [](double v, bool known) {
+        return known ? nlohmann::json(v) : nlohmann::json(nullptr);
+      };
+      nlohmann::json j = {
+          {"model_dir", r->model_dir},
+          {"steps", r->steps},
+          {"resumed_at_step", r->resumed_at_step},
+          {"already_complete", r->already_complete},
+          {"users", r->users},
+          {"train_tokens", r->train_tokens},
+          {"parameters", r->parameters},
+          {"final_train_loss", number_or_null(r->final_train_loss, std::isfinite(r->final_train_loss))},
+          {"eval", MetricsJson(r->eval)},
+          {"seconds", r->seconds},
+          {"tokens_per_second", number_or_null(r->tokens_per_second, !r->already_complete)}};
       std::cout << j.dump(2) << "\n";
       return;
     }
@@ -59,12 +73,18 @@ void RegisterPretrain(CLI::App& app, const GlobalOptions& global) {
     t.AddRow({"parameters", absl::StrFormat("%d", r->parameters)});
     t.AddRow({"train tokens", absl::StrFormat("%d", r->train_tokens)});
     t.AddRow({"steps", absl::StrFormat("%d", r->steps)});
-    if (r->resumed_at_step > 0) t.AddRow({"resumed at step", absl::StrFormat("%d", r->resumed_at_step)});
-    t.AddRow({"train loss (last step)", absl::StrFormat("%.4f", r->final_train_loss)});
+    if (r->already_complete) {
+      t.AddRow({"resumed at step", "already complete: evaluated only"});
+    } else if (r->resumed_at_step > 0) {
+      t.AddRow({"resumed at step", absl::StrFormat("%d", r->resumed_at_step)});
+    }
+    t.AddRow({"train loss (last step)",
+              std::isfinite(r->final_train_loss) ? absl::StrFormat("%.4f", r->final_train_loss) : "-"});
     t.AddRow({"held-out loss", absl::StrFormat("%.4f", r->eval.loss)});
     t.AddRow({"held-out perplexity", absl::StrFormat("%.3f", r->eval.perplexity)});
     t.AddRow({"held-out next-byte accuracy", absl::StrFormat("%.2f%%", 100 * r->eval.accuracy)});
-    t.AddRow({"throughput (tokens/s)", absl::StrFormat("%.0f", r->tokens_per_second)});
+    if (!r->already_complete)
+      t.AddRow({"throughput (tokens/s)", absl::StrFormat("%.0f", r->tokens_per_second)});
     std::cout << t.Render() << "model: " << r->model_dir << "/model.safetensors\n";
   });
 }

@@ -25,9 +25,10 @@ using namespace fedpers::v1;
 
 constexpr size_t kChunkBytes = size_t{1} << 20;
 
-absl::Status FromGrpc(const grpc::Status& s, absl::string_view what) {
+absl::Status FromGrpc(const grpc::Status& s, absl::string_view what, bool insecure) {
   if (s.ok()) return absl::OkStatus();
-  const std::string msg = absl::StrCat(what, ": ", s.error_message());
+  const std::string msg =
+      absl::StrCat(what, ": ", s.error_message(), TlsFailureHint(s.error_message(), insecure));
   switch (s.error_code()) {
     case grpc::StatusCode::UNAVAILABLE:
     case grpc::StatusCode::DEADLINE_EXCEEDED: return absl::UnavailableError(msg);
@@ -37,6 +38,8 @@ absl::Status FromGrpc(const grpc::Status& s, absl::string_view what) {
     case grpc::StatusCode::INVALID_ARGUMENT: return absl::InvalidArgumentError(msg);
     case grpc::StatusCode::NOT_FOUND: return absl::NotFoundError(msg);
     case grpc::StatusCode::RESOURCE_EXHAUSTED: return absl::ResourceExhaustedError(msg);
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return absl::UnimplementedError(msg);
     default: return absl::InternalError(msg);
   }
 }
@@ -105,8 +108,19 @@ absl::StatusOr<std::unique_ptr<CoordinatorConnection>> CoordinatorConnection::Op
 absl::StatusOr<JoinResponse> CoordinatorConnection::Join(const JoinRequest& request) {
   JoinResponse resp;
   auto ctx = impl_->Context(10);
-  if (absl::Status s = FromGrpc(impl_->stub->Join(ctx.get(), request, &resp), "join"); !s.ok()) return s;
+  if (absl::Status s =
+          FromGrpc(impl_->stub->Join(ctx.get(), request, &resp), "join", impl_->options.insecure);
+      !s.ok())
+    return s;
   return resp;
+}
+
+absl::Status CoordinatorConnection::Leave(const std::vector<std::string>& user_ids) {
+  LeaveRequest req;
+  for (const std::string& user : user_ids) req.add_user_ids(user);
+  LeaveResponse resp;
+  auto ctx = impl_->Context(5);
+  return FromGrpc(impl_->stub->Leave(ctx.get(), req, &resp), "leave", impl_->options.insecure);
 }
 
 absl::StatusOr<PollResponse> CoordinatorConnection::Poll(const std::string& user_id) {
@@ -114,14 +128,16 @@ absl::StatusOr<PollResponse> CoordinatorConnection::Poll(const std::string& user
   req.set_user_id(user_id);
   PollResponse resp;
   auto ctx = impl_->Context(10);
-  if (absl::Status s = FromGrpc(impl_->stub->Poll(ctx.get(), req, &resp), "poll"); !s.ok()) return s;
+  if (absl::Status s = FromGrpc(impl_->stub->Poll(ctx.get(), req, &resp), "poll", impl_->options.insecure);
+      !s.ok())
+    return s;
   return resp;
 }
 
 absl::Status CoordinatorConnection::Upload(const SecAggUpload& upload) {
   SecAggUploadResponse ack;
   auto ctx = impl_->Context(30);
-  return FromGrpc(impl_->stub->Upload(ctx.get(), upload, &ack), "upload");
+  return FromGrpc(impl_->stub->Upload(ctx.get(), upload, &ack), "upload", impl_->options.insecure);
 }
 
 absl::StatusOr<int64_t> CoordinatorConnection::PutResidual(const std::string& user_id, std::span<const uint8_t> blob,
@@ -140,7 +156,8 @@ absl::StatusOr<int64_t> CoordinatorConnection::PutResidual(const std::string& us
     if (!writer->Write(chunk) || blob.empty()) break;
   }
   writer->WritesDone();
-  if (absl::Status s = FromGrpc(writer->Finish(), "residual upload"); !s.ok()) return s;
+  if (absl::Status s = FromGrpc(writer->Finish(), "residual upload", impl_->options.insecure); !s.ok())
+    return s;
   return put.version();
 }
 
@@ -165,7 +182,8 @@ absl::StatusOr<std::vector<uint8_t>> CoordinatorConnection::GetResidual(const st
     total = chunk.total_bytes();
     blob.insert(blob.end(), chunk.data().begin(), chunk.data().end());
   }
-  if (absl::Status s = FromGrpc(reader->Finish(), "residual download"); !s.ok()) return s;
+  if (absl::Status s = FromGrpc(reader->Finish(), "residual download", impl_->options.insecure); !s.ok())
+    return s;
   if (!total || blob.size() != *total) {
     return absl::DataLossError(absl::StrCat("residual of user '", user_id, "': incomplete download"));
   }
@@ -177,7 +195,9 @@ absl::StatusOr<int64_t> CoordinatorConnection::DeleteResidual(const std::string&
   req.set_user_id(user_id);
   DeleteResidualResponse resp;
   auto ctx = impl_->Context(30);
-  if (absl::Status s = FromGrpc(impl_->stub->DeleteResidual(ctx.get(), req, &resp), "residual delete"); !s.ok()) {
+  if (absl::Status s = FromGrpc(impl_->stub->DeleteResidual(ctx.get(), req, &resp), "residual delete",
+                                impl_->options.insecure);
+      !s.ok()) {
     return s;
   }
   return resp.deleted_versions();
@@ -258,6 +278,7 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
   ClientRunStats stats;
   std::map<std::string, int64_t> finished_per_user, round_of;
   int backoff_ms = 100;
+  int64_t attempt = 0;  // since the coordinator was last reached
   std::string last_unreachable;
   std::chrono::steady_clock::time_point last_unreachable_report;
   bool joined = false, restored = !o.restore_residuals;
@@ -278,7 +299,14 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
       bool allows_plain = true;  // only if every hosted user's session does
       for (const auto& [user, s] : sessions) allows_plain = allows_plain && s->allows_plain_aggregation();
       req.set_allows_plain_aggregation(allows_plain);
-      failure = coordinator.Join(req).status();
+      absl::StatusOr<JoinResponse> join = coordinator.Join(req);
+      failure = join.status();
+      if (failure.ok() && join->aggregation() == fedpers::v1::AGGREGATION_PLAIN && !allows_plain) {
+        // Its users would never be sampled: waiting would be silent forever.
+        return absl::FailedPreconditionError(
+            "the coordinator runs rounds without secure aggregation (it sees each update), which this client "
+            "takes part in only with --allow-plain-aggregation");
+      }
       if (failure.ok()) {
         joined = true;
       } else if (failure.code() != absl::StatusCode::kUnavailable) {
@@ -324,6 +352,16 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
         reply = session->Handle(resp.secagg());
       } else if (resp.has_finished()) {
         worked = true;
+        // Only the end of a round this process took part in: a restarted
+        // client is told how the round its previous run was in ended, which
+        // is neither a round it finished nor a residual it trained.
+        auto began = round_of.find(user);
+        if (began == round_of.end() || began->second != resp.finished().round()) {
+          std::fprintf(stderr, "user %s: round %ld, which this process did not take part in, ended\n",
+                       user.c_str(), static_cast<long>(resp.finished().round()));
+          continue;
+        }
+        round_of.erase(began);
         session->EndRound();
         ++finished_per_user[user];
         ++stats.rounds_finished;
@@ -376,6 +414,7 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
         if (failure.code() == absl::StatusCode::kFailedPrecondition) joined = false;  // e.g. coordinator restarted
       }
       ++stats.reconnects;
+      ++attempt;
       // Unreachable: say why and when the next try is, once per distinct
       // reason and then at most once a minute (an operator watching a
       // client that cannot connect needs the reason, not a silent loop).
@@ -384,7 +423,7 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
           (failure.message() != last_unreachable || now - last_unreachable_report > std::chrono::minutes(1))) {
         std::fprintf(stderr, "coordinator %s unreachable: %s (retrying in %d ms, attempt %ld)\n",
                      o.connection.coordinator.c_str(), EscapeForTerminal(failure.message()).c_str(),
-                     backoff_ms, static_cast<long>(stats.reconnects));
+                     backoff_ms, static_cast<long>(attempt));
         last_unreachable = std::string(failure.message());
         last_unreachable_report = now;
       }
@@ -393,7 +432,19 @@ absl::StatusOr<ClientRunStats> RunClient(const ClientRunOptions& o, Gpt2LmHead m
       continue;
     }
     backoff_ms = 100;
+    attempt = 0;
     if (!worked) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (joined) {
+    // Otherwise the next round may sample these users and wait for them
+    // until its stage deadline. A coordinator from before Leave does not
+    // know it (Unimplemented): the liveness timeout does the same there.
+    std::vector<std::string> users;
+    for (const auto& [user, s] : sessions) users.push_back(user);
+    if (absl::Status left = coordinator.Leave(users); !left.ok() && !absl::IsUnimplemented(left)) {
+      std::fprintf(stderr, "could not tell the coordinator that this client leaves: %s\n",
+                   EscapeForTerminal(left.message()).c_str());
+    }
   }
   return stats;
 }

@@ -39,6 +39,8 @@ class CoordinatorConnection {
   ~CoordinatorConnection();
 
   absl::StatusOr<fedpers::v1::JoinResponse> Join(const fedpers::v1::JoinRequest& request);
+  // The users stop taking part until they join again (see LeaveRequest).
+  absl::Status Leave(const std::vector<std::string>& user_ids);
   absl::StatusOr<fedpers::v1::PollResponse> Poll(const std::string& user_id);
   absl::Status Upload(const fedpers::v1::SecAggUpload& upload);
   // Stores a residual blob (sealed unless `sealed` is false) in chunks;

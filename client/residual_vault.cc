@@ -68,8 +68,12 @@ absl::StatusOr<UnsealedResidual> ResidualVault::Unseal(const std::string& user_i
                                                            body.subspan(secagg::kGcmNonceBytes),
                                                            Aad(user_id, out.version));
   if (out.version < 0 || !plain.ok()) {
-    return absl::PermissionDeniedError(absl::StrCat("residual of user '", user_id, "' (version ", out.version,
-                                                    ") does not authenticate (altered, swapped or another key)"));
+    // The sealed "version" is the round its client trained it in, not the
+    // coordinator's version count.
+    return absl::PermissionDeniedError(absl::StrCat(
+        "residual of user '", user_id, "' (sealed after round ", out.version,
+        ") does not authenticate: altered, swapped, or sealed under another key (is --state-dir the "
+        "directory whose residual.key sealed it?)"));
   }
   out.plain = std::move(*plain);
   return out;

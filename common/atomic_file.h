@@ -23,6 +23,26 @@ absl::StatusOr<std::string> ReadFileToString(
 absl::Status WriteFileAtomically(const std::string& path,
                                  absl::string_view contents);
 
+// An exclusive advisory lock (flock) on a file, held until destruction, so
+// that two processes do not use one state directory at once. The lock goes
+// with the process, however it ends. Move-only.
+class ExclusiveFileLock {
+ public:
+  // Creates `path` (and its parent directories) if absent and locks it
+  // without waiting: FailedPrecondition naming `what_holds_it` when another
+  // process holds it.
+  static absl::StatusOr<ExclusiveFileLock> Acquire(const std::string& path, const std::string& what_holds_it);
+  ExclusiveFileLock(ExclusiveFileLock&& other) noexcept;
+  ExclusiveFileLock& operator=(ExclusiveFileLock&& other) noexcept;
+  ExclusiveFileLock(const ExclusiveFileLock&) = delete;
+  ExclusiveFileLock& operator=(const ExclusiveFileLock&) = delete;
+  ~ExclusiveFileLock();
+
+ private:
+  explicit ExclusiveFileLock(int fd) : fd_(fd) {}
+  int fd_ = -1;
+};
+
 }  // namespace fedpers
 
 #endif  // FEDPERS_COMMON_ATOMIC_FILE_H_

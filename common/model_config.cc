@@ -332,6 +332,12 @@ absl::StatusOr<ModelConfig> ResolveModelConfig(const std::string& name_or_path) 
     }
     return config;
   }
+  // A path that names no file: say so, rather than that it is no known name.
+  if (name_or_path.find('/') != std::string::npos || name_or_path.ends_with(".json")) {
+    return absl::NotFoundError(
+        absl::StrCat("model config file '", name_or_path,
+                     "' does not exist (a config is tiny, small, gpt2 or a config.json path)"));
+  }
   return NamedModelConfig(name_or_path);
 }
 

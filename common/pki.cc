@@ -356,9 +356,9 @@ absl::StatusOr<TlsIdentity> LoadTlsIdentity(const std::string& cert_file, const 
   absl::StatusOr<CertIdentity> id = ParseCertIdentity(out.cert_pem);
   if (!id.ok()) return absl::InvalidArgumentError(absl::StrCat("'", cert_file, "': ", id.status().message()));
   if (id->role != role) {
-    return absl::InvalidArgumentError(absl::StrCat("'", cert_file, "' is a ", CertRoleName(id->role),
-                                                   " certificate; this needs one issued with `fedpers pki issue --role ",
-                                                   CertRoleName(role), "`"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", cert_file, "' is ", id->role == CertRole::kAdmin ? "an " : "a ", CertRoleName(id->role),
+        " certificate; this needs one issued with `fedpers pki issue --role ", CertRoleName(role), "`"));
   }
   absl::StatusOr<Cert> cert = CertFromPem(out.cert_pem);
   if (!cert.ok()) return absl::InvalidArgumentError(absl::StrCat("'", cert_file, "': ", cert.status().message()));
@@ -374,6 +374,26 @@ absl::StatusOr<TlsIdentity> LoadTlsIdentity(const std::string& cert_file, const 
         absl::StrCat("'", cert_file, "' does not verify against '", ca_file, "': ", v.message()));
   }
   return out;
+}
+
+std::string TlsFailureHint(std::string_view transport_error, bool insecure) {
+  auto says = [&](std::string_view a, std::string_view b) {
+    return transport_error.find(a) != std::string_view::npos ||
+           transport_error.find(b) != std::string_view::npos;
+  };
+  if (says("CERTIFICATE_VERIFY_FAILED", "certificate verify failed")) {
+    return " (the coordinator's certificate does not verify against the CA file given: issued by another "
+           "CA?)";
+  }
+  if (says("WRONG_VERSION_NUMBER", "wrong version number")) {
+    return " (the coordinator does not speak TLS: one with \"insecure\": true takes only --insecure "
+           "connections)";
+  }
+  if (insecure && says("Socket closed", "Connection reset")) {
+    return " (a coordinator with TLS refuses connections without it: drop --insecure and pass --tls-dir and "
+           "--name)";
+  }
+  return "";
 }
 
 }  // namespace fedpers

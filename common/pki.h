@@ -8,6 +8,7 @@
 #define FEDPERS_COMMON_PKI_H_
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -71,6 +72,11 @@ struct TlsIdentity {
 // the file and the fix otherwise.
 absl::StatusOr<TlsIdentity> LoadTlsIdentity(const std::string& cert_file, const std::string& key_file,
                                             const std::string& ca_file, CertRole role);
+
+// What a failed connection's gRPC message (`transport_error`) most likely
+// means when TLS is the cause, as a parenthesized hint to append; "" when
+// it says nothing of TLS. `insecure`: this side connected without TLS.
+std::string TlsFailureHint(std::string_view transport_error, bool insecure);
 
 }  // namespace fedpers
 

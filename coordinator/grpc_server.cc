@@ -73,6 +73,11 @@ class FederationImpl final : public Federation::Service {
     *resp = *r;
     return grpc::Status::OK;
   }
+  grpc::Status Leave(grpc::ServerContext* ctx, const LeaveRequest* req, LeaveResponse*) override {
+    absl::StatusOr<std::string> who = Client(ctx);
+    if (!who.ok()) return ToGrpc(who.status());
+    return ToGrpc(rt_->Leave(*who, *req));
+  }
   grpc::Status Poll(grpc::ServerContext* ctx, const PollRequest* req, PollResponse* resp) override {
     absl::StatusOr<std::string> who = Client(ctx);
     if (!who.ok()) return ToGrpc(who.status());
@@ -231,7 +236,8 @@ class ServerImpl final : public CoordinatorServer {
     std::shared_ptr<grpc::ServerCredentials> creds;
     if (o_.insecure) {
       std::fprintf(stderr,
-                   "WARNING: serving WITHOUT TLS (--insecure): anyone who can reach the port can claim any "
+                   "WARNING: serving WITHOUT TLS (\"insecure\": true in the serve config): anyone who can "
+                   "reach the port can claim any "
                    "identity. Local experiments only.\n");
       creds = grpc::InsecureServerCredentials();
     } else {
@@ -261,6 +267,7 @@ class ServerImpl final : public CoordinatorServer {
                                                  "address of this machine"));
     }
     ticker_ = std::thread([this] {
+      std::string last_error;
       while (!stop_.load()) {
         absl::StatusOr<CoordinatorRuntime::TickResult> t = rt_->Tick();
         if (t.ok() && t->committed) {
@@ -269,10 +276,26 @@ class ServerImpl final : public CoordinatorServer {
         }
         // Abort reasons quote clients (their ids, what they sent).
         if (t.ok() && t->aborted) {
-          std::fprintf(stderr, "round aborted or refused: %s\n", EscapeForTerminal(*t->aborted).c_str());
+          std::fprintf(stderr, "round aborted: %s\n", EscapeForTerminal(*t->aborted).c_str());
         }
+        // Once per reason: a refusal by budget stands as long as the users do.
+        if (t.ok() && t->refused && !t->refusal_repeated) {
+          std::fprintf(
+              stderr,
+              "no round opens: %s (tried again when the eligible users change; `admin status` shows it)\n",
+              EscapeForTerminal(*t->refused).c_str());
+        }
+        const std::string error = t.ok() ? "" : std::string(t.status().message());
+        if (error != last_error && !error.empty()) {
+          std::fprintf(stderr, "coordinator error (logged once): %s\n", EscapeForTerminal(error).c_str());
+        }
+        last_error = error;
         if (rt_->finished()) {
           std::lock_guard<std::mutex> lock(mu_);
+          if (!done_) {
+            std::fprintf(stderr,
+                         "max_rounds committed: no more rounds open (polls and admin calls are served)\n");
+          }
           done_ = true;
           cv_.notify_all();
         }

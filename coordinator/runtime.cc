@@ -128,7 +128,20 @@ absl::StatusOr<JoinResponse> CoordinatorRuntime::Join(const std::string& client,
   r.set_layout_fingerprint(layout_fingerprint_);
   r.set_last_committed_round(machine_->last_committed_round());
   r.set_poll_interval_ms(settings_.poll_interval_ms);
+  r.set_aggregation(settings_.round.secure_aggregation ? AGGREGATION_SECAGG_PLUS : AGGREGATION_PLAIN);
   return r;
+}
+
+absl::Status CoordinatorRuntime::Leave(const std::string& client, const LeaveRequest& request) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const std::string& user : request.user_ids()) {
+    if (absl::Status s = OwnsUser(client, user); !s.ok()) return s;
+  }
+  for (const std::string& user : request.user_ids()) {
+    joined_.erase(user);
+    allows_plain_.erase(user);
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<PollResponse> CoordinatorRuntime::Poll(const std::string& client, const std::string& user) {
@@ -234,13 +247,26 @@ absl::StatusOr<CoordinatorRuntime::TickResult> CoordinatorRuntime::Tick() {
       if (!fresh.ok()) return fresh.status();
       std::memcpy(&seed, fresh->data(), sizeof(seed));
     }
+    // A refusal stands while the users it was made for do: asking again at
+    // every tick would only repeat it (and the ledger's projection).
+    if (!open_refused_.empty() && eligible == refused_eligible_ &&
+        now - refused_at_ms_ < kRetryRefusedOpenMs) {
+      return result;
+    }
     absl::StatusOr<std::map<std::string, RoundInvitation>> invitations = machine_->Open(eligible, seed);
     if (!invitations.ok()) {
-      // Budget exhausted or too few users: stay idle and say why.
-      result.aborted = std::string(invitations.status().message());
+      // A budget or the store refused it: stay idle and say why.
+      std::string reason(invitations.status().message());
+      result.refusal_repeated = reason == open_refused_;
+      result.refused = reason;
+      open_refused_ = std::move(reason);
+      refused_eligible_ = std::move(eligible);
+      refused_at_ms_ = now;
       last_round_end_ms_ = now;
       return result;
     }
+    open_refused_.clear();
+    refused_eligible_.clear();
     for (auto& [user, inv] : *invitations) {
       PollResponse p;
       *p.mutable_invitation() = std::move(inv);
@@ -286,6 +312,9 @@ StatusResponse CoordinatorRuntime::AdminStatus() {
   StatusResponse s;
   s.set_paused(paused_);
   s.set_eligible_users(static_cast<int64_t>(EligibleUsers(now_ms_()).size()));
+  s.set_min_clients(settings_.round.min_clients);
+  s.set_max_rounds_reached(settings_.max_rounds > 0 && committed_here_ >= settings_.max_rounds);
+  s.set_open_refused(open_refused_);
   s.set_last_committed_round(machine_->last_committed_round());
   s.set_stage(StageName(machine_->stage()));
   s.set_current_round(machine_->current_round());
@@ -353,13 +382,30 @@ absl::StatusOr<ClientsResponse> CoordinatorRuntime::AdminClients() {
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<std::vector<ClientRow>> rows = store_->Clients();
   if (!rows.ok()) return rows.status();
+  // The store keeps each client's last join (written once per join); its
+  // polls since this process started are in last_seen_ms_, by user.
+  std::map<std::string, int64_t> polled_ms;
+  for (const auto& [user, seen] : last_seen_ms_) {
+    auto owner = owner_.find(user);
+    if (owner == owner_.end()) continue;
+    int64_t& newest = polled_ms[owner->second];
+    newest = std::max(newest, seen);
+  }
+  const int64_t now_ms = now_ms_();
+  const int64_t now_unix =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
   ClientsResponse r;
   for (const ClientRow& row : *rows) {
     ClientInfo* c = r.add_clients();
     c->set_client_id(row.client_id);
     c->set_cert_fingerprint(row.cert_fingerprint);
     c->set_first_seen_unix(row.first_seen_unix);
-    c->set_last_seen_unix(row.last_seen_unix);
+    int64_t last_seen = row.last_seen_unix;
+    if (auto it = polled_ms.find(row.client_id); it != polled_ms.end()) {
+      last_seen = std::max(last_seen, now_unix - (now_ms - it->second) / 1000);
+    }
+    c->set_last_seen_unix(last_seen);
   }
   return r;
 }
@@ -423,12 +469,12 @@ absl::StatusOr<MoveUserResponse> CoordinatorRuntime::AdminMoveUser(const std::st
     return absl::FailedPreconditionError(absl::StrCat("user '", user, "' takes part in round ",
                                                       machine_->current_round(), "; move it once the round ends"));
   }
-  if (auto box = outbox_.find(user); box != outbox_.end() && !box->second.empty()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("user '", user, "' has messages its client has not polled yet; move it once they are delivered"));
-  }
   absl::StatusOr<std::string> previous = store_->MoveUser(user, to_client);
   if (!previous.ok()) return previous.status();
+  // Outside the running round a user's undelivered messages only tell the
+  // old client how ended rounds ended; a client that is gone for good (the
+  // reason to move its users) would never poll them.
+  outbox_.erase(user);
   owner_[user] = to_client;
   joined_.erase(user);
   allows_plain_.erase(user);

@@ -64,6 +64,11 @@ class CoordinatorRuntime {
   // when the layout differs.
   absl::StatusOr<fedpers::v1::JoinResponse> Join(const std::string& client, const fedpers::v1::JoinRequest& request,
                                                  const std::string& cert_fingerprint = "");
+  // The users leave: no round samples them until they join again (a user in
+  // the running round that no longer answers is a dropout). PermissionDenied
+  // for a user of another client, FailedPrecondition for one never bound;
+  // nothing changes then.
+  absl::Status Leave(const std::string& client, const fedpers::v1::LeaveRequest& request);
   // Poll and Upload: only for users that joined since this runtime started
   // (FailedPrecondition otherwise: the client joins again).
   absl::StatusOr<fedpers::v1::PollResponse> Poll(const std::string& client, const std::string& user_id);
@@ -81,11 +86,18 @@ class CoordinatorRuntime {
   struct TickResult {
     bool opened = false;
     std::optional<RoundSummary> committed;
-    std::optional<std::string> aborted;  // reason
+    std::optional<std::string> aborted;  // a running round ended without a commit: why
+    // An attempt to open a round was refused (a privacy budget, the store):
+    // why. `refusal_repeated` when the previous attempt was refused for the
+    // same reason (a server logs a reason once).
+    std::optional<std::string> refused;
+    bool refusal_repeated = false;
   };
   // Advances the schedule: opens a round when idle, enough users joined and
   // the interval passed; closes the current stage when it is complete or
-  // overdue. Call it often (the server runs it on a timer).
+  // overdue. Call it often (the server runs it on a timer). After a refused
+  // open it tries again once the eligible users change, or after
+  // kRetryRefusedOpenMs (a refusal by budget lasts while they do not).
   absl::StatusOr<TickResult> Tick();
 
   // Admin views.
@@ -108,11 +120,13 @@ class CoordinatorRuntime {
   absl::StatusOr<fedpers::v1::UsersResponse> AdminUsers(int limit = 0, const std::string& after_user_id = "");
   // Binds `user_id` to `to_client` (see MoveUserRequest), which must join
   // with it before it takes part. NotFound for a user that never joined,
-  // FailedPrecondition while it takes part in the running round or has
-  // undelivered messages.
+  // FailedPrecondition while it takes part in the running round. Its
+  // undelivered messages (how ended rounds ended) are dropped.
   absl::StatusOr<fedpers::v1::MoveUserResponse> AdminMoveUser(const std::string& user_id, const std::string& to_client);
 
   bool finished() const;  // max_rounds committed
+
+  static constexpr int64_t kRetryRefusedOpenMs = 10000;
   // A copy of the current global adapter (flat, in the layout's order).
   std::vector<float> GlobalAdapter() const;
 
@@ -142,6 +156,11 @@ class CoordinatorRuntime {
   int64_t last_round_end_ms_ = 0;
   int64_t committed_here_ = 0;
   bool paused_ = false;
+  // The last refused attempt to open a round: why, for which eligible
+  // users, when. Cleared when a round opens.
+  std::string open_refused_;
+  std::vector<std::string> refused_eligible_;
+  int64_t refused_at_ms_ = 0;
 };
 
 }  // namespace fedpers

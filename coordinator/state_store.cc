@@ -2,11 +2,15 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <limits>
 #include <optional>
+#include <set>
+#include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/atomic_file.h"
 #include "secure_agg/crypto.h"
@@ -202,6 +206,10 @@ absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const std::string& 
       return absl::Status(s.code(), absl::StrCat("'", path, "' is not a usable SQLite database: ", s.message()));
     }
   }
+  // The schema is created only in a new database: in an existing one, a
+  // table that is gone was lost (created again empty, its rows would be gone
+  // without a word).
+  if (absl::Status s = store->CheckTablesOfExistingStore(path); !s.ok()) return s;
   if (absl::Status s = store->Exec(kSchema); !s.ok()) return s;
   Statement get(store->db_, "SELECT value FROM meta WHERE key = 'schema_version'");
   if (absl::Status s = get.status(); !s.ok()) return s;
@@ -237,7 +245,77 @@ absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const std::string& 
     return absl::FailedPreconditionError(absl::StrCat("'", path, "' has schema version ", get.Text(0),
                                                       "; this fedpers reads version ", kSchemaVersion));
   }
+  if (absl::Status s = store->CheckRoundFilesAreKnown(); !s.ok()) return s;
   return store;
+}
+
+absl::Status StateStore::CheckTablesOfExistingStore(const std::string& path) {
+  std::set<std::string> tables;
+  {
+    Statement st(db_, "SELECT name FROM sqlite_master WHERE type = 'table'");
+    if (absl::Status s = st.status(); !s.ok()) {
+      return absl::Status(s.code(),
+                          absl::StrCat("'", path, "' is not a usable SQLite database: ", s.message()));
+    }
+    while (true) {
+      absl::StatusOr<bool> row = st.Step();
+      if (!row.ok()) return row.status();
+      if (!*row) break;
+      tables.insert(st.Text(0));
+    }
+  }
+  if (!tables.count("meta")) return absl::OkStatus();  // new
+  std::string version;
+  {
+    Statement get(db_, "SELECT value FROM meta WHERE key = 'schema_version'");
+    if (absl::Status s = get.status(); !s.ok()) return s;
+    absl::StatusOr<bool> row = get.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) return absl::OkStatus();  // created, never written: new
+    version = get.Text(0);
+  }
+  std::vector<std::string> required = {"rounds", "global_versions", "clients", "residuals"};
+  if (version != "1") required.push_back("users");  // version 1 gains it on upgrade
+  for (const std::string& table : required) {
+    if (!tables.count(table)) {
+      return absl::DataLossError(absl::StrCat("'", path, "' lacks its '", table,
+                                              "' table: the database was damaged. Restore it from a backup"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StateStore::CheckRoundFilesAreKnown() {
+  Statement last(db_, "SELECT COALESCE(MAX(round), 0) FROM rounds");
+  if (absl::Status s = last.status(); !s.ok()) return s;
+  if (absl::StatusOr<bool> r = last.Step(); !r.ok()) return r.status();
+  const int64_t last_round = last.Int(0);
+  // A round's file is written just before its commit, so a crash may leave
+  // the file of an open round; a file of a round the database never opened
+  // means the database is older than the files (restored from a backup): going
+  // on would forget the privacy those rounds spent and overwrite them.
+  std::error_code ec;
+  int64_t newest_file = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_ + "/global", ec)) {
+    const std::string name = entry.path().filename().string();
+    int64_t round = 0;
+    if (name.rfind("round-", 0) != 0 || entry.path().extension() != ".safetensors" ||
+        !absl::SimpleAtoi(name.substr(6, name.size() - 6 - std::string(".safetensors").size()), &round)) {
+      continue;
+    }
+    newest_file = std::max(newest_file, round);
+  }
+  if (ec) return absl::InternalError(absl::StrCat("cannot list '", dir_, "/global': ", ec.message()));
+  if (newest_file > last_round) {
+    return absl::DataLossError(absl::StrCat(
+        "'", dir_, "/global' holds the file of round ", newest_file,
+        ", but the state database knows rounds up to ", last_round,
+        " only: the database is older than the round files (restored from a backup?), and going on "
+        "would forget the privacy the later rounds spent and overwrite them. Restore the newest database, or "
+        "move "
+        "the state directory aside to start a new federation"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status StateStore::CheckIntegrity() {

@@ -60,7 +60,9 @@ struct ResidualSummary {
 class StateStore {
  public:
   // Opens or creates `dir`/state.sqlite3 (and `dir`/global/). Checks the
-  // schema version. Errors name the path.
+  // schema version. DataLoss for a new database beside round files, a
+  // written one that lost a table, or one that does not know the newest
+  // round file (older than the files). Errors name the path.
   static absl::StatusOr<std::unique_ptr<StateStore>> Open(const std::string& dir);
   ~StateStore();
   StateStore(const StateStore&) = delete;
@@ -125,6 +127,11 @@ class StateStore {
   StateStore() = default;
   absl::Status Exec(const std::string& sql);
   std::string GlobalPath(int64_t round) const;
+  // DataLoss when a database that was written lacks a table of its schema.
+  absl::Status CheckTablesOfExistingStore(const std::string& path);
+  // DataLoss when global/ holds the file of a round the database never
+  // opened (an older database beside newer rounds).
+  absl::Status CheckRoundFilesAreKnown();
 
   std::string dir_;
   sqlite3* db_ = nullptr;

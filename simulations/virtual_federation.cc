@@ -163,10 +163,17 @@ absl::StatusOr<RoundRecord> VirtualFederation::RunRound() {
   if (!opened->opened) {
     record.round += 1;  // the round that could not open
     record.committed = false;
-    record.abort_reason = opened->aborted.value_or(
-        absl::StrCat(runtime_->AdminStatus().eligible_users(), " users may be sampled, fewer than min_clients ",
-                     settings_.runtime.round.min_clients,
-                     settings_.runtime.round.secure_aggregation ? "" : " (without SecAgg+, only users who allow it)"));
+    const StatusResponse status = runtime_->AdminStatus();
+    if (opened->refused) {
+      record.abort_reason = *opened->refused;
+    } else if (!status.open_refused().empty()) {
+      record.abort_reason = status.open_refused();
+    } else {
+      record.abort_reason = absl::StrCat(
+          status.eligible_users(), " users may be sampled, fewer than min_clients ",
+          settings_.runtime.round.min_clients,
+          settings_.runtime.round.secure_aggregation ? "" : " (without SecAgg+, only users who allow it)");
+    }
     RecordEpsilon(runtime_->AdminStatus(), record);
     return record;
   }

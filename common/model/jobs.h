@@ -4,6 +4,7 @@
 #define FEDPERS_COMMON_MODEL_JOBS_H_
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -43,8 +44,11 @@ struct PretrainResult {
   std::string model_dir;
   int64_t steps = 0;
   int64_t resumed_at_step = 0;  // 0 when started fresh
+  bool already_complete = false;  // `out` held every step: only evaluated
   int64_t users = 0, train_tokens = 0, parameters = 0;
-  double final_train_loss = 0;
+  // The last step's loss; NaN for a finished run whose checkpoint predates
+  // recording it.
+  double final_train_loss = std::numeric_limits<double>::quiet_NaN();
   EvalMetrics eval;
   double seconds = 0, tokens_per_second = 0;
 };

@@ -56,11 +56,12 @@ nlohmann::json RunIdentity(const PretrainOptions& o, const ModelConfig& c) {
 // Writes checkpoint-<step>/ completely, then points `latest` at it, then
 // removes older checkpoints: a crash leaves the previous one usable.
 absl::Status WriteCheckpoint(Gpt2LmHead& model, const Trainer& trainer, const std::string& out,
-                             const nlohmann::json& identity, int64_t step) {
+                             const nlohmann::json& identity, int64_t step, double train_loss) {
   const std::string dir = absl::StrCat(out, "/checkpoint-", step);
   FEDPERS_RETURN_IF_ERROR(SaveBaseModel(model, dir));
   FEDPERS_RETURN_IF_ERROR(trainer.SaveState(dir + "/optimizer.pt"));
-  nlohmann::json state = {{"step", step}, {"identity", identity}};
+  // The last step's loss, so that a rerun of a finished run can report it.
+  nlohmann::json state = {{"step", step}, {"identity", identity}, {"train_loss", train_loss}};
   FEDPERS_RETURN_IF_ERROR(WriteFileAtomically(dir + "/state.json", state.dump(2)));
   FEDPERS_RETURN_IF_ERROR(WriteFileAtomically(out + "/latest", absl::StrCat("checkpoint-", step, "\n")));
   std::error_code ec;
@@ -87,7 +88,9 @@ absl::StatusOr<PretrainResult> RunPretrain(const PretrainOptions& o) {
   }
   FEDPERS_ASSIGN_OR_RETURN(ModelConfig config, ResolveModelConfig(o.config));
   if (config.tokenizer != "byte") {
-    return absl::InvalidArgumentError("pretrain trains byte-level models; the config must use the byte tokenizer");
+    return absl::InvalidArgumentError(
+        absl::StrCat("pretrain trains byte-level models: the config '", o.config,
+                     "' must say \"fedpers_tokenizer\": \"byte\" (with vocab_size >= 259)"));
   }
   CorpusOptions corpus_options;
   corpus_options.skip_bad_records = o.skip_bad_records;
@@ -174,15 +177,23 @@ absl::StatusOr<PretrainResult> RunPretrain(const PretrainOptions& o) {
       for (size_t i = 0; i < dst.size(); ++i) dst[i].second.copy_(src[i].second);
     }
     result.resumed_at_step = state["step"].get<int64_t>();
+    result.already_complete = result.resumed_at_step == o.steps;
+    // Checkpoints before 2026-11-25 did not record it.
+    if (state.contains("train_loss") && state["train_loss"].is_number()) {
+      result.final_train_loss = state["train_loss"].get<double>();
+    }
     FEDPERS_RETURN_IF_ERROR(trainer->LoadState(dir + "/optimizer.pt", result.resumed_at_step));
-    if (o.progress) {
+    if (o.progress && result.already_complete) {
+      std::fprintf(stderr, "pretrain: '%s' already holds all %ld steps; evaluating it\n", o.out.c_str(),
+                   static_cast<long>(o.steps));
+    } else if (o.progress) {
       std::fprintf(stderr, "pretrain: resuming from %s at step %ld of %ld\n", dir.c_str(),
                    static_cast<long>(result.resumed_at_step), static_cast<long>(o.steps));
     }
   }
 
   InterruptGuard interrupt_guard;
-  ProgressBar bar("pretrain", o.steps, "step", stderr, o.progress);
+  ProgressBar bar("pretrain", o.steps, "step", stderr, o.progress && !result.already_complete);
   const auto start = std::chrono::steady_clock::now();
   int64_t tokens_done = 0;
   double ema_loss = 0;
@@ -193,10 +204,12 @@ absl::StatusOr<PretrainResult> RunPretrain(const PretrainOptions& o) {
       ema_loss = ema_loss == 0 ? s.loss : 0.95 * ema_loss + 0.05 * s.loss;
       result.final_train_loss = s.loss;
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      bar.Update(s.step, absl::StrFormat("loss %.3f | %.0f tok/s", ema_loss, tokens_done / std::max(secs, 1e-9)));
+      bar.Update(s.step, absl::StrFormat("smoothed loss %.3f | %.0f tok/s", ema_loss,
+                                         tokens_done / std::max(secs, 1e-9)));
       return !g_interrupted.load();
     }));
-    FEDPERS_RETURN_IF_ERROR(WriteCheckpoint(model, *trainer, o.out, identity, trainer->next_step()));
+    FEDPERS_RETURN_IF_ERROR(
+        WriteCheckpoint(model, *trainer, o.out, identity, trainer->next_step(), result.final_train_loss));
     if (g_interrupted.load()) {
       bar.Finish("interrupted");
       return absl::CancelledError(absl::StrCat("interrupted at step ", trainer->next_step(), " of ", o.steps,
@@ -206,7 +219,7 @@ absl::StatusOr<PretrainResult> RunPretrain(const PretrainOptions& o) {
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   result.tokens_per_second = tokens_done / std::max(result.seconds, 1e-9);
-  bar.Finish(absl::StrFormat("loss %.3f", ema_loss));
+  if (!result.already_complete) bar.Finish(absl::StrFormat("smoothed loss %.3f", ema_loss));
   result.steps = trainer->next_step();
   model->SetBaseTrainable(false);
   FEDPERS_RETURN_IF_ERROR(SaveBaseModel(model, o.out));

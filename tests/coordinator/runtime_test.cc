@@ -398,6 +398,96 @@ TEST(RuntimeTest, OwnershipOutlivesARestart) {
   absl::Status busy = f.rt->AdminMoveUser("bob", "partner-a").status();
   EXPECT_EQ(busy.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(busy.message().find("takes part in round"), absl::string_view::npos) << busy;
+  // Once the round has ended, a user whose client is gone for good (it never
+  // polls the notice of how the round ended) can be moved: the notice is
+  // dropped, and the new client does not get it.
+  f.clock += settings.stage_timeout_ms + 1;
+  tick = f.rt->Tick();
+  ASSERT_TRUE(tick.ok() && tick->aborted) << "nobody answered";
+  moved = f.rt->AdminMoveUser("bob", "partner-a");
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_EQ(moved->previous_client_id(), "partner-c");
+  ASSERT_TRUE(f.rt->Join("partner-a", JoinFor({"bob"})).ok());
+  absl::StatusOr<PollResponse> after = f.rt->Poll("partner-a", "bob");
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_FALSE(after->has_finished()) << "the old client's notice stays with it";
+}
+
+// A client that stops says so: its users are not sampled until they join
+// again, and only their own client can make them leave.
+TEST(RuntimeTest, UsersThatLeaveAreNotSampled) {
+  RuntimeSettings settings;
+  settings.round.clients_per_round = 5;
+  settings.round.min_clients = 2;
+  settings.round.threshold = 2;
+  Fixture f("leave", settings);
+  ASSERT_TRUE(f.rt->Join("partner-a", JoinFor({"alice", "amy"})).ok());
+  ASSERT_TRUE(f.rt->Join("partner-b", JoinFor({"bob"})).ok());
+  EXPECT_EQ(f.rt->AdminStatus().eligible_users(), 3);
+  LeaveRequest theirs;
+  theirs.add_user_ids("amy");
+  theirs.add_user_ids("bob");
+  EXPECT_EQ(f.rt->Leave("partner-a", theirs).code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(f.rt->AdminStatus().eligible_users(), 3) << "a refused leave changes nothing";
+  LeaveRequest mine;
+  mine.add_user_ids("amy");
+  mine.add_user_ids("alice");
+  ASSERT_TRUE(f.rt->Leave("partner-a", mine).ok());
+  EXPECT_EQ(f.rt->AdminStatus().eligible_users(), 1);
+  EXPECT_EQ(f.rt->Poll("partner-a", "amy").status().code(), absl::StatusCode::kFailedPrecondition)
+      << "join again";
+  absl::StatusOr<CoordinatorRuntime::TickResult> tick = f.rt->Tick();
+  ASSERT_TRUE(tick.ok());
+  EXPECT_FALSE(tick->opened) << "bob alone is fewer than min_clients";
+  ASSERT_TRUE(f.rt->Join("partner-a", JoinFor({"alice"})).ok());
+  tick = f.rt->Tick();
+  ASSERT_TRUE(tick.ok() && tick->opened) << "alice is back";
+}
+
+// A round the ledger refuses is not asked for at every tick: the refusal
+// stands, once reported, until the eligible users change or
+// kRetryRefusedOpenMs passes, and the admin status says why.
+TEST(RuntimeTest, ARefusedRoundIsRetriedWhenTheUsersChange) {
+  RuntimeSettings settings;
+  settings.round.clients_per_round = 5;
+  settings.round.min_clients = 2;
+  settings.round.threshold = 2;
+  settings.round.noise_multiplier = 1;
+  settings.round.epsilon_budget = 0.01;  // below any round
+  Fixture f("refused", settings);
+  ASSERT_TRUE(f.rt->Join("partner-a", JoinFor({"alice"})).ok());
+  absl::StatusOr<CoordinatorRuntime::TickResult> tick = f.rt->Tick();
+  ASSERT_TRUE(tick.ok());
+  EXPECT_FALSE(tick->opened || tick->refused) << "one user: no round is tried";
+  EXPECT_EQ(f.rt->AdminStatus().open_refused(), "");
+  EXPECT_EQ(f.rt->AdminStatus().min_clients(), 2);
+
+  ASSERT_TRUE(f.rt->Join("partner-a", JoinFor({"alice", "amy"})).ok());
+  tick = f.rt->Tick();
+  ASSERT_TRUE(tick.ok());
+  ASSERT_TRUE(tick->refused.has_value());
+  EXPECT_FALSE(tick->opened || tick->aborted || tick->refusal_repeated);
+  EXPECT_NE(tick->refused->find("over the budget"), std::string::npos) << *tick->refused;
+  EXPECT_EQ(f.rt->AdminStatus().open_refused(), *tick->refused);
+  EXPECT_EQ(f.rt->AdminStatus().stage(), "idle");
+
+  // The same users, soon after: not asked again.
+  f.clock += 100;
+  tick = f.rt->Tick();
+  ASSERT_TRUE(tick.ok());
+  EXPECT_FALSE(tick->refused || tick->opened);
+  EXPECT_NE(f.rt->AdminStatus().open_refused(), "") << "the refusal stands";
+  // Later: asked again, refused for the same reason.
+  f.clock += CoordinatorRuntime::kRetryRefusedOpenMs;
+  tick = f.rt->Tick();
+  ASSERT_TRUE(tick.ok() && tick->refused);
+  EXPECT_TRUE(tick->refusal_repeated);
+  // Another user becomes eligible: asked again at once.
+  f.clock += 100;
+  ASSERT_TRUE(f.rt->Join("partner-b", JoinFor({"bob"})).ok());
+  tick = f.rt->Tick();
+  ASSERT_TRUE(tick.ok());
+  EXPECT_TRUE(tick->refused.has_value());
 }
 
 TEST(RuntimeTest, PlainRoundsSampleOnlyUsersWhoseClientAllowsThem) {

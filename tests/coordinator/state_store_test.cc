@@ -258,6 +258,74 @@ TEST(StateStoreTest, AnEmptiedDatabaseBesideRoundFilesIsRefused) {
   EXPECT_TRUE(StateStore::Open(dir).ok());
 }
 
+// A database restored from a backup beside the files of rounds committed
+// after it is refused: going on would forget their privacy cost and
+// overwrite them. The file a crash leaves of a round that was open is not.
+TEST(StateStoreTest, AnOlderDatabaseBesideNewerRoundFilesIsRefused) {
+  const std::string dir = FreshDir("restored");
+  const std::string backup = dir + "-backup.sqlite3";
+  auto commit = [&](StateStore& store, int64_t round) {
+    ASSERT_TRUE(store.OpenRound(round, "{}").ok());
+    ASSERT_TRUE(store.CommitRound(round, Blob(static_cast<int>(round)), "{}", "{}", {}).ok());
+  };
+  {
+    auto store = StateStore::Open(dir);
+    ASSERT_TRUE(store.ok()) << store.status();
+    commit(**store, 1);
+    commit(**store, 2);
+  }
+  std::filesystem::remove(backup);
+  std::filesystem::copy_file(dir + "/state.sqlite3", backup);  // closed: the WAL is checkpointed
+  {
+    auto store = StateStore::Open(dir);
+    ASSERT_TRUE(store.ok()) << store.status();
+    commit(**store, 3);
+    commit(**store, 4);
+  }
+  for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(dir + "/state.sqlite3" + suffix);
+  std::filesystem::copy_file(backup, dir + "/state.sqlite3");
+  const auto before = std::filesystem::last_write_time(dir + "/global/round-4.safetensors");
+  auto store = StateStore::Open(dir);
+  ASSERT_EQ(store.status().code(), absl::StatusCode::kDataLoss) << store.status();
+  EXPECT_NE(
+      store.status().message().find("holds the file of round 4, but the state database knows rounds up to 2"),
+      absl::string_view::npos)
+      << store.status();
+  EXPECT_EQ(std::filesystem::last_write_time(dir + "/global/round-4.safetensors"), before);
+
+  // A crash between writing round 3's file and committing it: the database
+  // has round 3 open, and the store opens.
+  const std::string crashed = FreshDir("crashed");
+  {
+    auto fresh = StateStore::Open(crashed);
+    ASSERT_TRUE(fresh.ok()) << fresh.status();
+    commit(**fresh, 1);
+    ASSERT_TRUE((*fresh)->OpenRound(2, "{}").ok());
+  }
+  std::ofstream(crashed + "/global/round-2.safetensors") << "written before the commit";
+  EXPECT_TRUE(StateStore::Open(crashed).ok());
+}
+
+// A table gone from a database that was written is damage, not a new store:
+// creating it again would lose its rows without a word.
+TEST(StateStoreTest, ALostTableIsDataLoss) {
+  const std::string dir = FreshDir("lost_table");
+  {
+    auto store = StateStore::Open(dir);
+    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_TRUE((*store)->PutResidual("alice", Blob(1), true).ok());
+  }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir + "/state.sqlite3").c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "DROP TABLE residuals", nullptr, nullptr, nullptr), SQLITE_OK)
+      << sqlite3_errmsg(db);
+  sqlite3_close(db);
+  auto store = StateStore::Open(dir);
+  ASSERT_EQ(store.status().code(), absl::StatusCode::kDataLoss) << store.status();
+  EXPECT_NE(store.status().message().find("lacks its 'residuals' table"), absl::string_view::npos)
+      << store.status();
+}
+
 // A child process commits rounds as fast as it can and reports each commit
 // on a pipe; the parent kills it with SIGKILL at random moments, 10 times.
 // After every kill the store opens, passes PRAGMA integrity_check, loses no
