@@ -108,6 +108,8 @@ absl::StatusOr<ServeConfig> ParseServeConfig(const std::string& text, const std:
   }
   if (!j.contains("base")) return absl::InvalidArgumentError("serve config needs \"base\" (the base model directory)");
   FEDPERS_READ_JSON(j, "base", base, "");
+  if (base.empty())
+    return absl::InvalidArgumentError("serve config \"base\" is empty (the base model directory)");
   base = Resolve(base, config_dir);
   absl::StatusOr<std::string> model_json = ReadFileToString(base + "/config.json");
   if (!model_json.ok()) return absl::NotFoundError(absl::StrCat("base model: ", model_json.status().message()));

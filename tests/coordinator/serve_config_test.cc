@@ -110,6 +110,7 @@ TEST(ServeConfigTest, BadValuesAreErrorsNamingTheKey) {
   EXPECT_TRUE(has(error(Config(ok_round, R"("listen": 7443)")), "\"listen\" must be a string"));
   EXPECT_TRUE(has(error(Config(ok_round, R"("colour": 1)")), "unknown key \"colour\" in the serve config"));
   EXPECT_TRUE(has(error(R"({"insecure": true})"), "needs \"base\""));
+  EXPECT_TRUE(has(error(R"({"insecure": true, "base": ""})"), "\"base\" is empty"));
   EXPECT_TRUE(has(error(R"({"base": "base", "tls": {"cert": "c"}})"), "\"tls\" needs \"key\""));
   EXPECT_TRUE(has(error(R"({"base": "base"})"), "needs \"tls\""));
 }
